@@ -1,0 +1,243 @@
+"""Agent authentication on the two transports: HTTP (D3) and WebSocket (D2).
+
+HTTP requests carry ``Authorization: OCP-Ed25519 <agent_id>:<timestamp>:<signature>``
+where the signature is Ed25519 over SHA3-256 of::
+
+    "OCP-HTTP-1.0\\n" METHOD "\\n" path_and_query "\\n" agent_id "\\n" timestamp "\\n"
+    hex(SHA3-256(body))
+
+A WebSocket connection opens with an ``auth_handshake`` frame whose signature
+is Ed25519 over the UTF-8 bytes of ``agent_id + timestamp + nonce`` (not
+pre-hashed), nonce = base64url of 32 random bytes.
+
+Both are checked against a timestamp window around ``now`` and a
+:class:`ReplayWindow` that remembers what was seen inside that window, so a
+captured header or handshake cannot be used twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from ocpd.proto.crypto import SigningKey, ed25519_verify, random_bytes, sha3_256
+from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp, parse_timestamp
+from ocpd.proto.errors import AuthError, MalformedError
+from ocpd.proto.ids import parse_agent_id
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "AUTH_SCHEME",
+    "DEFAULT_AUTH_WINDOW",
+    "HttpAuth",
+    "ReplayWindow",
+    "build_authorization",
+    "build_ws_auth_handshake",
+    "http_signing_string",
+    "parse_authorization",
+    "verify_authorization",
+    "verify_ws_auth_handshake",
+]
+
+AUTH_SCHEME: Final = "OCP-Ed25519"
+DEFAULT_AUTH_WINDOW: Final = 60.0
+_CREDENTIALS_HEAD: Final = re.compile(
+    r"(did:ocp:[a-z0-9-]{1,32}:agent-[0-9a-f]{12}):(.+)", re.ASCII
+)
+
+
+class ReplayWindow:
+    """Remembers keys (e.g. signatures, nonces) until they leave a time window.
+
+    Pure bookkeeping: time is passed in. ``max_entries`` bounds memory; when
+    it is reached the oldest entries are dropped first, which can only make a
+    replay of a very old key possible after the window has mostly passed.
+    """
+
+    def __init__(self, *, window: float, max_entries: int = 1_000_000) -> None:
+        self._window = window
+        self._max = max_entries
+        self._expiry: dict[object, float] = {}
+        self._heap: list[tuple[float, int, object]] = []
+        self._counter = 0
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _prune(self, now: float) -> None:
+        heap = self._heap
+        while heap and (heap[0][0] <= now or len(self._expiry) > self._max):
+            expires, _, key = heapq.heappop(heap)
+            if self._expiry.get(key) == expires:
+                del self._expiry[key]
+
+    def seen(self, key: object, *, now: float, at: float | None = None) -> bool:
+        """Record ``key``; ``True`` if it was already recorded inside the window.
+
+        ``at`` is the time the key claims (e.g. a signed timestamp); the entry
+        lives until ``max(now, at) + window`` so that a key stays refused for
+        as long as its timestamp would be accepted.
+        """
+        self._prune(now)
+        if key in self._expiry:
+            return True
+        expires = max(now, at if at is not None else now) + self._window
+        self._expiry[key] = expires
+        self._counter += 1
+        heapq.heappush(self._heap, (expires, self._counter, key))
+        if len(self._expiry) > self._max:
+            self._prune(now)
+        return False
+
+
+# --- HTTP (D3) ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HttpAuth:
+    agent_id: str
+    timestamp: str
+    signature: bytes
+
+
+def http_signing_string(
+    *, method: str, path_and_query: str, agent_id: str, timestamp: str, body: bytes
+) -> bytes:
+    text = "\n".join(
+        ("OCP-HTTP-1.0", method.upper(), path_and_query, agent_id, timestamp, sha3_256(body).hex())
+    )
+    return text.encode("utf-8")
+
+
+def build_authorization(
+    key: SigningKey,
+    *,
+    agent_id: str,
+    method: str,
+    path_and_query: str,
+    body: bytes,
+    now: float,
+) -> str:
+    """The ``Authorization`` header value for one request."""
+    timestamp = format_timestamp(now)
+    digest = sha3_256(
+        http_signing_string(
+            method=method,
+            path_and_query=path_and_query,
+            agent_id=agent_id,
+            timestamp=timestamp,
+            body=body,
+        )
+    )
+    return f"{AUTH_SCHEME} {agent_id}:{timestamp}:{b64url_encode(key.sign(digest))}"
+
+
+def parse_authorization(header: object) -> HttpAuth:
+    """Split the credentials at the last ``:``; the rest is exactly ``agent_id:timestamp``."""
+    if not isinstance(header, str) or not header.startswith(AUTH_SCHEME + " "):
+        raise AuthError(f"Authorization must use the {AUTH_SCHEME} scheme")
+    head, sep, signature_text = header[len(AUTH_SCHEME) + 1 :].rpartition(":")
+    m = _CREDENTIALS_HEAD.fullmatch(head) if sep else None
+    if m is None:
+        raise AuthError("Authorization credentials are not <agent_id>:<timestamp>:<signature>")
+    agent_id, timestamp = m.group(1), m.group(2)
+    try:
+        parse_agent_id(agent_id, field="Authorization agent id")
+        parse_timestamp(timestamp, field="Authorization timestamp")
+        signature = b64url_decode(signature_text, field="Authorization signature", length=64)
+    except MalformedError as exc:
+        raise AuthError(exc.message, details=exc.details) from exc
+    return HttpAuth(agent_id=agent_id, timestamp=timestamp, signature=signature)
+
+
+def verify_authorization(
+    header: object,
+    *,
+    method: str,
+    path_and_query: str,
+    body: bytes,
+    public_keys: Sequence[bytes],
+    now: float,
+    replay: ReplayWindow,
+    window: float = DEFAULT_AUTH_WINDOW,
+    expected_agent_id: str | None = None,
+) -> HttpAuth:
+    """Check an ``Authorization`` header; OCP-401 on any failure.
+
+    The replay window records (agent_id, signature) only once the signature
+    verifies, so forged headers cannot fill it or block a genuine request.
+    """
+    auth = parse_authorization(header)
+    if expected_agent_id is not None and auth.agent_id != expected_agent_id:
+        raise AuthError("Authorization agent id differs from the message sender")
+    signed_at = parse_timestamp(auth.timestamp)
+    if abs(signed_at - now) > window:
+        raise AuthError("Authorization timestamp is outside the accepted window")
+    digest = sha3_256(
+        http_signing_string(
+            method=method,
+            path_and_query=path_and_query,
+            agent_id=auth.agent_id,
+            timestamp=auth.timestamp,
+            body=body,
+        )
+    )
+    if not any(ed25519_verify(key, digest, auth.signature) for key in public_keys):
+        raise AuthError("Authorization signature does not verify")
+    if replay.seen(("http", auth.agent_id, auth.signature), now=now, at=signed_at):
+        raise AuthError("Authorization header was already used")
+    return auth
+
+
+# --- WebSocket auth_handshake (D2) ----------------------------------------------------
+
+
+def build_ws_auth_handshake(
+    key: SigningKey, *, agent_id: str, now: float, nonce: bytes | None = None
+) -> dict[str, str]:
+    timestamp = format_timestamp(now)
+    nonce_text = b64url_encode(nonce if nonce is not None else random_bytes(32))
+    signature = key.sign((agent_id + timestamp + nonce_text).encode("utf-8"))
+    return {
+        "frame_type": "auth_handshake",
+        "agent_id": agent_id,
+        "timestamp": timestamp,
+        "nonce": nonce_text,
+        "signature": b64url_encode(signature),
+    }
+
+
+def verify_ws_auth_handshake(
+    frame: Mapping[str, object],
+    *,
+    public_keys: Sequence[bytes],
+    now: float,
+    replay: ReplayWindow,
+    window: float = DEFAULT_AUTH_WINDOW,
+) -> str:
+    """The authenticated agent id of an ``auth_handshake`` frame; OCP-401 otherwise."""
+    if frame.get("frame_type") != "auth_handshake":
+        raise AuthError("expected an auth_handshake frame")
+    agent_id, timestamp, nonce = frame.get("agent_id"), frame.get("timestamp"), frame.get("nonce")
+    if not (isinstance(agent_id, str) and isinstance(timestamp, str) and isinstance(nonce, str)):
+        raise AuthError("auth_handshake needs string agent_id, timestamp and nonce")
+    try:
+        parse_agent_id(agent_id)
+        signed_at = parse_timestamp(timestamp)
+        b64url_decode(nonce, field="nonce", length=32)
+        signature = b64url_decode(frame.get("signature"), field="signature", length=64)
+    except MalformedError as exc:
+        raise AuthError(exc.message, details=exc.details) from exc
+    if abs(signed_at - now) > window:
+        raise AuthError("auth_handshake timestamp is outside the accepted window")
+    message = (agent_id + timestamp + nonce).encode("utf-8")
+    if not any(ed25519_verify(key, message, signature) for key in public_keys):
+        raise AuthError("auth_handshake signature does not verify")
+    if replay.seen(("ws", agent_id, nonce), now=now, at=signed_at):
+        raise AuthError("auth_handshake nonce was already used")
+    return agent_id

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from ocpd.proto.crypto import SigningKey
+from ocpd.proto.ids import derive_agent_id
+
+NOW = 1_775_217_600.0  # 2026-04-03T12:00:00Z
+NETWORK = "testnet"
+
+
+class Agent:
+    """A test agent: a key and its did:ocp id."""
+
+    def __init__(self, seed_byte: int) -> None:
+        self.key = SigningKey(bytes([seed_byte]) * 32)
+        self.public_key = self.key.public_key
+        self.id = derive_agent_id(self.public_key, NETWORK)
+
+
+@pytest.fixture
+def alice() -> Agent:
+    return Agent(1)
+
+
+@pytest.fixture
+def bob() -> Agent:
+    return Agent(2)
+
+
+@pytest.fixture
+def carol() -> Agent:
+    return Agent(3)
