@@ -148,3 +148,22 @@ def test_update_cannot_change_identity(alice: Agent, bob: Agent) -> None:
         verify_did_update(
             _doc(alice), sign_did_update(_doc(bob), alice.key, signer=f"{alice.id}#key-1", now=NOW)
         )
+
+
+def test_recovery_key_retirement(alice: Agent, bob: Agent) -> None:
+    v1 = _doc(alice)
+    recovery_id = f"{alice.id}#recovery-key-1"
+    v2 = rotate_did_document(v1, bob.public_key, now=NOW, retire=[recovery_id])
+    update = sign_did_update(v2, alice.key, signer=f"{alice.id}#key-1", now=NOW)
+    schema.validate("did-document-update", update)
+    assert verify_did_update(v1, update).recovery_keys == {}
+    # dropping the recovery key without revoking it is refused
+    silent = copy.deepcopy(v1)
+    silent["verificationMethod"] = [m for m in silent["verificationMethod"] if m["id"] != recovery_id]
+    with pytest.raises(MalformedError, match="revocation"):
+        verify_did_update(v1, sign_did_update(silent, alice.key, signer=f"{alice.id}#key-1", now=NOW))
+    # and so is reusing its id for another key
+    swapped = copy.deepcopy(v1)
+    swapped["verificationMethod"][1]["publicKeyMultibase"] = multibase_ed25519(bob.public_key)
+    with pytest.raises(MalformedError, match="another key"):
+        verify_did_update(v1, sign_did_update(swapped, alice.key, signer=f"{alice.id}#key-1", now=NOW))

@@ -34,6 +34,7 @@ __all__ = [
     "check_vouch",
     "check_vouch_revocation",
     "intersect_permissions",
+    "sign",
     "sign_bond",
     "verify_bond",
     "verify_registration",

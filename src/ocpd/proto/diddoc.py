@@ -360,7 +360,12 @@ def verify_did_update(current: Mapping[str, Any], update: Mapping[str, Any]) -> 
     for key in old.revoked_keys.values():
         if key in new.active_keys.values():
             raise MalformedError("a revoked key cannot become active again")
-    for vm_id in old.active_keys.keys() - new.active_keys.keys():
-        if vm_id not in new.revoked_keys:
+    old_listed = {**old.active_keys, **old.recovery_keys}
+    new_listed = {**new.active_keys, **new.recovery_keys}
+    for vm_id, key in old_listed.items():
+        if vm_id in new_listed:
+            if new_listed[vm_id] != key:
+                raise MalformedError("a DID document update cannot give a key id another key")
+        elif new.revoked_keys.get(vm_id) != key:
             raise MalformedError("a retired key must be listed in revocation")
     return new

@@ -326,6 +326,7 @@ def build_error_message(
     now: float,
     reference_message_id: str | None = None,
     ttl: int = DEFAULT_TTL,
+    message_id: str | None = None,
 ) -> Message:
     """An unsigned ``error`` message carrying ``error``'s code (sign it before sending)."""
     payload: dict[str, object] = {"error_code": error.code, "message": error.message}
@@ -345,4 +346,5 @@ def build_error_message(
         ttl=ttl,
         priority="high",
         metadata=metadata,
+        message_id=message_id,
     )
