@@ -78,7 +78,7 @@ def test_decoder_refuses_non_deterministic(hex_: str, why: str) -> None:
 
 def test_encoder_refuses_floats_and_foreign_types() -> None:
     for bad in (1.5, {1: 2}, (1, 2), {"a": {1.0}}):
-        with pytest.raises(ValueError, match="CBOR|deterministic"):
+        with pytest.raises(ValueError, match=r"CBOR|deterministic"):
             encode_deterministic(bad)
 
 

@@ -159,11 +159,17 @@ def test_recovery_key_retirement(alice: Agent, bob: Agent) -> None:
     assert verify_did_update(v1, update).recovery_keys == {}
     # dropping the recovery key without revoking it is refused
     silent = copy.deepcopy(v1)
-    silent["verificationMethod"] = [m for m in silent["verificationMethod"] if m["id"] != recovery_id]
+    silent["verificationMethod"] = [
+        m for m in silent["verificationMethod"] if m["id"] != recovery_id
+    ]
     with pytest.raises(MalformedError, match="revocation"):
-        verify_did_update(v1, sign_did_update(silent, alice.key, signer=f"{alice.id}#key-1", now=NOW))
+        verify_did_update(
+            v1, sign_did_update(silent, alice.key, signer=f"{alice.id}#key-1", now=NOW)
+        )
     # and so is reusing its id for another key
     swapped = copy.deepcopy(v1)
     swapped["verificationMethod"][1]["publicKeyMultibase"] = multibase_ed25519(bob.public_key)
     with pytest.raises(MalformedError, match="another key"):
-        verify_did_update(v1, sign_did_update(swapped, alice.key, signer=f"{alice.id}#key-1", now=NOW))
+        verify_did_update(
+            v1, sign_did_update(swapped, alice.key, signer=f"{alice.id}#key-1", now=NOW)
+        )

@@ -19,11 +19,14 @@ The C encoder configured below (``ensure_ascii=False``, separators ``,`` and
   code points). For strings made only of BMP code points a code point *is*
   its single UTF-16 code unit, so the two orders coincide; they can differ
   only when a key holds a character above U+FFFF (a surrogate pair sorts
-  below U+E000-U+FFFF in UTF-16). Keys with such characters are sent to the
-  fallback.
+  below U+E000-U+FFFF in UTF-16). Such characters are looked for in the
+  output, where the check is O(1) for ASCII text, and only when some are
+  present are the keys walked (:func:`_has_non_bmp_key`); a value with such
+  a key takes the fallback.
 
-A single pass over the value (:func:`_prepare_dict` / :func:`_prepare_list`)
-checks everything else and rewrites the one case that is cheap to fix:
+Before encoding, one walk over the value (:func:`_prepare_dict`,
+:func:`_prepare_list`) checks everything else and rewrites the one case that
+is cheap to fix:
 
 * floats: the C encoder writes ``float.__repr__``. For ``1e-4 <= |x| < 2^53``
   ``repr`` is in positional notation (``repr`` switches to exponents only
@@ -35,31 +38,35 @@ checks everything else and rewrites the one case that is cheap to fix:
   ``int(x)``, and the float is replaced by ``int(x)``. Zero (including
   ``-0.0``) becomes ``0``. Every other float (|x| < 1e-4, |x| >= 2^53, NaN,
   infinities) takes the fallback;
-* integers outside ±(2^53-1), non-``str`` keys, keys with non-BMP characters,
-  and any type other than exactly ``dict``, ``list``, ``str``, ``int``,
-  ``float``, ``bool`` or ``None`` (tuples, subclasses such as enums or
-  ``OrderedDict``, bytes, ...) take the fallback;
+* integers outside ±(2^53-1), non-``str`` keys and any type other than
+  exactly ``dict``, ``list``, ``str``, ``int``, ``float``, ``bool`` or
+  ``None`` (tuples, subclasses such as enums or ``OrderedDict``, bytes, ...)
+  take the fallback: exact ``type(x) is T`` tests let nothing through whose
+  encoding could depend on overridden methods;
 * lone surrogates are not searched for: the C encoder copies them, and the
-  final strict UTF-8 encode raises ``UnicodeEncodeError``, which sends the
-  value to the fallback.
+  strict UTF-8 encode of its output raises ``UnicodeEncodeError``, which
+  sends the value to the fallback.
 
 The fallback is ``rfc8785.dumps(value)`` on the *original* value, so rare
 inputs get the reference bytes, and rejected inputs get the reference
-exception (``rfc8785.CanonicalizationError``, or ``UnicodeEncodeError`` for a
-lone surrogate in a key; both are ``ValueError``).
+exception (``rfc8785.CanonicalizationError`` and its subclasses, or
+``UnicodeEncodeError`` for a lone surrogate in a key; all are ``ValueError``).
 
-When nothing needs rewriting the pass allocates nothing and the original
+When nothing needs rewriting the walk allocates nothing and the original
 value is encoded as is; otherwise only the containers on the path to a
-rewritten float are copied. Nesting close to the interpreter's recursion
-limit is out of scope (I-JSON messages nest at most 64 deep): a
-``RecursionError`` in the fast path also defers to ``rfc8785``.
+rewritten float are copied, and the input is never modified. Nesting close to
+the interpreter's recursion limit is out of scope (I-JSON messages nest at
+most 64 deep): a ``RecursionError`` in the fast path defers to ``rfc8785``.
+
+The C encoder is CPython's ``_json.make_encoder`` (the accelerator behind
+``json.dumps``), built once at import: ``json.dumps`` rebuilds it (and a
+``JSONEncoder``) on every call, about 2.5 µs of its 11 µs on a 1 KB message.
 
 This module does no I/O and reads no clock.
 """
 
 from __future__ import annotations
 
-import re
 from _json import encode_basestring, make_encoder
 from typing import Any, Final, NoReturn
 
@@ -76,7 +83,6 @@ _FLOAT_BIG: Final = 9007199254740992.0  # 2.0**53
 _FLOAT_SMALL: Final = 1e-4
 # Highest BMP code point: keys above it may sort differently in UTF-16.
 _BMP_MAX: Final = "\uffff"
-_NON_BMP: Final = re.compile("[\U00010000-\U0010ffff]")
 
 
 class _Fallback(Exception):
@@ -84,15 +90,15 @@ class _Fallback(Exception):
 
 
 def _unexpected(obj: object) -> NoReturn:
-    # The pass only lets through types the C encoder handles natively, so the
+    # The walk only lets through types the C encoder handles natively, so the
     # encoder never calls its ``default`` hook.
     raise TypeError(f"unexpected type {type(obj).__name__}")
 
 
-# The C encoder object behind json.dumps, built once: json.dumps and
-# JSONEncoder.encode rebuild it on every call. markers=None disables the
-# circular-reference check; a cycle never reaches the encoder because the
-# pass would recurse into it and raise RecursionError first.
+# json.dumps(sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+# allow_nan=False, check_circular=False), built once. Skipping the
+# circular-reference check is safe: a cycle never reaches the encoder because
+# the walk recurses into it and raises RecursionError first.
 _encode: Final = make_encoder(
     None,  # markers (check_circular=False)
     _unexpected,  # default
@@ -118,9 +124,9 @@ def _prepare_float(x: float) -> float | int:
 
 
 # The two container walkers below are the hot loop: they test exact types
-# with `is` (subclasses, tuples and foreign types all fail every test and take
-# the fallback), in rough order of frequency, and return their argument
-# itself when nothing inside it needs rewriting.
+# with `is` (subclasses, tuples and foreign types fail every test and take the
+# fallback), most frequent first, and return their argument itself when
+# nothing inside it needs rewriting.
 
 
 def _prepare_dict(d: dict[Any, Any]) -> dict[str, Any]:
@@ -227,13 +233,20 @@ def canonicalize(value: object) -> bytes:
     try:
         # The C encoder returns its output as a one-element list.
         text = "".join(_encode(_prepare(value), 0))
+        # Strict UTF-8: a lone surrogate raises UnicodeEncodeError.
+        data = text.encode("utf-8")
         # Key order is exact unless a key holds a character above U+FFFF.
-        # isascii() is O(1) on the joined text; the regex scan runs only for
-        # non-ASCII output and the key walk only if some string (key or
-        # value) has such a character.
-        if text.isascii() or _NON_BMP.search(text) is None or not _has_non_bmp_key(value):
-            # Strict UTF-8: a lone surrogate raises UnicodeEncodeError.
-            return text.encode("utf-8")
+        # isascii() is O(1) on the encoder's output. Other text has no such
+        # character iff its UTF-16 form is 2 bytes per code point (there are
+        # no surrogates left: the UTF-8 encode succeeded), a check far
+        # cheaper than a regex scan. Only if there are some are the keys,
+        # rather than the values, walked.
+        if (
+            text.isascii()
+            or len(text.encode("utf-16-le")) == 2 * len(text)
+            or not _has_non_bmp_key(value)
+        ):
+            return data
     except (_Fallback, UnicodeEncodeError, RecursionError):
         pass
     # Outside the except block so a reference error is not chained to ours.

@@ -1,0 +1,1 @@
+"""ocpd conformance suite and vectors"""

@@ -1,0 +1,1272 @@
+"""Generate ocpd's published conformance vectors (``python -m conformance.generate``).
+
+Every value is deterministic: Ed25519 seeds are ``bytes(range(32))`` or
+SHA3-256 of a label, ephemeral X25519 keys, nonces and artifact ids come from
+labels too, and every time is fixed around 2026-04-03T12:00:00Z. Running the
+generator twice gives byte-identical files; ``tests/test_conformance_vectors.py``
+checks that the committed files equal what :func:`build_vectors` returns, so
+the published vectors always match the code.
+
+The vectors are built with ocpd's own core (``ocpd.proto``) and checked
+against it while they are built; the test file re-verifies them from the JSON
+alone. ``conformance/vectors/README.md`` explains each file to implementers.
+
+Usage::
+
+    python -m conformance.generate            # (re)write conformance/vectors/
+    python -m conformance.generate --check    # exit 1 if the files are stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts
+from ocpd.proto.crypto import (
+    SigningKey,
+    X25519KeyPair,
+    aes256gcm_encrypt,
+    ed25519_verify,
+    hkdf_sha256,
+    sha3_256,
+    x25519,
+)
+from ocpd.proto.dcbor import encode_deterministic, signing_input
+from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp
+from ocpd.proto.errors import MalformedError
+from ocpd.proto.ids import (
+    X25519_MULTICODEC,
+    base58btc_encode,
+    broadcast_did,
+    derive_agent_id,
+    format_node_id,
+    format_participant_id,
+    key_fingerprint,
+    multibase_ed25519,
+    multibase_x25519,
+)
+from ocpd.proto.jcs import canonicalize
+from ocpd.proto.signing import artifact_digest, sign_artifact
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ["VECTORS_DIR", "build_vectors", "dump_json", "main", "write_vectors"]
+
+VECTORS_DIR: Final = Path(__file__).resolve().parent / "vectors"
+MANIFEST: Final = "MANIFEST.json"
+MANIFEST_FORMAT: Final = 1
+
+NOW: Final = 1_775_217_600.0  # 2026-04-03T12:00:00Z
+DAY: Final = 86_400.0
+NETWORK: Final = "testnet"
+LABEL_PREFIX: Final = b"ocpd-conformance/"
+
+Json = dict[str, Any]
+
+
+# --- deterministic inputs ---------------------------------------------------------
+
+
+def label_bytes(label: str, length: int = 32) -> bytes:
+    """``length`` bytes from SHA3-256(``ocpd-conformance/<label>/<counter>``)."""
+    out = b""
+    counter = 0
+    while len(out) < length:
+        out += sha3_256(LABEL_PREFIX + f"{label}/{counter}".encode())
+        counter += 1
+    return out[:length]
+
+
+def fixed_uuid(label: str) -> str:
+    """A UUIDv4-shaped string whose random bits come from ``label``."""
+    return str(uuid.UUID(bytes=label_bytes(label, 16), version=4))
+
+
+def fixed_message_id(label: str) -> str:
+    """``msg-`` + the first four groups of :func:`fixed_uuid` (OCP §7.1 shape)."""
+    return "msg-" + fixed_uuid(label)[:23]
+
+
+def ts(seconds: float) -> str:
+    return format_timestamp(seconds)
+
+
+def jcs_text(value: object) -> str:
+    return canonicalize(value).decode("utf-8")
+
+
+class Party:
+    """A fixed Ed25519 identity: seed, key and its did:ocp agent id."""
+
+    def __init__(self, seed: bytes, network: str = NETWORK) -> None:
+        self.seed = seed
+        self.key = SigningKey(seed)
+        self.public_key = self.key.public_key
+        self.agent_id = derive_agent_id(self.public_key, network)
+
+    def describe(self) -> Json:
+        return {
+            "seed": self.seed.hex(),
+            "public_key": self.public_key.hex(),
+            "agent_id": self.agent_id,
+        }
+
+
+ALICE: Final = Party(bytes(range(32)))
+BOB: Final = Party(label_bytes("agent/bob"))
+CAROL: Final = Party(label_bytes("agent/carol"))
+ALICE_RECOVERY: Final = Party(label_bytes("agent/alice/recovery-key"))
+ALICE_KEY_2: Final = Party(label_bytes("agent/alice/key-2"))
+ALICE_KEY_3: Final = Party(label_bytes("agent/alice/key-3"))
+# The node's own key: node id, participant id and its did:ocp service agent (D4).
+NODE_A: Final = Party(label_bytes("node/a"))
+NODE_B: Final = Party(label_bytes("node/b"))
+
+
+# --- JSON output ------------------------------------------------------------------
+
+
+def dump_json(value: object) -> bytes:
+    """The one serialisation of every vector file (stable across runs)."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return text.encode("utf-8")
+
+
+def _file(description: str, cases: list[Json]) -> Json:
+    names = [case["name"] for case in cases]
+    assert len(names) == len(set(names)), "case names must be unique within a file"
+    return {
+        "description": description,
+        "reference_time": ts(NOW),
+        "cases": cases,
+    }
+
+
+# --- did-ocp.json -------------------------------------------------------------------
+
+
+def did_ocp_vectors() -> Json:
+    cases: list[Json] = []
+    valid = [
+        ("alice-testnet", ALICE.public_key, "testnet"),
+        ("alice-mainnet", ALICE.public_key, "mainnet"),
+        ("bob-testnet", BOB.public_key, "testnet"),
+        ("network-with-digits-and-hyphen", CAROL.public_key, "ocp-net-2"),
+        ("network-of-32-characters", CAROL.public_key, "n" * 31 + "0"),
+        ("network-of-1-character", BOB.public_key, "x"),
+    ]
+    for name, public_key, network in valid:
+        agent_id = derive_agent_id(public_key, network)
+        cases.append(
+            {
+                "name": name,
+                "kind": "valid",
+                "public_key": public_key.hex(),
+                "sha3_256_of_public_key": sha3_256(public_key).hex(),
+                "network": network,
+                "agent_id": agent_id,
+            }
+        )
+    for network in ("testnet", "ocp-net-2"):
+        cases.append(
+            {
+                "name": f"broadcast-{network}",
+                "kind": "broadcast",
+                "network": network,
+                "did": broadcast_did(network),
+                "reason": "the broadcast receiver: a valid receiver, never an agent id",
+            }
+        )
+    ident = ALICE.agent_id.rsplit("-", 1)[1]
+    good = ALICE.agent_id
+    invalid = [
+        ("uppercase-hex", f"did:ocp:testnet:agent-{ident.upper()}", "hex must be lowercase"),
+        ("11-hex-chars", f"did:ocp:testnet:agent-{ident[:11]}", "identifier is 11 hex chars"),
+        ("13-hex-chars", f"did:ocp:testnet:agent-{ident}0", "identifier is 13 hex chars"),
+        ("non-hex-char", f"did:ocp:testnet:agent-{ident[:11]}g", "'g' is not a hex digit"),
+        ("uppercase-network", f"did:ocp:TestNet:agent-{ident}", "network must be lowercase"),
+        ("underscore-in-network", f"did:ocp:test_net:agent-{ident}", "'_' is not allowed"),
+        ("empty-network", f"did:ocp::agent-{ident}", "network is 1-32 characters"),
+        ("network-of-33-characters", f"did:ocp:{'n' * 33}:agent-{ident}", "network too long"),
+        ("missing-network", f"did:ocp:agent-{ident}", "the network segment is missing"),
+        ("extra-segment", f"did:ocp:testnet:eu:agent-{ident}", "one network segment only"),
+        ("trailing-newline", good + "\n", "trailing newline"),
+        ("leading-space", " " + good, "leading whitespace"),
+        ("trailing-space", good + " ", "trailing whitespace"),
+        ("uppercase-method", good.replace("did:ocp:", "did:OCP:"), "method name is lowercase"),
+        ("uppercase-did-scheme", good.replace("did:", "DID:", 1), "scheme is lowercase"),
+        ("other-method", f"did:key:testnet:agent-{ident}", "method must be ocp"),
+        ("agent-prefix-uppercase", good.replace("agent-", "Agent-"), "'agent-' is lowercase"),
+        ("missing-agent-prefix", f"did:ocp:testnet:{ident}", "'agent-' prefix is required"),
+        ("underscore-instead-of-hyphen", f"did:ocp:testnet:agent_{ident}", "'agent-' exactly"),
+        ("broadcast-is-not-an-agent", broadcast_did("testnet"), "broadcast is no agent id"),
+        ("fragment-appended", good + "#key-1", "a DID URL is not an agent id"),
+        ("full-width-digit", good[:-1] + "\uff11", "non-ASCII digit"),
+        ("empty-string", "", "empty"),
+    ]
+    for name, value, reason in invalid:
+        cases.append(
+            {"name": f"invalid-{name}", "kind": "invalid", "value": value, "reason": reason}
+        )
+    return _file(
+        "did:ocp agent ids (D4): did:ocp:<network>:agent-<first 12 lowercase hex chars of "
+        "SHA3-256(raw Ed25519 public key)>, network [a-z0-9-]{1,32}; strings a strict "
+        "parser must reject, each with the reason.",
+        cases,
+    )
+
+
+# --- did-key.json -------------------------------------------------------------------
+
+
+def did_key_vectors() -> Json:
+    cases: list[Json] = []
+    for name, party in (("alice-key", ALICE), ("node-a-key", NODE_A), ("node-b-key", NODE_B)):
+        pk = party.public_key
+        cases.append(
+            {
+                "name": name,
+                "kind": "valid",
+                "public_key": pk.hex(),
+                "multicodec_key": (b"\xed\x01" + pk).hex(),
+                "multibase": multibase_ed25519(pk),
+                "node_id": format_node_id(pk),
+                "participant_id": format_participant_id(pk),
+            }
+        )
+    pk = NODE_A.public_key
+    mb = multibase_ed25519(pk)
+    node = format_node_id(pk)
+    participant = format_participant_id(pk)
+    x_mb = "z" + base58btc_encode(X25519_MULTICODEC + pk)
+    invalid = [
+        ("participant-prefix-as-node-id", "node_id", participant, "other prefix"),
+        ("node-prefix-as-participant-id", "participant_id", node, "other prefix"),
+        ("bare-did-key-as-node-id", "node_id", "did:key:" + mb, "prefix 'node:' missing"),
+        ("bare-did-key-as-participant-id", "participant_id", "did:key:" + mb, "prefix missing"),
+        ("x25519-multicodec-node-id", "node_id", "node:did:key:" + x_mb, "multicodec 0xec01"),
+        (
+            "x25519-multicodec-participant-id",
+            "participant_id",
+            "participant:did:key:" + x_mb,
+            "multicodec 0xec01 (X25519) instead of 0xed01 (Ed25519)",
+        ),
+        ("missing-multibase-z", "node_id", "node:did:key:" + mb[1:], "multibase prefix missing"),
+        (
+            "key-of-31-bytes",
+            "node_id",
+            "node:did:key:z" + base58btc_encode(b"\xed\x01" + pk[:31]),
+            "wrong length: 31-byte key",
+        ),
+        (
+            "key-of-33-bytes",
+            "node_id",
+            "node:did:key:z" + base58btc_encode(b"\xed\x01" + pk + b"\x00"),
+            "wrong length: 33-byte key",
+        ),
+        (
+            "leading-zero-byte",
+            "node_id",
+            "node:did:key:z1" + mb[1:],
+            "wrong length: a leading base58 '1' adds a zero byte",
+        ),
+        ("uppercase-node-prefix", "node_id", "NODE:did:key:" + mb, "prefix must be lowercase"),
+        ("uppercase-did", "node_id", "node:DID:key:" + mb, "prefix must be lowercase"),
+        (
+            "uppercase-participant-prefix",
+            "participant_id",
+            "Participant:did:key:" + mb,
+            "prefix must be lowercase",
+        ),
+        ("uppercase-multibase-z", "node_id", "node:did:key:Z" + mb[1:], "multibase is 'z'"),
+        ("trailing-character", "node_id", node + "a", "trailing data"),
+        ("trailing-newline", "participant_id", participant + "\n", "trailing data"),
+        ("fragment-appended", "node_id", node + "#" + mb, "trailing data: a DID URL fragment"),
+        (
+            "base16-multibase",
+            "node_id",
+            "node:did:key:f" + (b"\xed\x01" + pk).hex(),
+            "other multibase base: 'f' (base16)",
+        ),
+        (
+            "base64url-multibase",
+            "participant_id",
+            "participant:did:key:u" + b64url_encode(b"\xed\x01" + pk),
+            "other multibase base: 'u' (base64url)",
+        ),
+        (
+            "character-outside-base58",
+            "node_id",
+            "node:did:key:" + mb[:10] + "0" + mb[11:],
+            "'0' is not in the base58btc alphabet",
+        ),
+        ("empty-key", "node_id", "node:did:key:z", "no key at all"),
+    ]
+    for name, parser, value, reason in invalid:
+        cases.append(
+            {
+                "name": f"invalid-{name}",
+                "kind": "invalid",
+                "parser": parser,
+                "value": value,
+                "reason": reason,
+            }
+        )
+    return _file(
+        "did:key node and participant ids (NET FR-002a, FR-003a): "
+        "node:did:key:z<base58btc(0xed 0x01 || pk)> and participant:did:key:z<...>; "
+        "strings a strict parser must reject, each with the reason.",
+        cases,
+    )
+
+
+# --- did-document.json ----------------------------------------------------------------
+
+
+SERVICE_ENDPOINTS: Final = ("wss://node-a.example:7443/ocp/v1/ws", "https://node-a.example/ocp/v1")
+
+
+def _alice_document() -> Json:
+    return diddoc.build_did_document(
+        ALICE.public_key,
+        network=NETWORK,
+        service_endpoints=SERVICE_ENDPOINTS,
+        recovery_public_key=ALICE_RECOVERY.public_key,
+        capabilities=["cap:nlp:classification"],
+    )
+
+
+def _rotation_case(
+    name: str,
+    description: str,
+    current: Json,
+    new: Party,
+    signer: Party,
+    signer_vm: str,
+    retire: list[str],
+    now: float,
+) -> tuple[Json, Json]:
+    rotated = diddoc.rotate_did_document(current, new.public_key, now=now, retire=retire)
+    update = diddoc.sign_did_update(rotated, signer.key, signer=signer_vm, now=now)
+    unsigned = {k: v for k, v in update.items() if k != "signature"}
+    digest = artifact_digest(update)
+    assert diddoc.verify_did_update(current, update).document == rotated
+    case: Json = {
+        "name": name,
+        "description": description,
+        "current_document": current,
+        "new_key": {
+            "seed": new.seed.hex(),
+            "public_key": new.public_key.hex(),
+            "verification_method": rotated["authentication"][-1],
+        },
+        "retired": retire,
+        "rotated_document": rotated,
+        "signer": signer_vm,
+        "signer_seed": signer.seed.hex(),
+        "signer_public_key": signer.public_key.hex(),
+        "update": update,
+        "canonical_jcs": jcs_text(unsigned),
+        "digest_sha3_256": digest.hex(),
+        "signature": update["signature"],
+    }
+    return case, rotated
+
+
+def did_document_vectors() -> Json:
+    doc = _alice_document()
+    parsed = diddoc.parse_did_document(doc)
+    x_pub = ALICE.key.x25519_public_key()
+    assert parsed.newest_key_agreement() == x_pub
+    initial: Json = {
+        "name": "initial-document",
+        "description": "build_did_document with a recovery key, two services and a capability",
+        "seed": ALICE.seed.hex(),
+        "public_key": ALICE.public_key.hex(),
+        "network": NETWORK,
+        "agent_id": ALICE.agent_id,
+        "public_key_multibase": multibase_ed25519(ALICE.public_key),
+        "recovery_seed": ALICE_RECOVERY.seed.hex(),
+        "recovery_public_key": ALICE_RECOVERY.public_key.hex(),
+        "service_endpoints": list(SERVICE_ENDPOINTS),
+        "x25519_public_key": x_pub.hex(),
+        "x25519_private_key": ALICE.key.x25519_private_key().hex(),
+        "x25519_public_key_multibase": multibase_x25519(x_pub),
+        "document": doc,
+    }
+    did = ALICE.agent_id
+    overlap, doc2 = _rotation_case(
+        "rotation-add-key-2",
+        "#key-2 is added and both keys stay active; signed by #key-1, active in the current "
+        "document",
+        doc,
+        ALICE_KEY_2,
+        ALICE,
+        f"{did}#key-1",
+        [],
+        NOW + DAY,
+    )
+    retire, _ = _rotation_case(
+        "rotation-add-key-3",
+        "#key-3 is added and #key-1 retired into revocation (it keeps the id self-certifying); "
+        "signed by #key-2",
+        doc2,
+        ALICE_KEY_3,
+        ALICE_KEY_2,
+        f"{did}#key-2",
+        [f"{did}#key-1"],
+        NOW + 2 * DAY,
+    )
+    return _file(
+        "DID documents (OCP §4.1.2, D4): an initial document with its X25519 keyAgreement "
+        "key, and signed rotation updates (D2 rule, signer active in the current document).",
+        [initial, overlap, retire],
+    )
+
+
+# --- message-signing.json -------------------------------------------------------------
+
+
+def _message_case(name: str, description: str, party: Party, unsigned: Json) -> Json:
+    signed = envelope.sign_message(unsigned, party.key)
+    canonical = canonicalize(unsigned)
+    # A reader of the published JSON must arrive at the same bytes.
+    assert canonicalize(json.loads(dump_json(unsigned))) == canonical
+    digest = sha3_256(canonical)
+    assert digest == envelope.message_digest(signed)
+    signature = signed["sender"]["signature"]
+    assert ed25519_verify(party.public_key, digest, b64url_decode(signature))
+    envelope.verify_message(
+        json.dumps(signed).encode(), now=NOW, resolve_keys=lambda _: [party.public_key]
+    )
+    return {
+        "name": name,
+        "description": description,
+        **party.describe(),
+        "unsigned_message": unsigned,
+        "canonical_jcs": canonical.decode("utf-8"),
+        "digest_sha3_256": digest.hex(),
+        "signature": signature,
+        "signed_message": signed,
+    }
+
+
+def message_vectors() -> Json:
+    ping = envelope.build_message(
+        sender=ALICE.agent_id,
+        receiver=BOB.agent_id,
+        message_type="discovery_ping",
+        payload={
+            "capabilities": ["cap:nlp:classification"],
+            "domains": ["healthcare.oncology"],
+            "trust_level": 1,
+        },
+        now=NOW,
+        metadata={"tags": ["healthcare"], "requires_ack": False},
+        message_id=fixed_message_id("message/discovery-ping"),
+    )
+    numbers_payload: Json = {
+        "numbers": {
+            "half": 0.5,
+            "tenth": 0.1,
+            "one_point_zero": 1.0,
+            "negative_zero": -0.0,
+            "small": 1e-7,
+            "large": 1e21,
+            "max_safe_integer": 9_007_199_254_740_991,
+            "fraction": 123456789.125,
+            "negative": -1.5,
+        },
+        "text": {
+            "greeting": "Grüße aus Köln",
+            "japanese": "こんにちは",
+            "emoji": "🚀",
+            "escapes": 'tab\tnewline\nquote"backslash\\ control\u0001 del\u007f',
+            "line_separator": "a\u2028b",
+        },
+        # UTF-16 key order: U+1F600 (a surrogate pair, D83D DE00) sorts before
+        # U+E000, although its code point is larger.
+        "keys": {"\ue000": "private-use", "😀": "emoji key", "z": 1, "Z": 2, "é": 3},
+    }
+    broadcast = envelope.build_message(
+        sender=BOB.agent_id,
+        receiver=broadcast_did(NETWORK),
+        message_type="broadcast",
+        payload=numbers_payload,
+        now=NOW + 0.5,
+        ttl=600,
+        priority="low",
+        broadcast=True,
+        metadata={"tags": ["healthcare.oncology"], "language": "de-DE"},
+        message_id=fixed_message_id("message/broadcast-numbers"),
+    )
+    # build_error_message draws a random message id; pin it before signing.
+    error = envelope.build_error_message(
+        MalformedError("message has expired", details={"field": "timestamp", "reason": "expired"}),
+        sender=NODE_A.agent_id,
+        receiver=ALICE.agent_id,
+        now=NOW + 1,
+        reference_message_id=ping["message_id"],
+    )
+    error["message_id"] = fixed_message_id("message/error")
+    # D1 allows a fraction of 1-6 digits; build_message writes whole seconds.
+    broadcast["timestamp"] = format_timestamp(NOW + 0.5, fraction_digits=3)
+    cases = [
+        _message_case(
+            "discovery-ping", "a discovery_ping from alice to bob with metadata", ALICE, ping
+        ),
+        _message_case(
+            "broadcast-floats-and-unicode",
+            "a broadcast whose payload holds floats, non-ASCII text, escapes and keys whose "
+            "JCS order differs from code-point order; timestamp with a fraction",
+            BOB,
+            broadcast,
+        ),
+        _message_case(
+            "error-from-node",
+            "an OCP-400 error message signed by the node's service agent, correlated to the "
+            "discovery ping",
+            NODE_A,
+            error,
+        ),
+    ]
+    return _file(
+        "OCPUMF message signatures (OCP §7.2, D2): "
+        "Ed25519(sk, SHA3-256(JCS(message without sender.signature))).",
+        cases,
+    )
+
+
+# --- http-authorization.json ----------------------------------------------------------
+
+
+def _http_case(
+    name: str, party: Party, method: str, path_and_query: str, body: str, now: float
+) -> Json:
+    body_bytes = body.encode("utf-8")
+    timestamp = ts(now)
+    signing_string = auth.http_signing_string(
+        method=method,
+        path_and_query=path_and_query,
+        agent_id=party.agent_id,
+        timestamp=timestamp,
+        body=body_bytes,
+    )
+    header = auth.build_authorization(
+        party.key,
+        agent_id=party.agent_id,
+        method=method,
+        path_and_query=path_and_query,
+        body=body_bytes,
+        now=now,
+    )
+    signature = header.rsplit(":", 1)[1]
+    auth.verify_authorization(
+        header,
+        method=method,
+        path_and_query=path_and_query,
+        body=body_bytes,
+        public_keys=[party.public_key],
+        now=now,
+        replay=auth.ReplayWindow(window=auth.DEFAULT_AUTH_WINDOW),
+    )
+    return {
+        "name": name,
+        **party.describe(),
+        "method": method,
+        "path_and_query": path_and_query,
+        "body": body,
+        "body_sha3_256": sha3_256(body_bytes).hex(),
+        "timestamp": timestamp,
+        "signing_string": signing_string.decode("utf-8"),
+        "signing_digest": sha3_256(signing_string).hex(),
+        "signature": signature,
+        "header_name": "Authorization",
+        "header": header,
+    }
+
+
+def http_vectors() -> Json:
+    rating_body = jcs_text(
+        {"rater": ALICE.agent_id, "subject": BOB.agent_id, "rating": 0.9, "note": "zuverlässig"}
+    )
+    cases = [
+        _http_case(
+            "post-with-json-body",
+            ALICE,
+            "POST",
+            "/ocp/v1/registry/interactions",
+            rating_body,
+            NOW,
+        ),
+        _http_case(
+            "get-with-query-and-empty-body",
+            BOB,
+            "GET",
+            f"/ocp/v1/registry/agents/{ALICE.agent_id}?include=trust&limit=5",
+            "",
+            NOW + 30,
+        ),
+        _http_case(
+            "post-with-encoded-query",
+            CAROL,
+            "POST",
+            "/ocp/v1/registry/discover?q=onkologie%20k%C3%B6ln&page=2",
+            '{"domains":["healthcare.oncology"],"query":"Köln"}\n',
+            NOW + 59,
+        ),
+    ]
+    return _file(
+        "HTTP request authentication (OCP §3.1.2, D3): Authorization: OCP-Ed25519 "
+        "<agent_id>:<timestamp>:<signature>, signature = Ed25519(sk, SHA3-256(signing_string)).",
+        cases,
+    )
+
+
+# --- ws-auth.json ---------------------------------------------------------------------
+
+
+def ws_auth_vectors() -> Json:
+    cases: list[Json] = []
+    for name, party, now in (("alice", ALICE, NOW), ("bob", BOB, NOW + 30)):
+        nonce = label_bytes(f"ws-auth/{name}/nonce")
+        frame = auth.build_ws_auth_handshake(
+            party.key, agent_id=party.agent_id, now=now, nonce=nonce
+        )
+        signed_text = frame["agent_id"] + frame["timestamp"] + frame["nonce"]
+        auth.verify_ws_auth_handshake(
+            frame,
+            public_keys=[party.public_key],
+            now=now,
+            replay=auth.ReplayWindow(window=auth.DEFAULT_AUTH_WINDOW),
+        )
+        cases.append(
+            {
+                "name": name,
+                **party.describe(),
+                "timestamp": frame["timestamp"],
+                "nonce_bytes": nonce.hex(),
+                "nonce": frame["nonce"],
+                "signed_bytes": signed_text,
+                "signature": frame["signature"],
+                "frame": frame,
+            }
+        )
+    return _file(
+        "WebSocket auth_handshake (OCP §3.1.1, D2): signature = Ed25519(sk, UTF-8 of "
+        "agent_id + timestamp + nonce), concatenated without separators, not pre-hashed.",
+        cases,
+    )
+
+
+# --- payload-encryption.json ----------------------------------------------------------
+
+
+def encryption_vectors() -> Json:
+    sender, receiver = ALICE, BOB
+    payload: Json = {
+        "task_id": "task-" + fixed_uuid("encryption/task"),
+        "task_type": "classification",
+        "description": "Klassifiziere den Befund — vertraulich",
+        "input": {"format": "text/plain", "data": "Patientin, 54 Jahre, Befund unauffällig."},
+        "constraints": {"max_duration_seconds": 120, "min_trust_level": 2},
+    }
+    unsigned = envelope.build_message(
+        sender=sender.agent_id,
+        receiver=receiver.agent_id,
+        message_type="task_request",
+        payload=payload,
+        now=NOW,
+        priority="high",
+        message_id=fixed_message_id("encryption/message"),
+    )
+    ephemeral = X25519KeyPair(label_bytes("encryption/ephemeral"))
+    nonce = label_bytes("encryption/nonce", 12)
+    receiver_x_public = receiver.key.x25519_public_key()
+    receiver_x_private = receiver.key.x25519_private_key()
+    encrypted = envelope.encrypt_payload(
+        unsigned, receiver_x_public, ephemeral=ephemeral, nonce=nonce
+    )
+    signed = envelope.sign_message(encrypted, sender.key)
+
+    # Every intermediate value, recomputed here from the primitives.
+    shared = x25519(ephemeral.private_key, receiver_x_public)
+    assert shared == x25519(receiver_x_private, ephemeral.public_key)
+    salt = ephemeral.public_key + receiver_x_public
+    aes_key = hkdf_sha256(shared, salt=salt, info=envelope.PAYLOAD_INFO, length=32)
+    aad = envelope.message_aad(unsigned)
+    plaintext = canonicalize(payload)
+    ciphertext = aes256gcm_encrypt(aes_key, nonce, plaintext, aad)
+    assert b64url_encode(ciphertext) == encrypted["payload"]
+    assert envelope.decrypt_payload(signed, receiver.key) == payload
+    digest = envelope.message_digest(signed)
+    envelope.verify_message(
+        json.dumps(signed).encode(), now=NOW, resolve_keys=lambda _: [sender.public_key]
+    )
+    unsigned_view = dict(signed) | {"sender": {"agent_id": sender.agent_id}}
+    case: Json = {
+        "name": "task-request-alice-to-bob",
+        "sender_seed": sender.seed.hex(),
+        "sender_public_key": sender.public_key.hex(),
+        "sender_agent_id": sender.agent_id,
+        "receiver_seed": receiver.seed.hex(),
+        "receiver_public_key": receiver.public_key.hex(),
+        "receiver_agent_id": receiver.agent_id,
+        "receiver_x25519_public": receiver_x_public.hex(),
+        "receiver_x25519_private": receiver_x_private.hex(),
+        "receiver_key_agreement_multibase": multibase_x25519(receiver_x_public),
+        "ephemeral_private": ephemeral.private_key.hex(),
+        "ephemeral_public": ephemeral.public_key.hex(),
+        "shared_secret": shared.hex(),
+        "hkdf_salt": salt.hex(),
+        "hkdf_info": envelope.PAYLOAD_INFO.decode("ascii"),
+        "aes_key": aes_key.hex(),
+        "nonce": nonce.hex(),
+        "aad": aad.decode("utf-8"),
+        "plaintext": plaintext.decode("utf-8"),
+        "ciphertext": b64url_encode(ciphertext),
+        "payload": payload,
+        "unsigned_message": unsigned,
+        "encrypted_message": encrypted,
+        "canonical_jcs": jcs_text(unsigned_view),
+        "digest_sha3_256": digest.hex(),
+        "signature": signed["sender"]["signature"],
+        "signed_message": signed,
+    }
+    return _file(
+        "Payload encryption (OCP §7.3, D5): ephemeral X25519 ECDH with the receiver's "
+        "keyAgreement key, HKDF-SHA256, AES-256-GCM with AAD message_id\\nsender\\nreceiver; "
+        "the envelope is signed after encryption.",
+        [case],
+    )
+
+
+# --- artifacts.json -----------------------------------------------------------------
+
+
+def _signer(party: Party) -> Json:
+    return party.describe()
+
+
+def _artifact_case(
+    name: str,
+    artifact_type: str,
+    artifact: Json,
+    signers: list[Party],
+    *,
+    field: str = "signature",
+    **extra: object,
+) -> Json:
+    unsigned = {k: v for k, v in artifact.items() if k != field}
+    canonical = canonicalize(unsigned)
+    digest = sha3_256(canonical)
+    assert digest == artifact_digest(artifact, field=field)
+    if field == "signature":
+        signatures = [artifact["signature"]]
+    else:
+        signatures = [artifact[field][p.agent_id] for p in signers]
+    for party, signature in zip(signers, signatures, strict=True):
+        assert ed25519_verify(party.public_key, digest, b64url_decode(signature))
+    return {
+        "name": name,
+        "artifact_type": artifact_type,
+        "signature_field": field,
+        "signers": [_signer(p) for p in signers],
+        "artifact": artifact,
+        "canonical_jcs": canonical.decode("utf-8"),
+        "digest_sha3_256": digest.hex(),
+        **extra,
+    }
+
+
+def artifact_vectors() -> Json:
+    record = sign_artifact(
+        {
+            "agent_id": ALICE.agent_id,
+            "display_name": "Conformance Alice",
+            "version": "1.2.0",
+            "capabilities": [
+                {
+                    "id": "cap:nlp:classification",
+                    "name": "Text classification",
+                    "version": "1.0",
+                    "input_formats": ["text/plain"],
+                    "output_formats": ["application/json"],
+                    "max_input_tokens": 8192,
+                }
+            ],
+            "domains": ["healthcare.oncology"],
+            "endpoints": [
+                {"transport": "ocp-ws", "url": SERVICE_ENDPOINTS[0], "priority": 1},
+                {"transport": "ocp-http", "url": SERVICE_ENDPOINTS[1], "priority": 2},
+            ],
+            "status": "active",
+            "registered_at": ts(NOW),
+            "ttl": artifacts.RECORD_DEFAULT_TTL,
+            "did_document_url": (
+                f"https://registry.example/ocp/v1/registry/agents/{ALICE.agent_id}/did.json"
+            ),
+        },
+        ALICE.key,
+    )
+    registration = {"record": record, "did_document": _alice_document()}
+    artifacts.verify_registration(registration, now=NOW)
+
+    vouch = sign_artifact(
+        {
+            "vouch_type": "endorsement",
+            "attester": BOB.agent_id,
+            "subject": ALICE.agent_id,
+            "level": "vouch",
+            "domains": ["healthcare.oncology"],
+            "issued_at": ts(NOW - DAY),
+            "expires_at": ts(NOW - DAY + 90 * DAY),
+        },
+        BOB.key,
+    )
+    artifacts.check_vouch(vouch, now=NOW)
+    vouch_revocation = sign_artifact(
+        {
+            "revocation_type": "vouch",
+            "attester": BOB.agent_id,
+            "subject": ALICE.agent_id,
+            "vouch_digest": artifacts.vouch_digest(vouch),
+            "revoked_at": ts(NOW),
+        },
+        BOB.key,
+    )
+    artifacts.check_vouch_revocation(vouch_revocation, vouch, now=NOW)
+
+    bond: Json = {
+        "bond_id": "bond-" + fixed_uuid("artifacts/bond"),
+        "agents": [ALICE.agent_id, BOB.agent_id],
+        "permissions": {
+            "knowledge_share": {
+                "enabled": True,
+                "allowed_types": ["insight", "embedding"],
+                "max_payload_bytes": 1_048_576,
+            },
+            "task_delegate": {"enabled": True, "max_concurrent": 4, "timeout_seconds": 300},
+            "model_delta_share": {"enabled": False},
+        },
+        "established_at": ts(NOW - DAY),
+        "expires_at": ts(NOW - DAY + 180 * DAY),
+        "renewal": "manual",
+    }
+    bond = artifacts.sign_bond(bond, ALICE.key, ALICE.agent_id)
+    bond = artifacts.sign_bond(bond, BOB.key, BOB.agent_id)
+    artifacts.verify_bond(
+        bond, {ALICE.agent_id: [ALICE.public_key], BOB.agent_id: [BOB.public_key]}, now=NOW
+    )
+    bond_revocation = sign_artifact(
+        {
+            "revocation_type": "bond",
+            "bond_id": bond["bond_id"],
+            "revoked_by": BOB.agent_id,
+            "revoked_at": ts(NOW),
+            "reason": "collaboration finished",
+        },
+        BOB.key,
+    )
+    artifacts.check_bond_revocation(bond_revocation, bond, now=NOW)
+
+    rationale = "Option A fits the evidence of three independent studies."
+    vote = sign_artifact(
+        {
+            "consensus_id": "con-" + fixed_uuid("artifacts/consensus"),
+            "vote": "option_a",
+            "confidence": 0.87,
+            "rationale_hash": sha3_256(rationale.encode("utf-8")).hex(),
+            "voter": CAROL.agent_id,
+        },
+        CAROL.key,
+    )
+    artifacts.check_consensus_vote(vote, sender=CAROL.agent_id)
+
+    rating = sign_artifact(
+        {
+            "rating_type": "interaction",
+            "rater": ALICE.agent_id,
+            "subject": BOB.agent_id,
+            "rating": 0.9,
+            "interaction_id": fixed_message_id("message/discovery-ping"),
+            "rated_at": ts(NOW),
+        },
+        ALICE.key,
+    )
+    artifacts.check_interaction_rating(rating, now=NOW)
+
+    share_index = 1
+    share = sign_artifact(
+        {
+            "share_id": f"share-{ALICE.agent_id.rsplit('-', 1)[1]}-{share_index}",
+            "agent_id": ALICE.agent_id,
+            "scheme": "shamir-sss-gf256",
+            "threshold": 3,
+            "total_shares": 5,
+            "share_index": share_index,
+            # Opaque here: 48 bytes standing for an encrypted 32-byte share and
+            # its tag. This case pins the record and its signature only.
+            "share_data": b64url_encode(label_bytes("artifacts/share-data", 48)),
+            "key_fingerprint": key_fingerprint(ALICE.public_key),
+            "created_at": ts(NOW),
+            "encryption": {
+                "algorithm": "AES-256-GCM",
+                "key_exchange": "ECDH-X25519",
+                "nonce": b64url_encode(label_bytes("artifacts/share-nonce", 12)),
+                "ephemeral_public_key": b64url_encode(
+                    X25519KeyPair(label_bytes("artifacts/share-ephemeral")).public_key
+                ),
+            },
+        },
+        ALICE.key,
+    )
+    artifacts.check_recovery_share(share, now=NOW)
+
+    cases = [
+        _artifact_case("agent-record", "agent-record", record, [ALICE], registration=registration),
+        _artifact_case("vouch", "vouch", vouch, [BOB]),
+        _artifact_case(
+            "vouch-revocation", "vouch-revocation", vouch_revocation, [BOB], revokes=vouch
+        ),
+        _artifact_case("bond", "bond", bond, [ALICE, BOB], field="signatures"),
+        _artifact_case("bond-revocation", "bond-revocation", bond_revocation, [BOB], revokes=bond),
+        _artifact_case("consensus-vote", "consensus-vote", vote, [CAROL], rationale_text=rationale),
+        _artifact_case("interaction-rating", "interaction-rating", rating, [ALICE]),
+        _artifact_case("recovery-share", "recovery-share", share, [ALICE]),
+    ]
+    return _file(
+        "Signed OCP artifacts (D2): signature = Ed25519(sk, SHA3-256(JCS(artifact without "
+        "signature_field))); a bond's two signatures cover the same bytes.",
+        cases,
+    )
+
+
+# --- networking.json ----------------------------------------------------------------
+
+
+def _net_case(
+    name: str,
+    artifact_type: str,
+    artifact: Json,
+    signer: Party,
+    *,
+    signer_field: str,
+    unsigned_fields: frozenset[str] = frozenset(),
+    **extra: object,
+) -> Json:
+    body = {k: v for k, v in artifact.items() if k != "signature" and k not in unsigned_fields}
+    message = signing_input(artifact_type, body)
+    signature = artifact["signature"]
+    assert ed25519_verify(signer.public_key, message, b64url_decode(signature))
+    return {
+        "name": name,
+        "artifact_type": artifact_type,
+        "signer_seed": signer.seed.hex(),
+        "signer_public_key": signer.public_key.hex(),
+        "signer_field": signer_field,
+        "unsigned_fields": sorted(unsigned_fields),
+        "artifact": artifact,
+        "signing_input": message.hex(),
+        "signature": signature,
+        **extra,
+    }
+
+
+def networking_vectors() -> Json:
+    a, b = NODE_A, NODE_B
+    node_a, node_b = format_node_id(a.public_key), format_node_id(b.public_key)
+
+    identity = netartifacts.build_node_identity(
+        a.key, storage_ref="local-file:/var/lib/ocpd/node.key", now=NOW - 30 * DAY
+    )
+    assert netartifacts.check_node_identity(identity) == a.public_key
+    identity_case: Json = {
+        "name": "node-identity",
+        "artifact_type": netartifacts.NODE_IDENTITY,
+        "seed": a.seed.hex(),
+        "public_key": a.public_key.hex(),
+        "service_agent_id": a.agent_id,
+        "artifact": identity,
+    }
+
+    advertisement = netartifacts.build_node_advertisement(
+        a.key,
+        sequence=7,
+        endpoints=[
+            {"url": "wss://node-a.example:7443/ocp/v1/peer", "transport": "wss", "priority": 0},
+            {"url": "wss://[2001:db8::1]:7443/ocp/v1/peer", "transport": "wss", "priority": 10},
+        ],
+        now=NOW,
+        lifetime=DAY,
+        succession={"successor/node-id": node_b, "note": "migrating to node b"},
+        advertisement_id="adv-" + fixed_uuid("net/advertisement"),
+    )
+    netartifacts.verify_node_advertisement(advertisement, now=NOW, expected_node_id=node_a)
+
+    e_i = X25519KeyPair(label_bytes("net/session/initiator-ephemeral"))
+    e_r = X25519KeyPair(label_bytes("net/session/responder-ephemeral"))
+    hello = netartifacts.build_hello(
+        a.key,
+        session_public=e_i.public_key,
+        now=NOW,
+        recipient=node_b,
+        nonce=label_bytes("net/hello/nonce"),
+        capabilities=["core/messaging", "ocp/routing"],
+        transport_profile="wss",
+        handshake_id="hs-" + fixed_uuid("net/hello"),
+    )
+    ack = netartifacts.build_ack(
+        b.key,
+        hello,
+        session_public=e_r.public_key,
+        now=NOW + 1,
+        nonce=label_bytes("net/ack/nonce"),
+        capabilities=["core/messaging", "registry/gossip"],
+        transport_profile="wss",
+        handshake_id="hs-" + fixed_uuid("net/ack"),
+    )
+    netartifacts.verify_handshake(hello, now=NOW, local_node_id=node_b)
+    netartifacts.verify_handshake(ack, now=NOW + 1, local_node_id=node_a)
+    netartifacts.verify_ack_binding(ack, hello)
+
+    capabilities = netartifacts.build_capability_advertisement(
+        a.key,
+        now=NOW + 2,
+        capabilities=("core/messaging", "ocp/routing", "registry/gossip"),
+        messages=(netartifacts.SIGNAL_MARKER_ENVELOPE, "ocp/message"),
+        transports=("wss",),
+        roles=("relay",),
+        surfaces=("ocp/v1/messages",),
+        advertisement_id="capadv-" + fixed_uuid("net/capabilities"),
+    )
+    netartifacts.verify_capability_advertisement(capabilities, expected_node_id=node_a)
+
+    marker = netartifacts.build_signal_marker(
+        a.key,
+        kind="presence/online",
+        now=NOW + 3,
+        body="ready · bereit",
+        marker_id="sm-" + fixed_uuid("net/marker"),
+    )
+    marker_envelope = netartifacts.build_signal_marker_envelope(
+        a.key,
+        marker,
+        sender_node_id=node_a,
+        now=NOW + 4,
+        recipient_node_id=node_b,
+        envelope_id="sme-" + fixed_uuid("net/marker-envelope"),
+    )
+    netartifacts.verify_signal_marker_envelope(marker_envelope, now=NOW + 4, session_peer=node_a)
+
+    handshake_unsigned = netartifacts.HANDSHAKE_UNSIGNED
+    cases = [
+        identity_case,
+        _net_case(
+            "node-advertisement",
+            netartifacts.ADVERTISEMENT,
+            advertisement,
+            a,
+            signer_field="node/id",
+        ),
+        _net_case(
+            "hello",
+            netartifacts.PEER_HANDSHAKE,
+            hello,
+            a,
+            signer_field="sender/node-id",
+            unsigned_fields=handshake_unsigned,
+        ),
+        _net_case(
+            "ack",
+            netartifacts.PEER_HANDSHAKE,
+            ack,
+            b,
+            signer_field="sender/node-id",
+            unsigned_fields=handshake_unsigned,
+        ),
+        _net_case(
+            "capability-advertisement",
+            netartifacts.CAPABILITY_ADVERTISEMENT,
+            capabilities,
+            a,
+            signer_field="node/id",
+        ),
+        _net_case(
+            "signal-marker",
+            netartifacts.SIGNAL_MARKER,
+            marker,
+            a,
+            signer_field="participant/id",
+        ),
+        _net_case(
+            "signal-marker-envelope",
+            netartifacts.SIGNAL_MARKER_ENVELOPE,
+            marker_envelope,
+            a,
+            signer_field="participant/id",
+        ),
+        _session_case(hello, ack, e_i, e_r),
+    ]
+    return _file(
+        "Node networking artifacts (NET, D8): signature = Ed25519(sk, <type> || 0x00 || "
+        "deterministic CBOR of the artifact without signature), not pre-hashed; and the "
+        "peer session key schedule.",
+        cases,
+    )
+
+
+def _session_case(hello: Json, ack: Json, e_i: X25519KeyPair, e_r: X25519KeyPair) -> Json:
+    a, b = NODE_A, NODE_B
+    initiator = netartifacts.derive_session_keys(
+        initiator=True,
+        ephemeral_private=e_i.private_key,
+        peer_ephemeral_public=e_r.public_key,
+        static_key=a.key,
+        peer_static_public=b.public_key,
+        hello=hello,
+        ack=ack,
+    )
+    responder = netartifacts.derive_session_keys(
+        initiator=False,
+        ephemeral_private=e_r.private_key,
+        peer_ephemeral_public=e_i.public_key,
+        static_key=b.key,
+        peer_static_public=a.public_key,
+        hello=hello,
+        ack=ack,
+    )
+    assert initiator.send_key == responder.receive_key
+    assert initiator.receive_key == responder.send_key
+    dh_ee = x25519(e_i.private_key, e_r.public_key)
+    dh_ss = x25519(a.key.x25519_private_key(), b.key.x25519_public_key())
+    transcript = b"".join(
+        encode_deterministic(
+            {k: v for k, v in h.items() if k not in netartifacts.HANDSHAKE_UNSIGNED}
+        )
+        for h in (hello, ack)
+    )
+    salt = sha3_256(transcript)
+    okm = hkdf_sha256(dh_ee + dh_ss, salt=salt, info=netartifacts.SESSION_INFO, length=64)
+    assert okm == initiator.send_key + initiator.receive_key
+    return {
+        "name": "session-keys",
+        "initiator_seed": a.seed.hex(),
+        "initiator_public_key": a.public_key.hex(),
+        "initiator_static_x25519_public": a.key.x25519_public_key().hex(),
+        "initiator_static_x25519_private": a.key.x25519_private_key().hex(),
+        "initiator_ephemeral_private": e_i.private_key.hex(),
+        "initiator_ephemeral_public": e_i.public_key.hex(),
+        "responder_seed": b.seed.hex(),
+        "responder_public_key": b.public_key.hex(),
+        "responder_static_x25519_public": b.key.x25519_public_key().hex(),
+        "responder_static_x25519_private": b.key.x25519_private_key().hex(),
+        "responder_ephemeral_private": e_r.private_key.hex(),
+        "responder_ephemeral_public": e_r.public_key.hex(),
+        "hello": hello,
+        "ack": ack,
+        "transcript_unsigned_fields": sorted(netartifacts.HANDSHAKE_UNSIGNED),
+        "transcript": transcript.hex(),
+        "dh_ephemeral": dh_ee.hex(),
+        "dh_static": dh_ss.hex(),
+        "hkdf_ikm": (dh_ee + dh_ss).hex(),
+        "transcript_salt": salt.hex(),
+        "hkdf_info": netartifacts.SESSION_INFO.decode("ascii"),
+        "hkdf_okm": okm.hex(),
+        "initiator_send_key": initiator.send_key.hex(),
+        "initiator_receive_key": initiator.receive_key.hex(),
+        "aead": "ChaCha20-Poly1305",
+    }
+
+
+# --- assembly -----------------------------------------------------------------------
+
+BUILDERS: Final[dict[str, Callable[[], Json]]] = {
+    "did-ocp.json": did_ocp_vectors,
+    "did-key.json": did_key_vectors,
+    "did-document.json": did_document_vectors,
+    "message-signing.json": message_vectors,
+    "http-authorization.json": http_vectors,
+    "ws-auth.json": ws_auth_vectors,
+    "payload-encryption.json": encryption_vectors,
+    "artifacts.json": artifact_vectors,
+    "networking.json": networking_vectors,
+}
+
+
+def manifest(files: Mapping[str, bytes]) -> Json:
+    return {
+        "format": MANIFEST_FORMAT,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+    }
+
+
+def build_vectors() -> dict[str, bytes]:
+    """Every vector file, ``{file name: bytes}``, including ``MANIFEST.json``; writes nothing."""
+    files = {name: dump_json(build()) for name, build in BUILDERS.items()}
+    files[MANIFEST] = dump_json(manifest(files))
+    return files
+
+
+def write_vectors(directory: Path = VECTORS_DIR) -> list[str]:
+    """Write the vectors into ``directory``; returns the names of files that changed.
+
+    JSON files that the generator no longer produces are removed, so the
+    manifest always lists exactly the JSON files present.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = build_vectors()
+    changed = []
+    for name, data in files.items():
+        path = directory / name
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
+            changed.append(name)
+    for stale in sorted(directory.glob("*.json")):
+        if stale.name not in files:
+            stale.unlink()
+            changed.append(stale.name)
+    return changed
+
+
+def stale_files(directory: Path = VECTORS_DIR) -> list[str]:
+    """Names of vector files that differ from (or are missing next to) the generated ones."""
+    files = build_vectors()
+    present = {p.name for p in directory.glob("*.json")}
+    differ = [
+        name
+        for name, data in files.items()
+        if not (directory / name).exists() or (directory / name).read_bytes() != data
+    ]
+    return sorted(set(differ) | (present - set(files)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance.generate",
+        description="Generate ocpd's conformance vectors into conformance/vectors/.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 if any file is stale"
+    )
+    parser.add_argument("--out", type=Path, default=VECTORS_DIR, help="output directory")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files(args.out)
+        for name in stale:
+            print(f"stale: {name}", file=sys.stderr)
+        return 1 if stale else 0
+    changed = write_vectors(args.out)
+    print(f"{len(changed)} file(s) updated in {args.out}" if changed else "vectors up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
