@@ -1,0 +1,246 @@
+"""The ``ocpd`` command line.
+
+Every failure an operator can cause (bad configuration, missing identity,
+unreadable files) is reported as one line on stderr with exit status 1;
+tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+import ocpd
+from ocpd.clock import WallClock
+from ocpd.config import COMPONENTS, Config, ConfigError, config_to_yaml, load_config
+from ocpd.identity import IdentityError, init_identity, load_identity, write_key_file
+from ocpd.proto.crypto import SigningKey
+from ocpd.proto.diddoc import build_did_document
+from ocpd.proto.ids import derive_agent_id
+from ocpd.storage import StorageError, backup_database, integrity_check
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocpd",
+        description="ocpd, the reference node of the OpenCognition Protocol (OCP).",
+    )
+    parser.add_argument("--version", action="version", version=f"ocpd {ocpd.__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: $OCP_CONFIG, else /etc/ocpd/ocpd.yml if present)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon", description="Run ocpd components.")
+    run.add_argument(
+        "--component",
+        choices=(*COMPONENTS, "all"),
+        default="all",
+        help="which component to run: node (8420/8421), registry (8422), custodian (8423) "
+        "or all of them in one process (development); default: all",
+    )
+    run.add_argument("--config", metavar="PATH", dest="sub_config", help=argparse.SUPPRESS)
+
+    config = sub.add_parser("config", help="check or show the configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    config_sub.add_parser(
+        "check", help="validate the effective configuration (exit 1 names the bad key)"
+    )
+    config_sub.add_parser("show", help="print the effective configuration, secrets masked")
+
+    identity = sub.add_parser("identity", help="the node identity (node:did:key)")
+    identity_sub = identity.add_subparsers(dest="identity_command", metavar="ACTION", required=True)
+    identity_sub.add_parser("init", help="create the node identity under the data directory")
+    show = identity_sub.add_parser(
+        "show", help="print the public node-identity.v1 record and the service agent id"
+    )
+    show.add_argument("--record-only", action="store_true", help="print only the record (export)")
+
+    keygen = sub.add_parser(
+        "keygen", help="create an agent key file, its did:ocp id and DID document"
+    )
+    keygen.add_argument("--out", required=True, metavar="PATH", help="key file to write (0600)")
+    keygen.add_argument("--network", help="network name (default: node.network)")
+    keygen.add_argument(
+        "--endpoint", action="append", default=[], metavar="URL", help="service endpoint (repeat)"
+    )
+
+    backup = sub.add_parser(
+        "backup",
+        help="consistent online backup of the databases",
+        description="Copy the databases with SQLite's online backup API; safe while ocpd runs. "
+        "For one component DEST is a file; for 'all' it is a directory that receives "
+        "node.db, registry.db and custodian.db.",
+    )
+    backup.add_argument("dest", metavar="DEST")
+    backup.add_argument("--component", choices=(*COMPONENTS, "all"), default="all")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    check = db_sub.add_parser("check", help="run PRAGMA integrity_check on the databases")
+    check.add_argument("--component", choices=(*COMPONENTS, "all"), default="all")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    path = getattr(args, "sub_config", None) or args.config
+    return load_config(path)
+
+
+def _databases(config: Config, selection: str) -> dict[str, Path]:
+    """Database files of the selection: the ``all`` layout, or one component's.
+
+    A single component's database is looked for in the ``all`` layout first,
+    so that ``--component node`` also finds the node database of a data
+    directory that ran ``all``.
+    """
+    from ocpd.daemon import database_path
+
+    chosen = COMPONENTS if selection == "all" else (selection,)
+    result = {}
+    for component in chosen:
+        nested = database_path(config.data_dir, component, "all")
+        single = database_path(config.data_dir, component, component)
+        result[component] = nested if selection == "all" or nested.exists() else single
+    return result
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ocpd.daemon import run_daemon
+    from ocpd.logs import configure_logging
+
+    config, source = _load(args)
+    configure_logging(level=config.node.log_level, fmt=config.node.log_format)
+    return trio.run(lambda: run_daemon(config, args.component, config_source=source))
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    config, source = _load(args)
+    if args.config_command == "check":
+        where = source if source is not None else "built-in defaults"
+        print(f"configuration OK ({where})")
+    else:
+        sys.stdout.write(config_to_yaml(config))
+    return 0
+
+
+def _cmd_identity(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    if args.identity_command == "init":
+        identity = init_identity(config.data_dir, now=WallClock().now())
+        print(f"created node identity {identity.node_id}")
+        print(f"record: {identity.path}")
+        return 0
+    identity = load_identity(config.data_dir, require_active=False)
+    if args.record_only:
+        print(json.dumps(identity.record, indent=2))
+        return 0
+    print(
+        json.dumps(
+            {
+                "record": identity.record,
+                "service_agent_id": identity.service_agent_id(config.node.network),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    network = args.network or config.node.network
+    out = Path(args.out)
+    if out.exists():
+        raise CliError(f"{out} already exists; refusing to overwrite a key")
+    key = SigningKey.generate()
+    try:
+        agent_id = derive_agent_id(key.public_key, network)
+    except ValueError as exc:
+        raise CliError(f"--network: {exc}") from None
+    document = build_did_document(key.public_key, network=network, service_endpoints=args.endpoint)
+    write_key_file(out, key, extra={"agent_id": agent_id})
+    print(
+        json.dumps({"agent_id": agent_id, "key_file": str(out), "did_document": document}, indent=2)
+    )
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    sources = _databases(config, args.component)
+    dest = Path(args.dest)
+    if args.component == "all":
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        targets = {c: dest / f"{c}.db" for c in sources}
+    else:
+        targets = {args.component: dest}
+    for component, source in sources.items():
+        if not source.exists():
+            if args.component == "all":
+                continue
+            raise CliError(f"no {component} database at {source}")
+        backup_database(source, targets[component])
+        status = integrity_check(targets[component])
+        if status != ["ok"]:
+            raise CliError(f"backup of {component} failed its integrity check: {status[0]}")
+        print(f"{component}: {source} -> {targets[component]}")
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    failures = 0
+    found = 0
+    for component, path in _databases(config, args.component).items():
+        if not path.exists():
+            continue
+        found += 1
+        rows = integrity_check(path)
+        print(f"{component}: {path}: {'ok' if rows == ['ok'] else '; '.join(rows[:5])}")
+        failures += rows != ["ok"]
+    if not found:
+        raise CliError(f"no database found under {config.data_dir}")
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {
+        "run": _cmd_run,
+        "config": _cmd_config,
+        "identity": _cmd_identity,
+        "keygen": _cmd_keygen,
+        "backup": _cmd_backup,
+        "db": _cmd_db,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"ocpd: configuration error: {exc}", file=sys.stderr)
+        return 1
+    except (IdentityError, StorageError, CliError) as exc:
+        print(f"ocpd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,275 @@
+"""The supervisor: one trio nursery for every service of the chosen components.
+
+Start order (house style): configuration is already validated; the identity
+and the databases are opened *outside* the nursery; then each database's
+group-commit writer starts; then the HTTP/WS listeners (hypercorn), last.
+Readiness is reported once every port is bound: one ``ready`` log event that
+names each listener's URL, and ``READY=1`` to systemd.
+
+Shutdown: the first SIGTERM/SIGINT sets the stop event, which is hypercorn's
+shutdown trigger. Listeners stop accepting, in-flight requests get up to
+``node.shutdown_grace_seconds``, then the writers drain and the databases
+close; the exit status is 0. A second signal cancels everything at once
+(exit status 1). An exception in a service brings the daemon down loudly, so
+that systemd or the container runtime restarts it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import ssl
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+import ocpd
+from ocpd.clock import WallClock
+from ocpd.config import COMPONENTS, Config, ConfigError
+from ocpd.identity import NodeIdentity, load_or_init_identity
+from ocpd.logs import get_logger, log_event, log_fields
+from ocpd.sdnotify import Notifier
+from ocpd.storage import Database, open_database
+from ocpd.web import ComponentState, Metrics, create_app
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["EXIT_FORCED", "database_path", "run_daemon"]
+
+EXIT_FORCED: Final = 1
+DB_NAME: Final = "ocp_node.db"
+
+log = get_logger("daemon")
+
+
+def components_for(selection: str) -> tuple[str, ...]:
+    if selection == "all":
+        return COMPONENTS
+    if selection not in COMPONENTS:
+        raise ConfigError(
+            "--component", f"must be node, registry, custodian or all, not {selection!r}"
+        )
+    return (selection,)
+
+
+def database_path(data_dir: Path, component: str, selection: str) -> Path:
+    """``<data>/ocp_node.db`` for one component; ``<data>/<component>/ocp_node.db`` in ``all``.
+
+    One component per container keeps the Docker layout; ``all`` keeps the
+    three databases apart in subdirectories of the same data directory.
+    """
+    if selection == "all":
+        return data_dir / component / DB_NAME
+    return data_dir / DB_NAME
+
+
+class _TlsConfig(HypercornConfig):
+    """Hypercorn's TLS context with TLS 1.3 as the minimum (its default is 1.2)."""
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        context = super().create_ssl_context()
+        if context is not None:
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+        return context
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config) -> None:
+    """Plaintext only on loopback, unless TLS is declared terminated upstream."""
+    if config.tls_enabled or _is_loopback(config.node.host):
+        return
+    if not config.transport.tls_terminated_upstream:
+        raise ConfigError(
+            "node.host",
+            f"binding {config.node.host} without TLS needs transport.tls_cert/tls_key, or "
+            "transport.tls_terminated_upstream: true behind a TLS-terminating proxy",
+        )
+
+
+def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
+    hc = _TlsConfig()
+    host = config.node.host
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.graceful_timeout = config.node.shutdown_grace_seconds
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.include_server_header = False
+    if config.tls_enabled:
+        hc.certfile = config.transport.tls_cert
+        hc.keyfile = config.transport.tls_key
+    return hc
+
+
+@attrs.define
+class _Stopper:
+    stop: trio.Event = attrs.Factory(trio.Event)
+    forced: bool = False
+
+
+async def _watch_signals(stopper: _Stopper, force: trio.CancelScope, notifier: Notifier) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not stopper.stop.is_set():
+                log_event(log, "shutdown_requested", signal=name)
+                notifier.notify("STOPPING=1", "STATUS=stopping")
+                stopper.stop.set()
+            else:
+                log_event(log, "shutdown_forced", level=logging.WARNING, signal=name)
+                stopper.forced = True
+                force.cancel()
+                return
+
+
+async def run_daemon(
+    config: Config,
+    selection: str,
+    *,
+    config_source: Path | None = None,
+    notifier: Notifier | None = None,
+    clock: WallClock | None = None,
+) -> int:
+    """Run the selected components until stopped; returns the exit status."""
+    notifier = notifier or Notifier()
+    clock = clock or WallClock()
+    components = components_for(selection)
+    check_exposure(config)
+    os.umask(0o077)
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    log_event(
+        log,
+        "config",
+        source=str(config_source) if config_source else "built-in defaults",
+        component=selection,
+        config=config.unstructure(),
+    )
+    if not config.tls_enabled:
+        if config.transport.tls_terminated_upstream:
+            log_event(
+                log,
+                "tls_upstream",
+                level=logging.WARNING,
+                detail="serving plaintext; TLS must be terminated by a proxy in front of ocpd",
+            )
+        else:
+            log_event(log, "plaintext_loopback", detail="no TLS configured: loopback only")
+
+    identity, created = await trio.to_thread.run_sync(
+        partial(load_or_init_identity, data_dir, now=clock.now())
+    )
+    _log_identity(identity, created, config.node.network)
+
+    databases: dict[str, Database] = {}
+    try:
+        for component in components:
+            path = database_path(data_dir, component, selection)
+            databases[component] = await open_database(
+                path, component, on_retry=partial(_log_retry, path)
+            )
+            log_event(log, "database_open", database=component, path=str(path))
+        return await _supervise(config, selection, components, databases, notifier)
+    finally:
+        for database in databases.values():
+            database.close()
+        log_event(log, "stopped")
+
+
+def _log_retry(path: Path, attempt: int, exc: Exception) -> None:
+    log_event(
+        log,
+        "database_retry",
+        level=logging.WARNING,
+        path=str(path),
+        attempt=attempt,
+        error=str(exc),
+    )
+
+
+def _log_identity(identity: NodeIdentity, created: bool, network: str) -> None:
+    fields: dict[str, object] = {
+        "node/self": identity.node_id,
+        "participant/id": identity.participant_id,
+        "service_agent_id": identity.service_agent_id(network),
+    }
+    log_fields(log, "identity/generated" if created else "identity/loaded", fields)
+
+
+async def _supervise(
+    config: Config,
+    selection: str,
+    components: tuple[str, ...],
+    databases: dict[str, Database],
+    notifier: Notifier,
+) -> int:
+    metrics = Metrics()
+    stopper = _Stopper()
+    started_at = trio.current_time()
+    states = {
+        c: ComponentState(
+            component=c,
+            network=config.node.network,
+            database=databases[c],
+            data_dir=config.data_dir,
+            metrics=metrics,
+            started_at=started_at,
+            min_free_disk_bytes=config.node.health.min_free_disk_mb * 1024 * 1024,
+            min_available_memory_bytes=config.node.health.min_available_memory_mb * 1024 * 1024,
+        )
+        for c in components
+    }
+    for c in components:
+        metrics.info.labels(ocpd.__version__, config.node.network, c).set(1)
+
+    with trio.CancelScope() as force:
+        async with trio.open_nursery() as services:
+            services.start_soon(_watch_signals, stopper, force, notifier)
+            for c in components:
+                await services.start(databases[c].run)
+            listeners: dict[str, str] = {}
+            async with trio.open_nursery() as servers:
+                for c in components:
+                    others = [states[o] for o in components if o != c]
+                    for port_name, port in config.ports(c).items():
+                        app = create_app(port_name, [states[c], *others])
+                        urls = await servers.start(
+                            partial(
+                                serve,
+                                app,
+                                _hypercorn_config(config, port),
+                                shutdown_trigger=stopper.stop.wait,
+                            )
+                        )
+                        listeners[port_name] = urls[0]
+                    metrics.up.labels(c).set(1)
+                log_event(
+                    log,
+                    "ready",
+                    component=selection,
+                    listeners=listeners,
+                    pid=os.getpid(),
+                )
+                notifier.notify("READY=1", f"STATUS=serving {', '.join(sorted(listeners))}")
+                services.start_soon(notifier.run_watchdog)
+            # Every listener has shut down (gracefully or by grace timeout):
+            # stop the remaining services; writers finish their last batch.
+            for c in components:
+                metrics.up.labels(c).set(0)
+            services.cancel_scope.cancel()
+    return EXIT_FORCED if stopper.forced else 0

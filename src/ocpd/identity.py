@@ -1,0 +1,152 @@
+"""The node's persisted identity (NET FR-001..FR-003, FR-012d, FR-024).
+
+Layout under the data directory::
+
+    identity/node-identity.json   public node-identity.v1 record (0644)
+    identity/node.key             the secret: {"key/alg": "ed25519", "seed": <b64url>} (0600)
+
+The record points at the secret through ``key/storage-ref``
+(``local-file:node.key``, relative to the identity directory, so a data
+directory can move). Both go through the schema gate whenever they are read
+or written; an identity whose ``identity/status`` is not ``active`` refuses
+to run. The node also owns a did:ocp service agent id derived from the same
+key (D4), which signs the node's own OCP messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from ocpd.proto.crypto import SigningKey
+from ocpd.proto.encoding import b64url_decode, b64url_encode
+from ocpd.proto.errors import MalformedError, NetError
+from ocpd.proto.ids import derive_agent_id
+from ocpd.proto.netartifacts import (
+    build_node_identity,
+    check_node_identity,
+    require_active_identity,
+)
+
+__all__ = [
+    "IdentityError",
+    "NodeIdentity",
+    "init_identity",
+    "load_identity",
+    "read_key_file",
+    "write_key_file",
+]
+
+RECORD_NAME: Final = "node-identity.json"
+KEY_NAME: Final = "node.key"
+STORAGE_SCHEME: Final = "local-file:"
+
+
+class IdentityError(Exception):
+    """The identity is missing, damaged, mismatched or not active."""
+
+
+@attrs.frozen
+class NodeIdentity:
+    record: dict[str, Any]
+    key: SigningKey
+    path: Path
+
+    @property
+    def node_id(self) -> str:
+        return str(self.record["node/id"])
+
+    @property
+    def participant_id(self) -> str:
+        return str(self.record["participant/id"])
+
+    def service_agent_id(self, network: str) -> str:
+        return derive_agent_id(self.key.public_key, network)
+
+
+def write_key_file(path: Path, key: SigningKey, *, extra: dict[str, Any] | None = None) -> None:
+    """Write a secret key file with mode 0600, refusing to overwrite one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    body = {"key/alg": "ed25519", "seed": b64url_encode(key.seed()), **(extra or {})}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(body, handle, indent=2)
+        handle.write("\n")
+
+
+def read_key_file(path: Path) -> SigningKey:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IdentityError(f"key file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"key file {path} is unreadable: {exc}") from None
+    if not isinstance(body, dict) or body.get("key/alg") != "ed25519":
+        raise IdentityError(f"key file {path} is not an ed25519 key")
+    try:
+        return SigningKey(b64url_decode(body.get("seed"), field="seed", length=32))
+    except MalformedError as exc:
+        raise IdentityError(f"key file {path}: {exc.message}") from None
+
+
+def _record_path(data_dir: Path) -> Path:
+    return data_dir / "identity" / RECORD_NAME
+
+
+def init_identity(data_dir: Path, *, now: float) -> NodeIdentity:
+    """Create the node identity; refuses if one exists (rotation is explicit)."""
+    directory = data_dir / "identity"
+    record_path = directory / RECORD_NAME
+    if record_path.exists():
+        raise IdentityError(f"an identity already exists at {record_path}")
+    key = SigningKey.generate()
+    key_path = directory / KEY_NAME
+    if key_path.exists():
+        raise IdentityError(f"a key file already exists at {key_path}; move it away first")
+    write_key_file(key_path, key)
+    record = build_node_identity(key, storage_ref=STORAGE_SCHEME + KEY_NAME, now=now)
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, record_path)
+    return NodeIdentity(record=record, key=key, path=record_path)
+
+
+def _resolve_storage_ref(directory: Path, ref: str) -> Path:
+    if not ref.startswith(STORAGE_SCHEME):
+        raise IdentityError(f"key/storage-ref {ref!r} uses an unsupported resolver")
+    target = Path(ref[len(STORAGE_SCHEME) :])
+    return target if target.is_absolute() else directory / target
+
+
+def load_identity(data_dir: Path, *, require_active: bool = True) -> NodeIdentity:
+    """Load and check the identity; the key must match the public record."""
+    record_path = _record_path(data_dir)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IdentityError(
+            f"no node identity at {record_path}; create one with 'ocpd identity init'"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"node identity {record_path} is unreadable: {exc}") from None
+    try:
+        public_key = check_node_identity(record)
+        if require_active:
+            require_active_identity(record)
+    except NetError as exc:
+        raise IdentityError(f"node identity {record_path}: {exc.message}") from None
+    key = read_key_file(_resolve_storage_ref(record_path.parent, record["key/storage-ref"]))
+    if key.public_key != public_key:
+        raise IdentityError("the key file does not belong to the node identity record")
+    return NodeIdentity(record=record, key=key, path=record_path)
+
+
+def load_or_init_identity(data_dir: Path, *, now: float) -> tuple[NodeIdentity, bool]:
+    """The identity, creating it on first start; ``True`` when it was created."""
+    if _record_path(data_dir).exists():
+        return load_identity(data_dir), False
+    return init_identity(data_dir, now=now), True

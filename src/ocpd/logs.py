@@ -1,0 +1,95 @@
+"""Structured logs to stdout (Docker §7.5): one JSON object per line, or text.
+
+Every line has ``timestamp`` (UTC, milliseconds, ``Z``), ``level``,
+``component`` and ``event``; further fields are passed as keyword arguments
+to :func:`log_event`. Callers never pass keys, shares or payloads: the fields
+are meant for agent DIDs, message ids, error codes and durations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+__all__ = ["configure_logging", "get_logger", "log_event", "log_fields"]
+
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+_ROOT: Final = "ocpd"
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        line: dict[str, Any] = {
+            "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
+            "level": record.levelname.lower(),
+            "component": getattr(record, "component", record.name.rpartition(".")[2]),
+            "event": getattr(record, "event", "log"),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            line.update(fields)
+        if getattr(record, "event", None) is None:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, tz=UTC).strftime("%H:%M:%S")
+        component = getattr(record, "component", record.name.rpartition(".")[2])
+        event = getattr(record, "event", None) or record.getMessage()
+        fields = getattr(record, "fields", None) or {}
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{stamp} {record.levelname.lower():7} {component:9} {event} {extra}".rstrip()
+
+
+def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
+    """Send ocpd's logs to stdout in ``fmt`` at ``level`` (idempotent)."""
+    root = logging.getLogger(_ROOT)
+    root.setLevel(_LEVELS[level])
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root.addHandler(handler)
+    # Frameworks log through their own loggers; keep their noise at warning.
+    for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def get_logger(component: str) -> logging.Logger:
+    return logging.getLogger(f"{_ROOT}.{component}")
+
+
+def log_event(
+    logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any
+) -> None:
+    """Log one structured event with its fields."""
+    log_fields(logger, event, fields, level=level)
+
+
+def log_fields(
+    logger: logging.Logger,
+    event: str,
+    fields: Mapping[str, object],
+    *,
+    level: int = logging.INFO,
+) -> None:
+    """:func:`log_event` for field names that are not identifiers (``node/self``)."""
+    if logger.isEnabledFor(level):
+        component = logger.name.rpartition(".")[2]
+        extra = {"event": event, "component": component, "fields": dict(fields)}
+        logger.log(level, event, extra=extra)

@@ -1,0 +1,272 @@
+"""SQLite storage for one component: WAL, migrations, group commit.
+
+Access pattern (measured on a 2-core machine: a ``trio.to_thread`` hop costs
+~230 µs, an INSERT 2-18 µs, an fsync'd commit ~225 µs):
+
+* **Writes** are synchronous ``fn(conn)`` functions handed to
+  :meth:`Database.write`. One writer task collects every write that arrived
+  while the previous batch was committing, runs them all in one transaction
+  in one thread hop, commits once (``synchronous=FULL``: one fsync), and only
+  then releases each caller with its own result. Each write runs inside its
+  own savepoint, so one failing write is rolled back alone and reported to
+  its caller while the others in the batch still commit.
+* **Reads** run on a separate read-only connection through
+  :meth:`Database.read` (WAL lets them proceed during a commit).
+
+Schema versions live in ``PRAGMA user_version``; :func:`migrate` applies the
+missing steps of a component's migration list in one transaction at start.
+Database files are created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import attrs
+import outcome
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = [
+    "MIGRATIONS",
+    "Database",
+    "StorageError",
+    "backup_database",
+    "integrity_check",
+    "open_database",
+]
+
+T = TypeVar("T")
+
+#: Each component's migrations: index i brings the schema to version i + 1.
+MIGRATIONS: Final[dict[str, Sequence[str]]] = {
+    "node": (
+        """
+        CREATE TABLE ocpd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
+    "registry": (
+        """
+        CREATE TABLE ocpd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
+    "custodian": (
+        """
+        CREATE TABLE ocpd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
+}
+
+_MAX_BATCH: Final = 512
+
+
+class StorageError(Exception):
+    """The database cannot be opened, migrated or written."""
+
+
+def _create_private(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if not readonly:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StorageError(f"{path}: cannot switch to WAL (journal mode is {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, steps: Sequence[str]) -> int:
+    """Bring the schema to ``len(steps)``; returns the version found before."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > len(steps):
+        raise StorageError(
+            f"database schema version {current} is newer than this ocpd knows ({len(steps)})"
+        )
+    if current == len(steps):
+        return current
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in range(current, len(steps)):
+            for statement in _statements(steps[version]):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {len(steps)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return current
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+@attrs.define(eq=False)
+class _Pending:
+    fn: Callable[[sqlite3.Connection], Any]
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: outcome.Outcome[Any] | None = None
+
+
+@attrs.define(eq=False)
+class Database:
+    """One component's SQLite database, opened by :func:`open_database`."""
+
+    path: Path
+    component: str
+    _writer: sqlite3.Connection
+    _reader: sqlite3.Connection
+    _send: trio.MemorySendChannel[_Pending]
+    _receive: trio.MemoryReceiveChannel[_Pending]
+    _read_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(1))
+    commits: int = 0
+    writes: int = 0
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the next group commit; returns once it is durable."""
+        pending = _Pending(fn)
+        await self._send.send(pending)
+        await pending.done.wait()
+        assert pending.result is not None  # noqa: S101 - set before done
+        return pending.result.unwrap()  # type: ignore[no-any-return]
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_limiter)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer service: group commits until its channel is closed."""
+        task_status.started()
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                # Shielded: once a batch is handed to the thread its callers
+                # must learn the outcome, even while the daemon shuts down.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._commit_batch, batch)
+                for pending in batch:
+                    pending.done.set()
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, pending in enumerate(batch):
+                conn.execute(f"SAVEPOINT w{i}")
+                pending.result = outcome.capture(pending.fn, conn)
+                if isinstance(pending.result, outcome.Error):
+                    conn.execute(f"ROLLBACK TO w{i}")
+                conn.execute(f"RELEASE w{i}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = StorageError(f"commit failed: {exc}")
+            for pending in batch:
+                pending.result = outcome.Error(failure)
+            return
+        self.commits += 1
+        self.writes += len(batch)
+
+    def close(self) -> None:
+        self._send.close()
+        self._reader.close()
+        self._writer.close()
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def _open_sync(path: Path, component: str) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    _create_private(path)
+    writer = _connect(path)
+    try:
+        migrate(writer, MIGRATIONS[component])
+        reader = _connect(path, readonly=True)
+    except BaseException:
+        writer.close()
+        raise
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            os.chmod(side, 0o600)
+    return writer, reader
+
+
+async def open_database(
+    path: Path,
+    component: str,
+    *,
+    attempts: int = 5,
+    first_delay: float = 0.5,
+    on_retry: Callable[[int, Exception], None] | None = None,
+) -> Database:
+    """Open (creating, migrating) a component database, retrying transient errors."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            writer, reader = await trio.to_thread.run_sync(_open_sync, path, component)
+        except (sqlite3.OperationalError, OSError) as exc:
+            if attempt == attempts:
+                raise StorageError(f"cannot open {path}: {exc}") from exc
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        else:
+            send, receive = trio.open_memory_channel[_Pending](math.inf)
+            return Database(path, component, writer, reader, send, receive)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def integrity_check(path: Path) -> list[str]:
+    """``PRAGMA integrity_check`` rows (``["ok"]`` for a sound database)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    finally:
+        conn.close()
+
+
+def backup_database(source: Path, dest: Path) -> None:
+    """A consistent copy of a live database (SQLite online backup API), mode 0600."""
+    if not source.is_file():
+        raise StorageError(f"no database at {source}")
+    _create_private(dest)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(dest)
+    try:
+        src.backup(dst, pages=1024)
+    finally:
+        dst.close()
+        src.close()
+    os.chmod(dest, 0o600)
