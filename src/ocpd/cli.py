@@ -91,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("dest", metavar="DEST")
     backup.add_argument("--component", choices=(*COMPONENTS, "all"), default="all")
 
+    health = sub.add_parser(
+        "healthcheck",
+        help="probe a running component's /health (for container health checks)",
+        description="GET /health of a local component; exit 0 when healthy or degraded, "
+        "1 otherwise. Uses TLS when transport.tls_cert is configured (the local "
+        "certificate is not verified: the probe only ever talks to this host).",
+    )
+    health.add_argument("--component", choices=COMPONENTS, default=None)
+    health.add_argument("--port", type=int, help="port to probe (default: $OCP_HEALTH_PORT)")
+    health.add_argument("--timeout", type=float, default=4.0)
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     check = db_sub.add_parser("check", help="run PRAGMA integrity_check on the databases")
@@ -220,6 +231,40 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    import os
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    config, _ = _load(args)
+    port = args.port
+    if port is None and args.component is not None:
+        port = next(iter(config.ports(args.component).values()))
+    if port is None:
+        env_port = os.environ.get("OCP_HEALTH_PORT", "")
+        port = int(env_port) if env_port.isdigit() else config.transport.http_port
+    host = config.node.host if config.node.host not in {"0.0.0.0", "::"} else "127.0.0.1"  # noqa: S104
+    scheme = "https" if config.tls_enabled else "http"
+    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/health"
+    context = None
+    if config.tls_enabled:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as response:  # noqa: S310
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(f"unhealthy: HTTP {exc.code} from {url}")
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"unreachable: {url}: {exc}")
+        return 1
+    print(f"{body.get('status')}: {body.get('component')} at {url}")
+    return 0 if body.get("status") in {"healthy", "degraded"} else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -233,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keygen": _cmd_keygen,
         "backup": _cmd_backup,
         "db": _cmd_db,
+        "healthcheck": _cmd_healthcheck,
     }
     try:
         return handlers[args.command](args)
