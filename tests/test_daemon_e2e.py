@@ -132,6 +132,8 @@ def test_sigterm_exits_0_promptly_and_node_id_survives_restart(
     assert first.wait_exit() == 0
     assert time.monotonic() - started < 5
     assert any(e.get("event") == "stopped" for e in first.events())
+    seed = json.loads((tmp_path / "identity" / "node.key").read_text())["seed"]
+    assert seed not in "".join(first.lines)
     second = _start(daemons, tmp_path, tls=tls)
     second.wait_ready()
     assert second.wait_for("identity/loaded")["node/self"] == node_id
@@ -187,6 +189,31 @@ def test_identity_commands(tmp_path: Path) -> None:
     assert shown["record"]["key/storage-ref"] == "local-file:node.key"
     assert (tmp_path / "identity" / "node.key").stat().st_mode & 0o777 == 0o600
     assert "seed" not in json.dumps(shown)
+    # export, then import into another data directory: same node id, key checked
+    exported = tmp_path / "exported.json"
+    exported.write_text(run_cli(["identity", "show", "--record-only"], env=env).stdout)
+    other = {"OCP_DATA_DIR": str(tmp_path / "other")}
+    key = tmp_path / "identity" / "node.key"
+    imported = run_cli(
+        ["identity", "import", "--record", str(exported), "--key", str(key)], env=other
+    )
+    assert imported.returncode == 0, imported.stderr
+    again = json.loads(run_cli(["identity", "show", "--record-only"], env=other).stdout)
+    assert again["node/id"] == shown["record"]["node/id"]
+    wrong = tmp_path / "wrong.key"
+    run_cli(["keygen", "--out", str(wrong)], env=env)
+    refused = run_cli(
+        ["identity", "import", "--record", str(exported), "--key", str(wrong)],
+        env={"OCP_DATA_DIR": str(tmp_path / "third")},
+    )
+    assert refused.returncode == 1 and "does not belong" in refused.stderr
+    tampered = json.loads(exported.read_text()) | {"node/id": "node:did:key:z6Mk"}
+    exported.write_text(json.dumps(tampered))
+    schema_refused = run_cli(
+        ["identity", "import", "--record", str(exported), "--key", str(key)],
+        env={"OCP_DATA_DIR": str(tmp_path / "fourth")},
+    )
+    assert schema_refused.returncode == 1 and "node/id" in schema_refused.stderr
 
 
 def test_keygen(tmp_path: Path) -> None:

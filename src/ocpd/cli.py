@@ -18,7 +18,13 @@ import trio
 import ocpd
 from ocpd.clock import WallClock
 from ocpd.config import COMPONENTS, Config, ConfigError, config_to_yaml, load_config
-from ocpd.identity import IdentityError, init_identity, load_identity, write_key_file
+from ocpd.identity import (
+    IdentityError,
+    import_identity,
+    init_identity,
+    load_identity,
+    write_key_file,
+)
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.diddoc import build_did_document
 from ocpd.proto.ids import derive_agent_id
@@ -71,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "show", help="print the public node-identity.v1 record and the service agent id"
     )
     show.add_argument("--record-only", action="store_true", help="print only the record (export)")
+    imp = identity_sub.add_parser(
+        "import",
+        help="install an exported identity record and its key file into the data directory",
+    )
+    imp.add_argument("--record", required=True, metavar="FILE", help="node-identity.v1 JSON")
+    imp.add_argument("--key", required=True, metavar="FILE", help="the matching key file")
 
     keygen = sub.add_parser(
         "keygen", help="create an agent key file, its did:ocp id and DID document"
@@ -157,6 +169,10 @@ def _cmd_identity(args: argparse.Namespace) -> int:
         identity = init_identity(config.data_dir, now=WallClock().now())
         print(f"created node identity {identity.node_id}")
         print(f"record: {identity.path}")
+        return 0
+    if args.identity_command == "import":
+        identity = import_identity(config.data_dir, Path(args.record), Path(args.key))
+        print(f"imported node identity {identity.node_id}")
         return 0
     identity = load_identity(config.data_dir, require_active=False)
     if args.record_only:

@@ -35,6 +35,7 @@ from ocpd.proto.netartifacts import (
 __all__ = [
     "IdentityError",
     "NodeIdentity",
+    "import_identity",
     "init_identity",
     "load_identity",
     "read_key_file",
@@ -143,6 +144,30 @@ def load_identity(data_dir: Path, *, require_active: bool = True) -> NodeIdentit
     if key.public_key != public_key:
         raise IdentityError("the key file does not belong to the node identity record")
     return NodeIdentity(record=record, key=key, path=record_path)
+
+
+def import_identity(data_dir: Path, record_file: Path, key_file: Path) -> NodeIdentity:
+    """Install an exported record and its key; both are checked before anything is written."""
+    directory = data_dir / "identity"
+    if (directory / RECORD_NAME).exists():
+        raise IdentityError(f"an identity already exists at {directory / RECORD_NAME}")
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read {record_file}: {exc}") from None
+    try:
+        public_key = check_node_identity(record)
+        require_active_identity(record)
+    except NetError as exc:
+        raise IdentityError(f"{record_file}: {exc.message}") from None
+    key = read_key_file(key_file)
+    if key.public_key != public_key:
+        raise IdentityError("the key file does not belong to the identity record")
+    record = {**record, "key/storage-ref": STORAGE_SCHEME + KEY_NAME}
+    check_node_identity(record)
+    write_key_file(directory / KEY_NAME, key)
+    (directory / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return NodeIdentity(record=record, key=key, path=directory / RECORD_NAME)
 
 
 def load_or_init_identity(data_dir: Path, *, now: float) -> tuple[NodeIdentity, bool]:
