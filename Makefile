@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv run test lint typecheck check bench vectors clean
+.PHONY: all venv run test lint typecheck check bench conformance vectors clean
 
 all: test
 
@@ -34,6 +34,16 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core --out bench/results/core.json
+	$(BIN)/python -m bench.framework --out bench/results/framework.json
+
+# The black-box suite against a throwaway local ocpd (TLS from a temporary CA, ports 0).
+# Exits with the suite's status: non-zero while required checks are not implemented.
+CONFORMANCE_LEVEL ?= core
+conformance: $(STAMP)
+	@status=0; $(BIN)/python -m conformance.local --level $(CONFORMANCE_LEVEL) \
+		--out conformance/results || status=$$?; \
+	echo "conformance reports: conformance/results/report.json conformance/results/junit.xml"; \
+	exit $$status
 
 # Regenerate the published conformance vectors (the tests check they still match).
 vectors: $(STAMP)
@@ -41,3 +51,18 @@ vectors: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Container image (contrib/docker/Dockerfile), built offline from wheels of ocpd
+# and its pinned dependencies. `make containers` also runs the image and the
+# systemd units for real (.ci/containers.sh: root, podman, mmdebstrap).
+.PHONY: wheels image containers
+
+wheels: $(STAMP)
+	rm -rf build/wheels
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --wheel-dir build/wheels .
+
+image:
+	bash .ci/containers.sh image
+
+containers:
+	bash .ci/containers.sh

@@ -1,0 +1,148 @@
+"""The suite's view of a remote node: HTTP GETs and bare TLS handshakes.
+
+Dependency-free on purpose: requests go through the standard library's
+``urllib`` in a worker thread (so a slow node never blocks the trio loop), and
+TLS probes use ``trio.open_ssl_over_tcp_stream`` with a context pinned to the
+protocol versions under test. Proxies from the environment are ignored: the
+suite talks to the URLs it was given, nothing else.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+import trio
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = [
+    "HttpResponse",
+    "TlsOutcome",
+    "endpoint_url",
+    "host_port",
+    "http_get",
+    "suite_ssl_context",
+    "tls_handshake",
+    "tls_probe_context",
+]
+
+USER_AGENT: Final = "ocpd-conformance"
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    #: Header names in lower case.
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def endpoint_url(base: str, path: str) -> str:
+    """``base`` (``https://host:port`` with an optional path prefix) joined with ``path``."""
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        raise ValueError(f"no host in {url!r}")
+    default = 443 if parts.scheme == "https" else 80
+    return parts.hostname, parts.port or default
+
+
+def suite_ssl_context(*, ca_file: Path | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """The context for ordinary requests: verify against ``ca_file`` (or the system store).
+
+    ``insecure`` turns verification off; the TLS version checks still run.
+    """
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls_probe_context(version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client context that offers exactly ``version``.
+
+    Certificates are not verified: this context asks only which protocol
+    versions the server accepts, so a certificate problem must not be mistaken
+    for a refusal (the requests made with :func:`suite_ssl_context` verify).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = version
+    context.maximum_version = version
+    return context
+
+
+def _get_blocking(url: str, context: ssl.SSLContext, timeout: float) -> HttpResponse:
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})  # noqa: S310 - scheme checked above
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return HttpResponse(response.status, headers, response.read())
+    except urllib.error.HTTPError as exc:
+        # A 4xx/5xx is an answer, not a transport failure.
+        headers = {k.lower(): v for k, v in exc.headers.items()}
+        with exc:
+            return HttpResponse(exc.code, headers, exc.read())
+
+
+async def http_get(url: str, *, context: ssl.SSLContext, socket_timeout: float) -> HttpResponse:
+    """GET ``url``; raises ``OSError`` (``urllib.error.URLError``) if nothing answers.
+
+    ``socket_timeout`` bounds each blocking socket operation of the worker
+    thread; a caller's cancel scope abandons the thread at once.
+    """
+    return await trio.to_thread.run_sync(
+        partial(_get_blocking, url, context, socket_timeout), abandon_on_cancel=True
+    )
+
+
+@dataclass(frozen=True)
+class TlsOutcome:
+    """The result of one handshake: the negotiated version, or why it failed."""
+
+    version: str | None
+    error: str | None = None
+    #: True when TCP connected and the failure happened in the TLS handshake.
+    handshake_failed: bool = False
+
+
+async def tls_handshake(url: str, *, context: ssl.SSLContext) -> TlsOutcome:
+    """Connect to ``url``'s host and port and run one TLS handshake."""
+    host, port = host_port(url)
+    try:
+        stream = await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=context, https_compatible=True
+        )
+    except OSError as exc:
+        return TlsOutcome(None, f"cannot connect: {exc}")
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        reason = getattr(cause, "reason", None) or str(cause or exc)
+        return TlsOutcome(None, str(reason), handshake_failed=True)
+    else:
+        version: str | None = stream.version()
+        return TlsOutcome(version)
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,166 @@
+"""``python -m conformance.local``: the suite against a throwaway local ocpd (``make conformance``).
+
+1. A throwaway CA from ``trustme`` issues a certificate for 127.0.0.1 and
+   localhost; certificate, key and CA go to a temporary directory.
+2. ``ocpd run --component all`` starts with TLS, every port 0 (any free
+   port), a temporary data directory and its own minimal config file (so no
+   system configuration or ``OCP_*`` variable of the caller leaks in).
+3. Its JSON ``ready`` line names the listener URLs; the suite runs against
+   them as a separate process (``python -m conformance ... --ca-file``),
+   exactly as it would against a remote node, and writes
+   ``<out>/report.json`` and ``<out>/junit.xml``.
+4. ocpd is stopped with SIGTERM (killed if it does not stop); its log is kept
+   in ``<out>/ocpd.log``.
+
+The exit status is the suite's (0 conformant, 1 not). 2 means the daemon
+could not be started or the harness failed; the reason is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+import trustme
+
+from conformance.process import ProcessFailed, ReadyProcess
+from conformance.requirements import LEVELS
+from conformance.suite import Targets
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+__all__ = ["TlsFiles", "main", "ocpd_process", "targets_from_ready", "write_tls_files"]
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+RESULTS_DIR: Final = ROOT / "conformance" / "results"
+EXIT_HARNESS: Final = 2
+CONFIG_TEXT: Final = (
+    "# conformance.local: built-in defaults, JSON logs\nnode:\n  log_format: json\n"
+)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def write_tls_files(directory: Path) -> TlsFiles:
+    """A fresh CA and a server certificate for 127.0.0.1, ::1 and localhost, as PEM files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "::1", "localhost")
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
+    for i, blob in enumerate(server.cert_chain_pems):
+        blob.write_to_path(str(files.cert), append=i > 0)
+    server.private_key_pem.write_to_path(str(files.key))
+    files.key.chmod(0o600)
+    ca.cert_pem.write_to_path(str(files.ca))
+    return files
+
+
+def ocpd_process(
+    workdir: Path,
+    *,
+    tls: TlsFiles | None,
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "ocpd",
+) -> ReadyProcess:
+    """``ocpd run --component all`` on ports 0 with its data and config under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "ocpd.yml"
+    config.write_text(CONFIG_TEXT, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCP_")}
+    env.update(
+        {
+            "OCP_CONFIG": str(config),
+            "OCP_DATA_DIR": str(workdir / "data"),
+            "OCP_HTTP_PORT": "0",
+            "OCP_WS_PORT": "0",
+            "OCP_REGISTRY_PORT": "0",
+            "OCP_CUSTODIAN_PORT": "0",
+        }
+    )
+    if tls is not None:
+        env["OCP_TLS_CERT"] = str(tls.cert)
+        env["OCP_TLS_KEY"] = str(tls.key)
+    env.update(extra_env or {})
+    command = [sys.executable, "-m", "ocpd", "run", "--component", "all"]
+    return ReadyProcess(command=command, env=env, cwd=workdir, name=name)
+
+
+def targets_from_ready(ready: Mapping[str, Any]) -> Targets:
+    """The suite's targets from ocpd's ``ready`` event (``listeners``: port name -> URL)."""
+    listeners = ready["listeners"]
+    return Targets(
+        node=listeners["http"],
+        node_ws=listeners.get("ws"),
+        registry=listeners["registry"],
+        custodian=listeners["custodian"],
+    )
+
+
+def _suite_command(targets: Targets, ca: Path, level: str, out: Path) -> list[str]:
+    command = [sys.executable, "-m", "conformance", "--level", level, "--ca-file", str(ca)]
+    command += ["--node", targets.node, "--registry", targets.registry]
+    command += ["--custodian", targets.custodian]
+    if targets.node_ws:
+        command += ["--node-ws", targets.node_ws]
+    command += ["--report-json", str(out / "report.json"), "--junit", str(out / "junit.xml")]
+    return command
+
+
+async def run_local(daemon: ReadyProcess, ca: Path, level: str, out: Path) -> int:
+    """Start ``daemon``, run the suite as a subprocess against it, stop it; the suite's status."""
+    status = EXIT_HARNESS
+    try:
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(daemon.run)
+            targets = targets_from_ready(ready)
+            print(f"ocpd ready (pid {ready.get('pid')}): {ready['listeners']}", flush=True)
+            suite = await trio.run_process(
+                _suite_command(targets, ca, level, out), check=False, cwd=ROOT
+            )
+            status = suite.returncode
+            nursery.cancel_scope.cancel()
+    except* ProcessFailed as group:
+        for exc in group.exceptions:
+            print(f"conformance.local: {exc}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance.local",
+        description="Start a throwaway ocpd with TLS and run the conformance suite against it.",
+    )
+    parser.add_argument("--level", choices=LEVELS, default="core")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help="report directory (conformance/results)"
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ocpd-conformance-") as tmp:
+        tls = write_tls_files(Path(tmp) / "tls")
+        daemon = ocpd_process(Path(tmp) / "ocpd", tls=tls)
+        try:
+            status = trio.run(run_local, daemon, tls.ca, args.level, out)
+        finally:
+            (out / "ocpd.log").write_text("\n".join(daemon.output) + "\n", encoding="utf-8")
+    if daemon.returncode not in (0, None):
+        print(f"warning: ocpd exited with status {daemon.returncode} after SIGTERM (expected 0)")
+    print(f"ocpd log: {out / 'ocpd.log'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,743 @@
+"""Re-verify the published vectors (``conformance/vectors/``) with ocpd's core.
+
+This checks the vector files and the suite's own crypto (``ocpd.proto``), never
+a remote node: a node under test cannot make these pass or fail. The suite
+reports them as ``vector`` requirements so that a reader sees that the
+primitives the suite relies on agree with the published bytes before trusting
+its verdict on the target.
+
+Each case is verified from the JSON alone, the way
+``tests/test_conformance_vectors.py`` does it: signatures, digests from the
+canonical text, ids from keys, rejection of invalid identifiers, decryption,
+CBOR signing inputs and the session keys. The generator is never used.
+Failures are collected per case (``<file stem>/<case name>: what differed``),
+so one bad case does not hide the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, schema
+from ocpd.proto.crypto import (
+    SigningKey,
+    aes256gcm_decrypt,
+    ed25519_pk_to_x25519,
+    ed25519_verify,
+    hkdf_sha256,
+    sha3_256,
+    x25519,
+    x25519_public_key,
+)
+from ocpd.proto.dcbor import decode_deterministic, encode_deterministic, signing_input
+from ocpd.proto.encoding import b64url_decode, b64url_encode, parse_timestamp
+from ocpd.proto.errors import AuthError, MalformedError, NetError
+from ocpd.proto.ids import (
+    base58btc_encode,
+    broadcast_did,
+    derive_agent_id,
+    format_node_id,
+    format_participant_id,
+    is_broadcast_did,
+    key_fingerprint,
+    multibase_ed25519,
+    multibase_x25519,
+    parse_agent_id,
+    parse_multibase_ed25519,
+    parse_multibase_x25519,
+    parse_node_id,
+    parse_participant_id,
+)
+from ocpd.proto.jcs import canonicalize, canonicalize_reference
+from ocpd.proto.signing import artifact_digest, verify_artifact, verify_net_artifact
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+__all__ = ["VECTOR_CHECKS", "VectorMismatch", "VectorOutcome", "check_manifest"]
+
+MANIFEST: Final = "MANIFEST.json"
+MANIFEST_FORMAT: Final = 1
+
+Case = dict[str, Any]
+Json = dict[str, Any]
+
+
+class VectorMismatch(Exception):
+    """A vector case does not verify: the message says what differed."""
+
+
+@dataclass
+class VectorOutcome:
+    """How many cases were verified and which failed."""
+
+    cases: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.cases > 0 and not self.failures
+
+    def describe(self, what: str) -> str:
+        """``what`` is the plural noun (``cases``, ``files``)."""
+        if not self.failures:
+            noun = what.removesuffix("s") if self.cases == 1 else what
+            return f"{self.cases} {noun} verified" if self.cases else f"no {what} found"
+        shown = "; ".join(self.failures[:3])
+        more = f" (+{len(self.failures) - 3} more)" if len(self.failures) > 3 else ""
+        return f"{len(self.failures)} of {self.cases} {what} failed: {shown}{more}"
+
+
+def expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise VectorMismatch(what)
+
+
+def expect_rejected(
+    errors: type[Exception] | tuple[type[Exception], ...],
+    call: Callable[[], object],
+    what: str,
+) -> None:
+    try:
+        call()
+    except errors:
+        return
+    raise VectorMismatch(f"{what} was accepted")
+
+
+# --- shared helpers ---------------------------------------------------------------------------
+
+
+def _key(seed_hex: str, public_hex: str) -> bytes:
+    """The public key of ``seed_hex``, which must be the published ``public_hex``."""
+    public = SigningKey(bytes.fromhex(seed_hex)).public_key
+    expect(public.hex() == public_hex, "seed does not derive the published public key")
+    return public
+
+
+def _derives(agent_id: str, public_key: bytes) -> None:
+    network, ident = parse_agent_id(agent_id)
+    expect(ident == sha3_256(public_key).hex()[:12], f"{agent_id} does not derive from its key")
+    expect(derive_agent_id(public_key, network) == agent_id, f"derive_agent_id != {agent_id}")
+
+
+def _sig(text: str) -> bytes:
+    return b64url_decode(text, length=64)
+
+
+def _without(obj: Json, *fields: str) -> Json:
+    return {k: v for k, v in obj.items() if k not in fields}
+
+
+def _check_canonical(value: object, canonical_jcs: str, digest_hex: str) -> bytes:
+    """JCS of ``value`` is exactly ``canonical_jcs`` and its SHA3-256 is ``digest_hex``."""
+    canonical = canonical_jcs.encode("utf-8")
+    expect(canonicalize(value) == canonical, "JCS differs from canonical_jcs")
+    expect(canonicalize_reference(value) == canonical, "reference JCS differs from canonical_jcs")
+    digest = sha3_256(canonical)
+    expect(digest.hex() == digest_hex, "SHA3-256 of canonical_jcs differs")
+    return digest
+
+
+def _verifies(public_key: bytes, message: bytes, signature: str, what: str) -> None:
+    expect(ed25519_verify(public_key, message, _sig(signature)), f"{what}: signature invalid")
+
+
+def _load(directory: Path, name: str) -> Json:
+    data: Json = json.loads((directory / name).read_text(encoding="utf-8"))
+    return data
+
+
+def _named(data: Json, case_name: str) -> Case:
+    found: Case = next(c for c in data["cases"] if c["name"] == case_name)
+    return found
+
+
+def _run_cases(
+    directory: Path,
+    name: str,
+    check: Callable[[Case, Json], None],
+    *,
+    select: Callable[[Case], bool] = lambda _: True,
+) -> VectorOutcome:
+    """Run ``check(case, file)`` on every selected case of ``name``; collect failures."""
+    outcome = VectorOutcome()
+    stem = name.removesuffix(".json")
+    try:
+        data = _load(directory, name)
+    except (OSError, ValueError) as exc:
+        outcome.failures.append(f"{name}: unreadable ({exc})")
+        return outcome
+    for case in data.get("cases", []):
+        if not select(case):
+            continue
+        outcome.cases += 1
+        try:
+            check(case, data)
+        except Exception as exc:  # any exception is a mismatch of this case
+            label = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VectorMismatch) else exc
+            outcome.failures.append(f"{stem}/{case.get('name', '?')}: {label}")
+    return outcome
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+
+def check_manifest(directory: Path) -> VectorOutcome:
+    """MANIFEST.json lists exactly the JSON files present, each with its SHA-256."""
+    outcome = VectorOutcome()
+    try:
+        manifest = _load(directory, MANIFEST)
+    except (OSError, ValueError) as exc:
+        outcome.failures.append(f"{MANIFEST}: unreadable ({exc})")
+        return outcome
+    if manifest.get("format") != MANIFEST_FORMAT:
+        outcome.failures.append(f"{MANIFEST}: format is {manifest.get('format')!r}, not 1")
+    listed: dict[str, str] = manifest.get("files", {})
+    present = {p.name for p in directory.glob("*.json")} - {MANIFEST}
+    for missing in sorted(set(listed) - present):
+        outcome.failures.append(f"{missing}: listed but missing")
+    for extra in sorted(present - set(listed)):
+        outcome.failures.append(f"{extra}: present but not listed")
+    for name in sorted(set(listed) & present):
+        outcome.cases += 1
+        digest = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        if digest != listed[name]:
+            outcome.failures.append(f"{name}: SHA-256 {digest[:12]}... differs from the manifest")
+    return outcome
+
+
+# --- did-ocp.json ------------------------------------------------------------------------------
+
+
+def _did_ocp_case(case: Case, _: Json) -> None:
+    kind = case["kind"]
+    if kind == "valid":
+        public_key = bytes.fromhex(case["public_key"])
+        digest = sha3_256(public_key).hex()
+        expect(digest == case["sha3_256_of_public_key"], "SHA3-256 of the key differs")
+        expected = f"did:ocp:{case['network']}:agent-{digest[:12]}"
+        expect(case["agent_id"] == expected, "agent_id is not did:ocp:<network>:agent-<12 hex>")
+        expect(derive_agent_id(public_key, case["network"]) == expected, "derived id differs")
+        expect(parse_agent_id(expected) == (case["network"], digest[:12]), "parse differs")
+    elif kind == "broadcast":
+        expected = f"did:ocp:{case['network']}:broadcast"
+        expect(case["did"] == expected == broadcast_did(case["network"]), "broadcast DID differs")
+        expect(is_broadcast_did(case["did"]), "broadcast DID not recognised")
+        expect_rejected(
+            MalformedError, lambda: parse_agent_id(case["did"]), "broadcast as agent id"
+        )
+    elif kind == "invalid":
+        expect(bool(case["reason"]), "invalid case without a reason")
+        expect_rejected(MalformedError, lambda: parse_agent_id(case["value"]), repr(case["value"]))
+    else:
+        raise VectorMismatch(f"unknown kind {kind!r}")
+
+
+# --- did-key.json ------------------------------------------------------------------------------
+
+
+def _did_key_case(case: Case, _: Json) -> None:
+    if case["kind"] == "invalid":
+        parser = {"node_id": parse_node_id, "participant_id": parse_participant_id}[case["parser"]]
+        expect(bool(case["reason"]), "invalid case without a reason")
+        expect_rejected(MalformedError, lambda: parser(case["value"]), repr(case["value"]))
+        return
+    expect(case["kind"] == "valid", f"unknown kind {case['kind']!r}")
+    public_key = bytes.fromhex(case["public_key"])
+    multibase = case["multibase"]
+    expect(case["multicodec_key"] == "ed01" + case["public_key"], "multicodec key differs")
+    expect(multibase == "z" + base58btc_encode(bytes.fromhex(case["multicodec_key"])), "base58")
+    expect(multibase == multibase_ed25519(public_key), "multibase differs")
+    expect(case["node_id"] == "node:did:key:" + multibase == format_node_id(public_key), "node id")
+    participant = "participant:did:key:" + multibase
+    expect(case["participant_id"] == participant == format_participant_id(public_key), "part. id")
+    expect(parse_multibase_ed25519(multibase) == public_key, "multibase does not parse back")
+    expect(parse_node_id(case["node_id"]) == public_key, "node id does not parse back")
+    expect(parse_participant_id(participant) == public_key, "participant id does not parse back")
+
+
+# --- did-document.json -------------------------------------------------------------------------
+
+
+def _did_document_case(case: Case, data: Json) -> None:
+    if case["name"] == "initial-document":
+        _did_document_initial(case)
+    elif case["name"].startswith("rotation-"):
+        _did_document_rotation(case)
+        if case["name"] == "rotation-add-key-3":
+            first = _named(data, "rotation-add-key-2")
+            expect(case["current_document"] == first["rotated_document"], "rotations do not chain")
+        else:
+            initial = _named(data, "initial-document")
+            expect(case["current_document"] == initial["document"], "rotation not from initial")
+    else:
+        raise VectorMismatch("unknown case")
+
+
+def _did_document_initial(case: Case) -> None:
+    public_key = _key(case["seed"], case["public_key"])
+    recovery = _key(case["recovery_seed"], case["recovery_public_key"])
+    doc = case["document"]
+    schema.validate("did-document", doc)
+    parsed = diddoc.parse_did_document(doc)
+    _derives(case["agent_id"], public_key)
+    expect(parsed.agent_id == doc["id"] == case["agent_id"], "document id differs")
+    expect(parsed.network == case["network"], "network differs")
+    expect(parsed.initial_key == public_key, "initial key differs")
+    expect(list(parsed.active_keys.values()) == [public_key], "active keys differ")
+    expect(list(parsed.recovery_keys.values()) == [recovery], "recovery keys differ")
+    expect(case["public_key_multibase"] == multibase_ed25519(public_key), "key multibase")
+    expect(doc["verificationMethod"][0]["publicKeyMultibase"] == case["public_key_multibase"], "vm")
+    x_public = bytes.fromhex(case["x25519_public_key"])
+    expect(x_public == ed25519_pk_to_x25519(public_key), "X25519 key not derived from Ed25519")
+    expect(x_public == x25519_public_key(bytes.fromhex(case["x25519_private_key"])), "X25519 pair")
+    signing = SigningKey(bytes.fromhex(case["seed"]))
+    expect(x_public == signing.x25519_public_key(), "X25519 key from seed differs")
+    expect(case["x25519_public_key_multibase"] == multibase_x25519(x_public), "X25519 multibase")
+    [agreement] = doc["keyAgreement"]
+    expect(parse_multibase_x25519(agreement["publicKeyMultibase"]) == x_public, "keyAgreement")
+    expect(parsed.newest_key_agreement() == x_public, "newest keyAgreement differs")
+    endpoints = [s["serviceEndpoint"] for s in doc["service"]]
+    expect(endpoints == case["service_endpoints"], "service endpoints differ")
+
+
+def _did_document_rotation(case: Case) -> None:
+    update = case["update"]
+    current = diddoc.parse_did_document(case["current_document"])
+    signer_key = _key(case["signer_seed"], case["signer_public_key"])
+    expect(update["signer"] == case["signer"], "signer differs")
+    expect(current.active_keys[case["signer"]] == signer_key, "signer not active in current")
+    expect(update["did_document"] == case["rotated_document"], "rotated document differs")
+    expect(update["signature"] == case["signature"], "signature differs")
+    schema.validate("did-document-update", update)
+    digest = _check_canonical(
+        _without(update, "signature"), case["canonical_jcs"], case["digest_sha3_256"]
+    )
+    _verifies(signer_key, digest, case["signature"], "update")
+    expect(verify_artifact(update, signer_key) == digest, "verify_artifact digest differs")
+    new = diddoc.verify_did_update(case["current_document"], update)
+    expect(new.document == case["rotated_document"], "verified document differs")
+    expect(new.agent_id == current.agent_id, "agent id changed")
+    expect(new.initial_key == current.initial_key, "initial key changed")
+    new_key = _key(case["new_key"]["seed"], case["new_key"]["public_key"])
+    expect(new.active_keys[case["new_key"]["verification_method"]] == new_key, "new key")
+    for retired in case["retired"]:
+        expect(retired in new.revoked_keys, f"{retired} not revoked")
+        expect(retired not in new.active_keys, f"{retired} still active")
+        expect(new.is_revoked(current.active_keys[retired]), f"{retired} key not revoked")
+    tampered = update | {"updated_at": "2030-01-01T00:00:00Z"}
+    expect_rejected(
+        AuthError,
+        lambda: diddoc.verify_did_update(case["current_document"], tampered),
+        "update with a changed updated_at",
+    )
+
+
+# --- message-signing.json ----------------------------------------------------------------------
+
+
+def _message_case(case: Case, _: Json) -> None:
+    public_key = _key(case["seed"], case["public_key"])
+    signed, unsigned = case["signed_message"], case["unsigned_message"]
+    expect(signed["sender"]["agent_id"] == case["agent_id"], "sender differs")
+    _derives(case["agent_id"], public_key)
+    expect(signed["sender"]["signature"] == case["signature"], "signature differs")
+    view = signed | {"sender": _without(signed["sender"], "signature")}
+    expect(view == unsigned, "signed message minus sender.signature != unsigned_message")
+    digest = _check_canonical(unsigned, case["canonical_jcs"], case["digest_sha3_256"])
+    expect(envelope.message_digest(signed) == digest, "message_digest differs")
+    _verifies(public_key, digest, case["signature"], "message")
+    raw = json.dumps(signed, ensure_ascii=False).encode("utf-8")
+    verified = envelope.verify_message(
+        raw, now=parse_timestamp(signed["timestamp"]), resolve_keys=lambda _: [public_key]
+    )
+    expect(verified.digest == digest, "verify_message digest differs")
+    tampered = signed | {"ttl": signed["ttl"] + 1}
+    expect_rejected(
+        AuthError,
+        lambda: envelope.verify_message_signature(tampered, [public_key]),
+        "message with a changed ttl",
+    )
+
+
+# --- http-authorization.json -------------------------------------------------------------------
+
+
+def _http_case(case: Case, _: Json) -> None:
+    public_key = _key(case["seed"], case["public_key"])
+    _derives(case["agent_id"], public_key)
+    body = case["body"].encode("utf-8")
+    expect(sha3_256(body).hex() == case["body_sha3_256"], "body digest differs")
+    fields = ("method", "path_and_query", "agent_id", "timestamp", "body_sha3_256")
+    expected = "\n".join(["OCP-HTTP-1.0", *(case[f] for f in fields)])
+    expect(case["signing_string"] == expected, "signing_string differs from the D3 layout")
+    signing_string = auth.http_signing_string(
+        method=case["method"],
+        path_and_query=case["path_and_query"],
+        agent_id=case["agent_id"],
+        timestamp=case["timestamp"],
+        body=body,
+    )
+    expect(signing_string == expected.encode("utf-8"), "http_signing_string differs")
+    digest = sha3_256(signing_string)
+    expect(digest.hex() == case["signing_digest"], "signing digest differs")
+    _verifies(public_key, digest, case["signature"], "request")
+    header = f"OCP-Ed25519 {case['agent_id']}:{case['timestamp']}:{case['signature']}"
+    expect(case["header_name"] == "Authorization", "header name differs")
+    expect(case["header"] == header, "header differs")
+    parsed = auth.parse_authorization(header)
+    expect((parsed.agent_id, parsed.timestamp) == (case["agent_id"], case["timestamp"]), "parse")
+    expect(parsed.signature == _sig(case["signature"]), "parsed signature differs")
+
+    def verify(request_body: bytes) -> object:
+        return auth.verify_authorization(
+            header,
+            method=case["method"],
+            path_and_query=case["path_and_query"],
+            body=request_body,
+            public_keys=[public_key],
+            now=parse_timestamp(case["timestamp"]),
+            replay=auth.ReplayWindow(window=auth.DEFAULT_AUTH_WINDOW),
+        )
+
+    expect(verify(body) == parsed, "verify_authorization result differs")
+    expect_rejected(AuthError, lambda: verify(body + b" "), "request with a changed body")
+
+
+# --- ws-auth.json ------------------------------------------------------------------------------
+
+
+def _ws_case(case: Case, _: Json) -> None:
+    public_key = _key(case["seed"], case["public_key"])
+    _derives(case["agent_id"], public_key)
+    nonce_bytes = bytes.fromhex(case["nonce_bytes"])
+    expect(len(nonce_bytes) == 32, "nonce is not 32 bytes")
+    expect(case["nonce"] == b64url_encode(nonce_bytes), "nonce encoding differs")
+    signed = case["agent_id"] + case["timestamp"] + case["nonce"]
+    expect(case["signed_bytes"] == signed, "signed_bytes is not agent_id + timestamp + nonce")
+    frame = {
+        "frame_type": "auth_handshake",
+        "agent_id": case["agent_id"],
+        "timestamp": case["timestamp"],
+        "nonce": case["nonce"],
+        "signature": case["signature"],
+    }
+    expect(case["frame"] == frame, "frame differs")
+    _verifies(public_key, signed.encode("utf-8"), case["signature"], "handshake (not pre-hashed)")
+    agent_id = auth.verify_ws_auth_handshake(
+        case["frame"],
+        public_keys=[public_key],
+        now=parse_timestamp(case["timestamp"]),
+        replay=auth.ReplayWindow(window=auth.DEFAULT_AUTH_WINDOW),
+    )
+    expect(agent_id == case["agent_id"], "verify_ws_auth_handshake agent differs")
+
+
+# --- payload-encryption.json -------------------------------------------------------------------
+
+
+def _encryption_case(case: Case, _: Json) -> None:
+    sender = _key(case["sender_seed"], case["sender_public_key"])
+    _key(case["receiver_seed"], case["receiver_public_key"])
+    receiver_key = SigningKey(bytes.fromhex(case["receiver_seed"]))
+    _derives(case["sender_agent_id"], sender)
+    _derives(case["receiver_agent_id"], receiver_key.public_key)
+    receiver_x_public = bytes.fromhex(case["receiver_x25519_public"])
+    receiver_x_private = bytes.fromhex(case["receiver_x25519_private"])
+    expect(receiver_x_public == ed25519_pk_to_x25519(receiver_key.public_key), "receiver X25519")
+    expect(receiver_x_private == receiver_key.x25519_private_key(), "receiver X25519 private")
+    multibase = case["receiver_key_agreement_multibase"]
+    expect(multibase == multibase_x25519(receiver_x_public), "keyAgreement multibase")
+    eph_private = bytes.fromhex(case["ephemeral_private"])
+    eph_public = bytes.fromhex(case["ephemeral_public"])
+    expect(x25519_public_key(eph_private) == eph_public, "ephemeral pair differs")
+
+    shared = bytes.fromhex(case["shared_secret"])
+    expect(x25519(eph_private, receiver_x_public) == shared, "sender-side ECDH differs")
+    expect(x25519(receiver_x_private, eph_public) == shared, "receiver-side ECDH differs")
+    salt = bytes.fromhex(case["hkdf_salt"])
+    expect(salt == eph_public + receiver_x_public, "HKDF salt differs")
+    expect(case["hkdf_info"] == "OCP-1.0 payload AES-256-GCM", "HKDF info differs")
+    aes_key = hkdf_sha256(shared, salt=salt, info=case["hkdf_info"].encode(), length=32)
+    expect(aes_key.hex() == case["aes_key"], "AES key differs")
+
+    signed = case["signed_message"]
+    ids = [signed["message_id"], signed["sender"]["agent_id"], signed["receiver"]["agent_id"]]
+    expected_aad = "\n".join(ids)
+    expect(case["aad"] == expected_aad, "AAD differs")
+    expect(envelope.message_aad(signed) == expected_aad.encode("utf-8"), "message_aad differs")
+    nonce = bytes.fromhex(case["nonce"])
+    encryption = {
+        "algorithm": "AES-256-GCM",
+        "key_exchange": "ECDH-X25519",
+        "nonce": b64url_encode(nonce),
+        "ephemeral_public_key": b64url_encode(eph_public),
+    }
+    expect(signed["encryption"] == encryption, "encryption object differs")
+    expect(signed["payload"] == case["ciphertext"], "payload is not the ciphertext")
+    plaintext = aes256gcm_decrypt(
+        aes_key, nonce, b64url_decode(case["ciphertext"]), case["aad"].encode("utf-8")
+    )
+    expect(plaintext == case["plaintext"].encode("utf-8"), "plaintext differs")
+    expect(canonicalize(case["payload"]) == plaintext, "plaintext is not JCS of the payload")
+    expect(case["unsigned_message"]["payload"] == case["payload"], "unsigned payload differs")
+    expect(envelope.decrypt_payload(signed, receiver_key) == case["payload"], "decrypt_payload")
+
+    unsigned_sender = {"sender": {"agent_id": case["sender_agent_id"]}}
+    expect(case["encrypted_message"] == signed | unsigned_sender, "encrypted_message differs")
+    digest = _check_canonical(
+        case["encrypted_message"], case["canonical_jcs"], case["digest_sha3_256"]
+    )
+    expect(signed["sender"]["signature"] == case["signature"], "signature differs")
+    _verifies(sender, digest, case["signature"], "encrypted message")
+    envelope.verify_message(
+        json.dumps(signed, ensure_ascii=False).encode("utf-8"),
+        now=parse_timestamp(signed["timestamp"]),
+        resolve_keys=lambda _: [sender],
+    )
+
+
+# --- artifacts.json ----------------------------------------------------------------------------
+
+
+def _artifact_rules(case: Case, now: float) -> None:
+    """The type's own checks, beyond schema and signature."""
+    kind, artifact = case["artifact_type"], case["artifact"]
+    if kind == "agent-record":
+        expect(case["registration"]["record"] == artifact, "registration record differs")
+        record, document = artifacts.verify_registration(case["registration"], now=now)
+        expect(record == artifact, "verified record differs")
+        expect(document.agent_id == artifact["agent_id"], "document agent differs")
+    elif kind == "vouch":
+        artifacts.check_vouch(artifact, now=now)
+    elif kind == "vouch-revocation":
+        vouch = case["revokes"]
+        expect(artifact["vouch_digest"] == artifacts.vouch_digest(vouch), "vouch_digest differs")
+        digest = sha3_256(canonicalize(_without(vouch, "signature"))).hex()
+        expect(artifact["vouch_digest"] == digest, "vouch_digest is not the D2 digest")
+        artifacts.check_vouch_revocation(artifact, vouch, now=now)
+    elif kind == "bond":
+        keys = {s["agent_id"]: [bytes.fromhex(s["public_key"])] for s in case["signers"]}
+        digest = artifacts.verify_bond(artifact, keys, now=now).hex()
+        expect(digest == case["digest_sha3_256"], "bond digest differs")
+    elif kind == "bond-revocation":
+        artifacts.check_bond_revocation(artifact, case["revokes"], now=now)
+    elif kind == "consensus-vote":
+        rationale = case["rationale_text"].encode("utf-8")
+        expect(artifact["rationale_hash"] == sha3_256(rationale).hex(), "rationale_hash differs")
+        artifacts.check_consensus_vote(artifact, sender=case["signers"][0]["agent_id"])
+    elif kind == "interaction-rating":
+        artifacts.check_interaction_rating(artifact, now=now)
+    elif kind == "recovery-share":
+        public_key = bytes.fromhex(case["signers"][0]["public_key"])
+        expect(artifact["key_fingerprint"] == key_fingerprint(public_key), "fingerprint differs")
+        expect(artifact["key_fingerprint"] == sha3_256(public_key).hex()[:16], "fingerprint")
+        artifacts.check_recovery_share(artifact, now=now)
+    else:
+        raise VectorMismatch(f"no rules for artifact type {kind!r}")
+
+
+def _artifact_case(case: Case, data: Json) -> None:
+    artifact, field_name = case["artifact"], case["signature_field"]
+    schema.validate(case["artifact_type"], artifact)
+    digest = _check_canonical(
+        _without(artifact, field_name), case["canonical_jcs"], case["digest_sha3_256"]
+    )
+    expect(artifact_digest(artifact, field=field_name) == digest, "artifact_digest differs")
+    signatures = artifact[field_name] if field_name == "signatures" else None
+    if signatures is not None:
+        expect(set(signatures) == {s["agent_id"] for s in case["signers"]}, "signers differ")
+    for signer in case["signers"]:
+        public_key = _key(signer["seed"], signer["public_key"])
+        _derives(signer["agent_id"], public_key)
+        if signatures is None:
+            _verifies(public_key, digest, artifact["signature"], "artifact")
+            expect(verify_artifact(artifact, public_key) == digest, "verify_artifact differs")
+        else:
+            _verifies(public_key, digest, signatures[signer["agent_id"]], signer["agent_id"])
+    _artifact_rules(case, parse_timestamp(data["reference_time"]))
+
+
+# --- networking.json ---------------------------------------------------------------------------
+
+
+def _net_rules(case: Case, artifact: Json, data: Json) -> None:
+    """The artifact type's full verify function, at the artifact's own time."""
+    kind = case["artifact_type"]
+    if kind == "node-advertisement.v1":
+        now = parse_timestamp(artifact["advertised-at"])
+        netartifacts.verify_node_advertisement(artifact, now=now)
+    elif kind == "peer-handshake.v1":
+        netartifacts.verify_handshake(artifact, now=parse_timestamp(artifact["ts"]))
+    elif kind == "capability-advertisement.v1":
+        caps = netartifacts.verify_capability_advertisement(artifact)
+        expect(netartifacts.CORE_MESSAGING in caps, "core/messaging not advertised")
+    elif kind == "signal-marker-envelope.v1":
+        marker = netartifacts.verify_signal_marker_envelope(
+            artifact,
+            now=parse_timestamp(artifact["sent-at"]),
+            session_peer=artifact["sender/node-id"],
+        )
+        expect(marker == _named(data, "signal-marker")["artifact"], "enveloped marker differs")
+    else:
+        expect(kind == "signal-marker.v1", f"unknown artifact type {kind!r}")
+
+
+def _net_case(case: Case, data: Json) -> None:
+    if case["name"] == "node-identity":
+        _node_identity(case)
+        return
+    public_key = _key(case["signer_seed"], case["signer_public_key"])
+    artifact, kind = case["artifact"], case["artifact_type"]
+    unsigned = frozenset(case["unsigned_fields"])
+    parse_id = parse_participant_id if case["signer_field"] == "participant/id" else parse_node_id
+    expect(parse_id(artifact[case["signer_field"]]) == public_key, "signer id differs from key")
+    if "key/public" in artifact:
+        expect(artifact["key/public"] == b64url_encode(public_key), "key/public differs")
+    schema.validate(kind, artifact)
+
+    body = _without(artifact, "signature", *unsigned)
+    message = bytes.fromhex(case["signing_input"])
+    expect(signing_input(kind, body) == message, "signing input differs")
+    prefix = kind.encode("ascii") + b"\x00"
+    expect(message.startswith(prefix), "signing input lacks the type || 0x00 prefix")
+    expect(encode_deterministic(body) == message[len(prefix) :], "deterministic CBOR differs")
+    expect(decode_deterministic(message[len(prefix) :]) == body, "CBOR does not decode back")
+    expect(artifact["signature"] == case["signature"], "signature differs")
+    _verifies(public_key, message, case["signature"], "NET artifact (not pre-hashed)")
+    verify_net_artifact(kind, artifact, public_key, unsigned_fields=unsigned)
+    _net_rules(case, artifact, data)
+    for framing in unsigned:
+        changed_framing = artifact | {framing: "other"}
+        verify_net_artifact(kind, changed_framing, public_key, unsigned_fields=unsigned)
+    signer = artifact[case["signer_field"]]
+    changed = artifact | {case["signer_field"]: signer[:-1] + "x"}
+    expect_rejected(
+        NetError,
+        lambda: verify_net_artifact(kind, changed, public_key, unsigned_fields=unsigned),
+        "artifact with a changed signed field",
+    )
+
+
+def _node_identity(case: Case) -> None:
+    public_key = _key(case["seed"], case["public_key"])
+    record = case["artifact"]
+    expect(netartifacts.check_node_identity(record) == public_key, "node identity key differs")
+    expect(record["node/id"] == format_node_id(public_key), "node/id differs")
+    expect(record["participant/id"] == format_participant_id(public_key), "participant/id")
+    expect(record["key/public"] == b64url_encode(public_key), "key/public differs")
+    expect(record["key/alg"] == "ed25519", "key/alg differs")
+    _derives(case["service_agent_id"], public_key)
+
+
+def _session_case(case: Case, data: Json) -> None:
+    hello, ack = case["hello"], case["ack"]
+    expect(hello == _named(data, "hello")["artifact"], "hello differs from the hello case")
+    expect(ack == _named(data, "ack")["artifact"], "ack differs from the ack case")
+    netartifacts.verify_ack_binding(ack, hello)
+    i_pub = _key(case["initiator_seed"], case["initiator_public_key"])
+    r_pub = _key(case["responder_seed"], case["responder_public_key"])
+    i_key = SigningKey(bytes.fromhex(case["initiator_seed"]))
+    r_key = SigningKey(bytes.fromhex(case["responder_seed"]))
+    expect(parse_node_id(hello["sender/node-id"]) == i_pub, "hello sender differs")
+    expect(parse_node_id(ack["sender/node-id"]) == r_pub, "ack sender differs")
+
+    for role, key in (("initiator", i_key), ("responder", r_key)):
+        private_ok = case[f"{role}_static_x25519_private"] == key.x25519_private_key().hex()
+        public = ed25519_pk_to_x25519(key.public_key).hex()
+        expect(private_ok, f"{role} static X25519 private differs")
+        expect(case[f"{role}_static_x25519_public"] == public, f"{role} static X25519 public")
+    e_i = bytes.fromhex(case["initiator_ephemeral_private"])
+    e_r = bytes.fromhex(case["responder_ephemeral_private"])
+    e_i_pub = bytes.fromhex(case["initiator_ephemeral_public"])
+    e_r_pub = bytes.fromhex(case["responder_ephemeral_public"])
+    expect(x25519_public_key(e_i) == e_i_pub, "initiator ephemeral pair differs")
+    expect(hello["session/pub"] == b64url_encode(e_i_pub), "hello session/pub differs")
+    expect(x25519_public_key(e_r) == e_r_pub, "responder ephemeral pair differs")
+    expect(ack["session/pub"] == b64url_encode(e_r_pub), "ack session/pub differs")
+
+    dh_ee = bytes.fromhex(case["dh_ephemeral"])
+    dh_ss = bytes.fromhex(case["dh_static"])
+    expect(x25519(e_i, e_r_pub) == dh_ee == x25519(e_r, e_i_pub), "ephemeral DH differs")
+    i_static = bytes.fromhex(case["initiator_static_x25519_private"])
+    r_static = bytes.fromhex(case["responder_static_x25519_private"])
+    expect(x25519(i_static, ed25519_pk_to_x25519(r_pub)) == dh_ss, "initiator static DH")
+    expect(x25519(r_static, ed25519_pk_to_x25519(i_pub)) == dh_ss, "responder static DH")
+    expect(case["hkdf_ikm"] == (dh_ee + dh_ss).hex(), "HKDF ikm differs")
+
+    framing = case["transcript_unsigned_fields"]
+    expect(framing == ["transport/profile"], "transcript framing fields differ")
+    transcript = encode_deterministic(_without(hello, *framing)) + encode_deterministic(
+        _without(ack, *framing)
+    )
+    expect(transcript.hex() == case["transcript"], "transcript differs")
+    salt = sha3_256(transcript)
+    expect(salt.hex() == case["transcript_salt"], "transcript salt differs")
+    expect(case["hkdf_info"] == "ocp-peer-session.v1", "HKDF info differs")
+    okm = hkdf_sha256(dh_ee + dh_ss, salt=salt, info=case["hkdf_info"].encode(), length=64)
+    expect(okm.hex() == case["hkdf_okm"], "HKDF output differs")
+    expect(case["initiator_send_key"] == okm[:32].hex(), "initiator send key differs")
+    expect(case["initiator_receive_key"] == okm[32:].hex(), "initiator receive key differs")
+
+    initiator = netartifacts.derive_session_keys(
+        initiator=True,
+        ephemeral_private=e_i,
+        peer_ephemeral_public=e_r_pub,
+        static_key=i_key,
+        peer_static_public=r_pub,
+        hello=hello,
+        ack=ack,
+    )
+    responder = netartifacts.derive_session_keys(
+        initiator=False,
+        ephemeral_private=e_r,
+        peer_ephemeral_public=e_i_pub,
+        static_key=r_key,
+        peer_static_public=i_pub,
+        hello=hello,
+        ack=ack,
+    )
+    send = case["initiator_send_key"]
+    receive = case["initiator_receive_key"]
+    expect(initiator.send_key.hex() == send == responder.receive_key.hex(), "send keys differ")
+    expect(initiator.receive_key.hex() == receive == responder.send_key.hex(), "receive keys")
+
+
+def _is_session(case: Case) -> bool:
+    return bool(case["name"] == "session-keys")
+
+
+def _not_session(case: Case) -> bool:
+    return not _is_session(case)
+
+
+def _runner(
+    name: str, check: Callable[[Case, Json], None], select: Callable[[Case], bool] | None = None
+) -> Callable[[Path], VectorOutcome]:
+    def run(directory: Path) -> VectorOutcome:
+        if select is None:
+            return _run_cases(directory, name, check)
+        return _run_cases(directory, name, check, select=select)
+
+    return run
+
+
+#: Requirement id -> the function that verifies its vectors in a directory.
+VECTOR_CHECKS: Final[dict[str, Callable[[Path], VectorOutcome]]] = {
+    "OCP-CORE-VEC-MANIFEST-001": check_manifest,
+    "OCP-CORE-VEC-ID-001": _runner("did-ocp.json", _did_ocp_case),
+    "OCP-CORE-VEC-DIDDOC-001": _runner("did-document.json", _did_document_case),
+    "OCP-CORE-VEC-JCS-001": _runner("message-signing.json", _message_case),
+    "OCP-CORE-VEC-HTTPAUTH-001": _runner("http-authorization.json", _http_case),
+    "OCP-CORE-VEC-WSAUTH-001": _runner("ws-auth.json", _ws_case),
+    "OCP-CORE-VEC-ENC-001": _runner("payload-encryption.json", _encryption_case),
+    "OCP-CORE-VEC-ART-001": _runner("artifacts.json", _artifact_case),
+    "NET-VEC-001": _runner("did-key.json", _did_key_case),
+    "NET-VEC-002": _runner("networking.json", _net_case, _not_session),
+    "NET-VEC-003": _runner("networking.json", _session_case, _is_session),
+}

@@ -1,0 +1,475 @@
+"""The black-box conformance suite (conformance/), against the real daemon and on its own.
+
+End to end: ``ocpd run --component all`` starts as a subprocess with TLS from
+a throwaway trustme CA, every port 0 and a temporary data directory (through
+``conformance.local``, the same harness as ``make conformance``); the suite
+runs in-process against the URLs of its ``ready`` line. The implemented
+checks must pass (health, metrics, TLS 1.3 and TLS 1.2 refused, vectors), and
+every other requirement must be reported ``not_tested`` and count against
+conformance. A plaintext daemon must fail the TLS requirements.
+
+Unit tests cover the validators, the verdict rules, the JSON and JUnit
+writers, the vector checks on tampered files and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+# The suite lives in conformance/ at the repository root, which is not an
+# installed package: make it importable however pytest was started.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from conformance.__main__ import main as suite_main  # noqa: E402
+from conformance.checks import CHECKS, health_problems, metrics_problems  # noqa: E402
+from conformance.local import (  # noqa: E402
+    TlsFiles,
+    ocpd_process,
+    targets_from_ready,
+    write_tls_files,
+)
+from conformance.process import ProcessFailed, ReadyProcess  # noqa: E402
+from conformance.report import format_table, junit_xml, write_json, write_junit  # noqa: E402
+from conformance.requirements import REQUIREMENTS, by_id, for_level  # noqa: E402
+from conformance.suite import (  # noqa: E402
+    VECTORS_DIR,
+    Report,
+    Result,
+    SuiteConfig,
+    Targets,
+    run_suite,
+)
+from conformance.vectorcheck import VECTOR_CHECKS, check_manifest  # noqa: E402
+
+#: Start-up, one suite run and shutdown of a local daemon, with a wide margin
+#: for a loaded CI machine.
+DAEMON_DEADLINE = 60
+IMPLEMENTED = set(CHECKS) | set(VECTOR_CHECKS)
+TARGET_CHECKED = {
+    "OCP-CORE-HEALTH-001",
+    "OCP-CORE-METRICS-001",
+    "OCP-CORE-TLS-001",
+    "OCP-CORE-TLS-002",
+}
+
+
+class LocalOcpd:
+    def __init__(self, targets: Targets, tls: TlsFiles | None, process: ReadyProcess) -> None:
+        self.targets = targets
+        self.tls = tls
+        self.process = process
+
+
+@pytest.fixture
+async def tls_ocpd(tmp_path: Path):
+    """A running ``ocpd run --component all`` with TLS; SIGTERM (then kill) on teardown."""
+    tls = write_tls_files(tmp_path / "tls")
+    process = ocpd_process(tmp_path / "ocpd", tls=tls)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(DAEMON_DEADLINE):
+            ready = await nursery.start(process.run)
+        yield LocalOcpd(targets_from_ready(ready), tls, process)
+        nursery.cancel_scope.cancel()
+
+
+def _results(report: Report) -> dict[str, Result]:
+    return {r.requirement.id: r for r in report.results}
+
+
+# --- against the real daemon ---------------------------------------------------------------
+
+
+async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -> None:
+    assert tls_ocpd.tls is not None
+    with trio.fail_after(DAEMON_DEADLINE):
+        report = await run_suite(
+            SuiteConfig(targets=tls_ocpd.targets, level="core", ca_file=tls_ocpd.tls.ca)
+        )
+    results = _results(report)
+    assert [r.requirement for r in report.results] == list(for_level("core"))
+    for rid in TARGET_CHECKED:
+        assert results[rid].status == "pass", (rid, results[rid].detail)
+    for rid in VECTOR_CHECKS:
+        assert results[rid].status == "pass", (rid, results[rid].detail)
+        assert results[rid].requirement.kind == "vector"
+    # Every listener was checked, the WebSocket port included.
+    health = results["OCP-CORE-HEALTH-001"].detail
+    for label in ("node healthy", "node-ws healthy", "registry healthy", "custodian healthy"):
+        assert label in health
+    assert results["OCP-CORE-TLS-001"].detail == "TLSv1.3 on 4 listener(s)"
+    assert results["OCP-CORE-TLS-002"].detail.startswith("refused by 4 listener(s)")
+
+
+async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
+    tls_ocpd: LocalOcpd,
+) -> None:
+    assert tls_ocpd.tls is not None
+    with trio.fail_after(DAEMON_DEADLINE):
+        report = await run_suite(
+            SuiteConfig(targets=tls_ocpd.targets, level="full", ca_file=tls_ocpd.tls.ca)
+        )
+    assert len(report.results) == len(REQUIREMENTS)
+    not_tested = [r for r in report.results if r.status == "not_tested"]
+    assert {r.requirement.id for r in not_tested} == {r.id for r in REQUIREMENTS} - IMPLEMENTED
+    assert all(r.detail == "no check implemented yet" for r in not_tested)
+    assert {r.requirement.level for r in not_tested} == {"core", "knowledge", "full"}
+    summary = report.summary()
+    assert summary["passed"] == len(IMPLEMENTED)
+    assert summary["failed"] == 0
+    assert summary["not_tested"] == len(not_tested)
+    assert summary["total"] == len(REQUIREMENTS)
+    # Untested MUSTs are not met: the level fails, honestly.
+    must_untested = [r for r in not_tested if r.requirement.strength == "MUST"]
+    assert summary["must_unmet"] == len(must_untested) > 0
+    assert summary["conformant"] is False
+    assert not report.conformant
+
+
+async def test_plaintext_ocpd_fails_the_tls_requirements(tmp_path: Path) -> None:
+    process = ocpd_process(tmp_path / "ocpd", tls=None)
+    with trio.fail_after(DAEMON_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(process.run)
+            targets = targets_from_ready(ready)
+            assert targets.node.startswith("http://")
+            report = await run_suite(SuiteConfig(targets=targets, level="core"))
+            nursery.cancel_scope.cancel()
+    results = _results(report)
+    assert results["OCP-CORE-HEALTH-001"].status == "pass"
+    assert results["OCP-CORE-METRICS-001"].status == "pass"
+    for rid in ("OCP-CORE-TLS-001", "OCP-CORE-TLS-002"):
+        assert results[rid].status == "fail"
+        assert "plaintext" in results[rid].detail
+    assert report.summary()["failed"] == 2
+
+
+async def test_local_ocpd_exits_0_on_sigterm(tmp_path: Path) -> None:
+    tls = write_tls_files(tmp_path / "tls")
+    process = ocpd_process(tmp_path / "ocpd", tls=tls)
+    with trio.fail_after(DAEMON_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(process.run)
+            assert set(ready["listeners"]) == {"http", "ws", "registry", "custodian"}
+            nursery.cancel_scope.cancel()
+    assert process.returncode == 0
+    assert any('"shutdown_requested"' in line for line in process.output)
+
+
+async def test_process_that_never_gets_ready_is_reported(tmp_path: Path) -> None:
+    script = "import sys; print('starting'); sys.exit(3)"
+    process = ReadyProcess(command=[sys.executable, "-c", script], name="broken", cwd=tmp_path)
+    with trio.fail_after(30), pytest.RaisesGroup(pytest.RaisesExc(ProcessFailed)):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(process.run)
+    assert process.returncode == 3
+    assert list(process.output) == ["starting"]
+
+
+# --- the requirement registry ----------------------------------------------------------------
+
+
+def test_requirements_are_well_formed() -> None:
+    ids = [r.id for r in REQUIREMENTS]
+    assert len(ids) == len(set(ids))
+    for r in REQUIREMENTS:
+        assert r.strength in ("MUST", "SHOULD")
+        assert r.title
+        assert r.section
+        assert "\n" not in r.title
+        assert r.id.startswith(("OCP-", "NET-"))
+    assert by_id("OCP-CORE-HEALTH-001").level == "core"
+    # Levels are cumulative.
+    core, knowledge, full = (set(for_level(level)) for level in ("core", "knowledge", "full"))
+    assert core < knowledge < full == set(REQUIREMENTS)
+    # Every implemented check belongs to a listed requirement.
+    assert IMPLEMENTED <= set(ids)
+    assert all(by_id(rid).kind == "vector" for rid in VECTOR_CHECKS)
+    assert all(by_id(rid).kind == "target" for rid in CHECKS)
+
+
+# --- validators --------------------------------------------------------------------------------
+
+HEALTHY: dict[str, Any] = {
+    "status": "healthy",
+    "component": "registry",
+    "version": "0.1.0",
+    "network": "testnet",
+    "uptime_seconds": 12,
+    "database": "connected",
+    "checks": {"database_writable": True, "disk_space_ok": True, "memory_ok": True},
+}
+
+
+def _health(body: object, *, role: str = "registry", code: int = 200) -> list[str]:
+    raw = json.dumps(body).encode()
+    problems, _ = health_problems(role, code, "application/json", raw)
+    return problems
+
+
+def test_health_accepts_the_docker_shape() -> None:
+    assert _health(HEALTHY) == []
+    degraded = HEALTHY | {"status": "degraded", "checks": HEALTHY["checks"] | {"memory_ok": False}}
+    assert _health(degraded) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "expected"),
+    [
+        (HEALTHY | {"extra": 1}, 200, "fields outside Docker §7.1 ['extra']"),
+        ({k: v for k, v in HEALTHY.items() if k != "network"}, 200, "missing fields ['network']"),
+        (HEALTHY | {"uptime_seconds": True}, 200, "uptime_seconds is bool, not int"),
+        (HEALTHY | {"uptime_seconds": 1.5}, 200, "uptime_seconds is float, not int"),
+        (HEALTHY | {"component": "node"}, 200, "component is 'node', expected 'registry'"),
+        (HEALTHY | {"status": "ok"}, 200, "status 'ok' is not healthy, degraded or unhealthy"),
+        (HEALTHY, 503, "status 'healthy' answered with HTTP 503"),
+        (HEALTHY | {"status": "unhealthy", "database": "unavailable"}, 503, "reports unhealthy"),
+        (HEALTHY | {"database": "up"}, 200, "database 'up' is not connected or unavailable"),
+        (HEALTHY | {"checks": {"database_writable": True}}, 200, "checks has"),
+        (HEALTHY | {"checks": HEALTHY["checks"] | {"memory_ok": "yes"}}, 200, "not booleans"),
+        ([1, 2], 200, "not a JSON object"),
+    ],
+)
+def test_health_problems(body: object, code: int, expected: str) -> None:
+    problems = _health(body, code=code)
+    assert any(expected in p for p in problems), problems
+
+
+def test_health_needs_json_content_type() -> None:
+    problems, status = health_problems("registry", 200, "text/html", json.dumps(HEALTHY).encode())
+    assert status == "healthy"
+    assert problems == ["Content-Type is 'text/html', not application/json"]
+    problems, status = health_problems("node", 200, "application/json", b"<html>")
+    assert status is None
+    assert problems == ["HTTP 200, body is not JSON"]
+
+
+METRICS = """\
+# HELP ocp_request_duration_seconds Request latency
+# TYPE ocp_request_duration_seconds histogram
+ocp_request_duration_seconds_bucket{endpoint="/health",le="0.1"} 1.0
+ocp_request_duration_seconds_bucket{endpoint="/health",le="+Inf"} 1.0
+ocp_request_duration_seconds_count{endpoint="/health"} 1.0
+ocp_request_duration_seconds_sum{endpoint="/health"} 0.004
+# HELP ocp_database_size_bytes SQLite database size
+# TYPE ocp_database_size_bytes gauge
+ocp_database_size_bytes{component="node"} 4096.0
+"""
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_metrics_accepts_prometheus_text() -> None:
+    assert metrics_problems(PROMETHEUS, METRICS) == []
+    assert metrics_problems("text/plain; version=1.0.0; charset=utf-8", METRICS) == []
+    # A histogram that has seen no request yet has no samples; that is fine.
+    no_samples = "\n".join(line for line in METRICS.splitlines() if "_seconds_" not in line)
+    assert metrics_problems(PROMETHEUS, no_samples + "\n") == []
+
+
+def test_metrics_problems() -> None:
+    assert metrics_problems("application/json", METRICS) == [
+        "Content-Type is 'application/json', not Prometheus text/plain"
+    ]
+    gauge = METRICS.replace("ocp_database_size_bytes gauge", "ocp_database_size_bytes counter")
+    assert metrics_problems(PROMETHEUS, gauge) == [
+        "ocp_database_size_bytes is a counter, not a gauge"
+    ]
+    assert metrics_problems(PROMETHEUS, "# TYPE other gauge\nother 1\n") == [
+        "no ocp_request_duration_seconds",
+        "no ocp_database_size_bytes",
+    ]
+    no_inf = METRICS.replace('le="+Inf"', 'le="1.0"')
+    assert metrics_problems(PROMETHEUS, no_inf) == [
+        "ocp_request_duration_seconds lacks _bucket (le=+Inf), _count or _sum samples"
+    ]
+    assert metrics_problems(PROMETHEUS, "not { metrics")[0].startswith("does not parse")
+
+
+# --- vectors -----------------------------------------------------------------------------------
+
+
+def test_vector_checks_detect_tampering(tmp_path: Path) -> None:
+    vectors = tmp_path / "vectors"
+    shutil.copytree(VECTORS_DIR, vectors)
+    assert check_manifest(vectors).ok
+    path = vectors / "message-signing.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    case = data["cases"][0]
+    case["signed_message"]["ttl"] += 1
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+    manifest = check_manifest(vectors)
+    assert not manifest.ok
+    assert manifest.failures == [
+        f"message-signing.json: SHA-256 {manifest.failures[0].split()[2]} differs from the manifest"
+    ]
+    outcome = VECTOR_CHECKS["OCP-CORE-VEC-JCS-001"](vectors)
+    assert outcome.cases == len(data["cases"])
+    assert len(outcome.failures) == 1
+    assert outcome.failures[0].startswith(f"message-signing/{case['name']}: ")
+    (vectors / "did-key.json").unlink()
+    assert "did-key.json: listed but missing" in check_manifest(vectors).failures
+    assert VECTOR_CHECKS["NET-VEC-001"](vectors).failures[0].startswith("did-key.json: unreadable")
+
+
+# --- report, verdict and writers -----------------------------------------------------------------
+
+
+def _report() -> Report:
+    targets = Targets(
+        node="https://127.0.0.1:8420",
+        registry="https://127.0.0.1:8422",
+        custodian="https://127.0.0.1:8423",
+    )
+    started = datetime(2026, 4, 3, 12, 0, tzinfo=UTC)
+    report = Report(level="core", targets=targets, started_at=started, finished_at=started)
+    report.results = [
+        Result(by_id("OCP-CORE-HEALTH-001"), "pass", "node healthy (200)", 0.01),
+        Result(by_id("OCP-CORE-METRICS-001"), "fail", "node: no ocp_database_size_bytes", 0.02),
+        Result(by_id("OCP-CORE-TLS-002"), "fail", "node: accepted a TLS 1.2-only client", 0.03),
+        Result(by_id("OCP-CORE-WS-001"), "not_tested", "no check implemented yet"),
+        Result(by_id("NET-VEC-001"), "pass", "24 cases verified", 0.1),
+    ]
+    return report
+
+
+def test_verdict_counts_not_tested_as_unmet_and_ignores_should() -> None:
+    report = _report()
+    assert report.summary() == {
+        "passed": 2,
+        "failed": 2,
+        "not_tested": 1,
+        "total": 5,
+        "must_unmet": 2,
+        "should_unmet": 1,
+        "conformant": False,
+    }
+    # Only the SHOULD failure left: conformant.
+    report.results = [
+        r for r in report.results if r.requirement.strength == "SHOULD" or r.status == "pass"
+    ]
+    assert report.summary()["should_unmet"] == 1
+    assert report.conformant
+    # A MUST that nobody checked is not met.
+    report.results.append(Result(by_id("OCP-CORE-HTTP-001"), "not_tested", "no check"))
+    assert not report.conformant
+    # An empty report proves nothing.
+    empty = _report()
+    empty.results = []
+    assert not empty.conformant
+
+
+def test_json_report(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "report.json"
+    write_json(_report(), path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["suite"] == "ocpd-conformance"
+    assert data["suite_version"]
+    assert data["started_at"] == "2026-04-03T12:00:00Z"
+    assert data["level"] == "core"
+    assert data["targets"]["node"] == "https://127.0.0.1:8420"
+    assert data["targets"]["node_ws"] is None
+    assert data["summary"]["total"] == 5
+    assert "not the target" in data["vector_note"]
+    first = data["requirements"][0]
+    assert set(first) >= {"id", "level", "strength", "title", "status", "detail"}
+    assert first["id"] == "OCP-CORE-HEALTH-001"
+    assert first["status"] == "pass"
+    assert [r["status"] for r in data["requirements"]] == [
+        "pass",
+        "fail",
+        "fail",
+        "not_tested",
+        "pass",
+    ]
+    assert data["requirements"][4]["kind"] == "vector"
+
+
+def test_junit_report(tmp_path: Path) -> None:
+    path = tmp_path / "junit.xml"
+    write_junit(_report(), path)
+    assert path.read_bytes() == junit_xml(_report())
+    root = ET.fromstring(path.read_bytes())  # noqa: S314 - our own output
+    assert root.tag == "testsuites"
+    [suite] = root.findall("testsuite")
+    assert suite.get("tests") == "5"
+    assert suite.get("failures") == "3"
+    cases = {case.get("name"): case for case in suite.findall("testcase")}
+    assert list(cases) == [r.requirement.id for r in _report().results]
+    assert cases["OCP-CORE-HEALTH-001"].find("failure") is None
+    assert cases["NET-VEC-001"].find("failure") is None
+    failed = cases["OCP-CORE-TLS-002"].find("failure")
+    assert failed is not None
+    assert failed.get("type") == "failed"
+    assert failed.get("message") == "node: accepted a TLS 1.2-only client"
+    should = cases["OCP-CORE-METRICS-001"].find("failure")
+    assert should is not None
+    assert should.get("message", "").startswith("SHOULD, does not fail the run: ")
+    untested = cases["OCP-CORE-WS-001"].find("failure")
+    assert untested is not None
+    assert untested.get("type") == "not_tested"
+    properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert properties["level"] == "core"
+    assert properties["conformant"] == "false"
+    assert properties["target.node"] == "https://127.0.0.1:8420"
+
+
+def test_table() -> None:
+    table = format_table(_report())
+    lines = table.splitlines()
+    assert any(line.startswith("PASS") and "OCP-CORE-HEALTH-001" in line for line in lines)
+    assert any(line.startswith("NOT TESTED") and "OCP-CORE-WS-001" in line for line in lines)
+    assert "2 passed, 2 failed, 1 not tested, 5 requirements at level core" in table
+    assert "MUST not met: 2 (1 failed, 1 not tested); SHOULD not met: 1" in table
+    assert lines[-1] == "verdict: NOT CONFORMANT to level core: 2 MUST requirement(s) not met"
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_cli_reports_an_unreachable_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"https://127.0.0.1:{_closed_port()}"
+    status = suite_main(
+        [
+            *("--node", url, "--registry", url, "--custodian", url),
+            *("--report-json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "j.xml")),
+            *("--insecure", "--timeout", "10"),
+        ]
+    )
+    assert status == 1
+    data = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    results = {r["id"]: r for r in data["requirements"]}
+    assert results["OCP-CORE-HEALTH-001"]["status"] == "fail"
+    assert "no answer" in results["OCP-CORE-HEALTH-001"]["detail"]
+    assert results["OCP-CORE-VEC-JCS-001"]["status"] == "pass"
+    assert (tmp_path / "j.xml").is_file()
+    assert "verdict: NOT CONFORMANT to level core" in capsys.readouterr().out
+
+
+def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        suite_main(["--node", "ftp://x", "--registry", "https://a", "--custodian", "https://b"])
+    assert exc.value.code == 2
+    assert "not an http(s) base URL" in capsys.readouterr().err
+    missing = ["--node", "https://a", "--registry", "https://a", "--custodian", "https://b"]
+    assert suite_main([*missing, "--ca-file", "/nonexistent/ca.pem"]) == 2
