@@ -26,7 +26,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 import ocpd
@@ -191,11 +191,11 @@ def create_app(
 
     @app.before_request
     async def _start_timer() -> None:
-        request.environ_start = trio.current_time()  # type: ignore[attr-defined]
+        g.request_started = trio.current_time()
 
     @app.after_request
     async def _observe(response: Response) -> Response:
-        started = getattr(request, "environ_start", None)
+        started = g.get("request_started")
         rule = request.url_rule.rule if request.url_rule is not None else "other"
         if started is not None:
             metrics.request_duration.labels(rule).observe(trio.current_time() - started)
