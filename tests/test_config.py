@@ -116,3 +116,15 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
 
     for key in keys(config.unstructure()):
         assert f"{key.rsplit('.', 1)[-1]}:" in documented, key
+
+
+def test_unreadable_or_bad_tls_files_are_one_line_errors(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, OCP_TLS_CERT=str(cert), OCP_TLS_KEY=str(key))
+    assert info.value.key == "transport.tls_cert" and "cannot load" in info.value.reason
+    with pytest.raises(ConfigError) as directory:
+        _load(tmp_path, OCP_TLS_CERT=str(tmp_path), OCP_TLS_KEY=str(key))
+    assert "directory" in directory.value.reason

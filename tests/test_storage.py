@@ -159,3 +159,15 @@ async def test_backup_copy_is_consistent(tmp_path: Path) -> None:
 
 def test_every_component_has_migrations() -> None:
     assert set(MIGRATIONS) == {"node", "registry", "custodian"}
+
+
+async def test_backup_is_a_single_file(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "db.sqlite", "node")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.run)
+        await db.write(_insert("x"))
+        backup_database(tmp_path / "db.sqlite", tmp_path / "copy.db")
+        nursery.cancel_scope.cancel()
+    db.close()
+    assert not (tmp_path / "copy.db-wal").exists()
+    assert not (tmp_path / "copy.db-shm").exists()

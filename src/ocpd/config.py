@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -425,8 +426,17 @@ def _check_cross_field(config: Config) -> None:
     if (t.tls_cert is None) != (t.tls_key is None):
         raise ConfigError("transport.tls_key", "TLS needs both a certificate and a key file")
     for key, path in (("transport.tls_cert", t.tls_cert), ("transport.tls_key", t.tls_key)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(key, f"file {path} does not exist")
+        if path is not None:
+            _check_readable(key, path)
+    if t.tls_cert is not None and t.tls_key is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(t.tls_cert, t.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise ConfigError(
+                "transport.tls_cert", f"cannot load the certificate and key: {reason}"
+            ) from None
     weights = config.trust.weights
     expected = set(TrustSection().weights)
     if set(weights) != expected:
@@ -439,8 +449,21 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(f"registry.peers.{i}", "must be an http(s) URL")
     if config.registry.mode == "federated" and not config.registry.peers:
         raise ConfigError("registry.peers", "federated mode needs at least one peer")
-    if config.custodian.key_file is not None and not Path(config.custodian.key_file).is_file():
-        raise ConfigError("custodian.key_file", f"file {config.custodian.key_file} does not exist")
+    if config.custodian.key_file is not None:
+        _check_readable("custodian.key_file", config.custodian.key_file)
+
+
+def _check_readable(key: str, path: str) -> None:
+    """The file exists and this process can read it (one clear line otherwise)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(key, f"file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(key, f"{path} is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
 
 
 def load_config(

@@ -266,6 +266,8 @@ def backup_database(source: Path, dest: Path) -> None:
     dst = sqlite3.connect(dest)
     try:
         src.backup(dst, pages=1024)
+        # A backup is one self-contained file: no -wal/-shm beside it.
+        dst.execute("PRAGMA journal_mode = DELETE")
     finally:
         dst.close()
         src.close()

@@ -105,7 +105,9 @@ class ComponentState:
     async def health(self) -> tuple[dict[str, Any], int]:
         database_ok = await self._database_writable()
         disk_ok = shutil.disk_usage(self.data_dir).free >= self.min_free_disk_bytes
-        memory_ok = _available_memory() >= self.min_available_memory_bytes
+        available = _available_memory()
+        # Unknown (no /proc/meminfo, no cgroup limit) is not a failure.
+        memory_ok = available is None or available >= self.min_available_memory_bytes
         if not database_ok:
             status, code = "unhealthy", 503
         elif disk_ok and memory_ok:
@@ -149,16 +151,31 @@ class ComponentState:
         m.database_writes.labels(c).set(self.database.writes)
 
 
-def _available_memory() -> int:
-    """MemAvailable from /proc/meminfo (bytes); effectively unlimited elsewhere."""
+def _available_memory() -> int | None:
+    """Bytes this process can still use, or ``None`` when nothing tells.
+
+    The smaller of the host's MemAvailable and the room left under the
+    cgroup's ``memory.max`` (containers and systemd units set one).
+    """
+    limits: list[int] = []
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
     except OSError:
         pass
-    return 2**62
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as limit_file:
+            limit = limit_file.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as current_file:
+            current = int(current_file.read().strip())
+        if limit != "max":
+            limits.append(max(0, int(limit) - current))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
 
 
 def create_app(
