@@ -22,6 +22,8 @@ import cattrs
 import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from ocpd.proto.trust import DEFAULT_WEIGHTS, check_weights
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
@@ -174,15 +176,7 @@ class RegistrySection:
 
 @attrs.frozen
 class TrustSection:
-    weights: dict[str, float] = attrs.Factory(
-        lambda: {
-            "identity_verification": 0.20,
-            "vouch_count_normalized": 0.25,
-            "bond_count_normalized": 0.25,
-            "interaction_reputation": 0.20,
-            "uptime_ratio": 0.10,
-        }
-    )
+    weights: dict[str, float] = attrs.Factory(lambda: dict(DEFAULT_WEIGHTS))
     vouch_threshold: int = attrs.field(default=3, validator=_range("trust.vouch_threshold", 1, 100))
     anchors: tuple[str, ...] = ()
     certifier_keys: tuple[str, ...] = ()
@@ -437,12 +431,10 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(
                 "transport.tls_cert", f"cannot load the certificate and key: {reason}"
             ) from None
-    weights = config.trust.weights
-    expected = set(TrustSection().weights)
-    if set(weights) != expected:
-        raise ConfigError("trust.weights", f"must name exactly {', '.join(sorted(expected))}")
-    if any(w < 0 for w in weights.values()) or abs(sum(weights.values()) - 1.0) > 1e-9:
-        raise ConfigError("trust.weights", "must be non-negative and sum to 1.0")
+    try:
+        check_weights(config.trust.weights)
+    except ValueError as exc:
+        raise ConfigError("trust.weights", str(exc)) from None
     for i, peer in enumerate(config.registry.peers):
         parts = urlsplit(peer)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
