@@ -31,6 +31,7 @@ from hypercorn.trio import serve
 
 import ocpd
 from ocpd.clock import WallClock
+from ocpd.components import ComponentContext, build_component
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, log_event, log_fields
@@ -184,7 +185,7 @@ async def run_daemon(
                 path, component, on_retry=partial(_log_retry, path)
             )
             log_event(log, "database_open", database=component, path=str(path))
-        return await _supervise(config, selection, components, databases, notifier)
+        return await _supervise(config, selection, components, databases, notifier, identity, clock)
     finally:
         for database in databases.values():
             database.close()
@@ -217,6 +218,8 @@ async def _supervise(
     components: tuple[str, ...],
     databases: dict[str, Database],
     notifier: Notifier,
+    identity: NodeIdentity,
+    clock: WallClock,
 ) -> int:
     metrics = Metrics()
     stopper = _Stopper()
@@ -237,17 +240,38 @@ async def _supervise(
     for c in components:
         metrics.info.labels(ocpd.__version__, config.node.network, c).set(1)
 
+    runtimes = {
+        c: build_component(
+            ComponentContext(
+                component=c,
+                config=config,
+                database=databases[c],
+                identity=identity,
+                metrics=metrics,
+                clock=clock,
+            )
+        )
+        for c in components
+    }
+
     with trio.CancelScope() as force:
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, stopper, force, notifier)
             for c in components:
                 await services.start(databases[c].run)
+            for c in components:
+                for service in runtimes[c].services:
+                    await services.start(service)
             listeners: dict[str, str] = {}
             async with trio.open_nursery() as servers:
                 for c in components:
                     others = [states[o] for o in components if o != c]
                     for port_name, port in config.ports(c).items():
-                        app = create_app(port_name, [states[c], *others])
+                        app = create_app(
+                            port_name,
+                            [states[c], *others],
+                            installers=runtimes[c].routes.get(port_name, []),
+                        )
                         urls = await servers.start(
                             partial(
                                 serve,

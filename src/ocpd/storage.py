@@ -55,6 +55,67 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
         """
         CREATE TABLE ocpd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
+        # v2: agents, trust artifacts, the federation change feed and the
+        # seed directory. Signed artifacts are stored as the exact JSON text
+        # received; the other columns are indexes derived from it.
+        """
+        CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY,
+            record TEXT NOT NULL,
+            did_document TEXT NOT NULL,
+            registered_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            online_seconds REAL NOT NULL DEFAULT 0
+        );
+        CREATE TABLE vouches (
+            digest TEXT PRIMARY KEY,
+            attester TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            artifact TEXT NOT NULL,
+            revoked_at REAL,
+            revocation TEXT
+        );
+        CREATE INDEX vouches_subject ON vouches (subject);
+        CREATE INDEX vouches_attester ON vouches (attester);
+        CREATE TABLE bonds (
+            bond_id TEXT PRIMARY KEY,
+            agent_a TEXT NOT NULL,
+            agent_b TEXT NOT NULL,
+            established_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            artifact TEXT NOT NULL,
+            revoked_at REAL,
+            revocation TEXT
+        );
+        CREATE INDEX bonds_a ON bonds (agent_a);
+        CREATE INDEX bonds_b ON bonds (agent_b);
+        CREATE TABLE ratings (
+            rater TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            rated_at REAL NOT NULL,
+            rating REAL NOT NULL,
+            artifact TEXT NOT NULL,
+            PRIMARY KEY (rater, subject, rated_at)
+        );
+        CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE TABLE advertisements (
+            node_id TEXT PRIMARY KEY,
+            sequence_no INTEGER NOT NULL,
+            expires_at REAL NOT NULL,
+            artifact TEXT NOT NULL,
+            cursor INTEGER NOT NULL
+        );
+        CREATE INDEX advertisements_cursor ON advertisements (cursor);
+        CREATE INDEX advertisements_expiry ON advertisements (expires_at);
+        """,
     ),
     "custodian": (
         """

@@ -33,7 +33,7 @@ import ocpd
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from ocpd.storage import Database
@@ -182,7 +182,7 @@ def create_app(
     name: str,
     states: list[ComponentState],
     *,
-    extra: Callable[[QuartTrio], None] | None = None,
+    installers: Sequence[Callable[[QuartTrio], None]] = (),
 ) -> QuartTrio:
     """The app for one port, serving the health of the components behind it.
 
@@ -219,8 +219,8 @@ def create_app(
         metrics.requests.labels(rule, str(response.status_code)).inc()
         return response
 
-    if extra is not None:
-        extra(app)
+    for install in installers:
+        install(app)
     return app
 
 

@@ -1,0 +1,60 @@
+"""What each component adds to the daemon: background services and routes.
+
+The supervisor opens storage and the identity, then asks each selected
+component for a :class:`ComponentRuntime`: the services to start (in order,
+each a ``run(*, task_status)`` coroutine that reports started only once it
+serves) and, per port name, a function that installs the component's routes
+on that port's app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from ocpd.clock import WallClock
+    from ocpd.config import Config
+    from ocpd.identity import NodeIdentity
+    from ocpd.storage import Database
+    from ocpd.web import Metrics
+
+__all__ = ["ComponentContext", "ComponentRuntime", "build_component"]
+
+Service = Callable[..., Awaitable[None]]
+
+
+@attrs.define
+class ComponentContext:
+    """Everything a component may use; built by the supervisor."""
+
+    component: str
+    config: Config
+    database: Database
+    identity: NodeIdentity
+    metrics: Metrics
+    clock: WallClock
+
+
+@attrs.define
+class ComponentRuntime:
+    services: list[Service] = attrs.Factory(list)
+    routes: dict[str, list[Callable[[QuartTrio], None]]] = attrs.Factory(dict)
+    extra: dict[str, Any] = attrs.Factory(dict)
+
+    def add_routes(self, port: str, installer: Callable[[QuartTrio], None]) -> None:
+        self.routes.setdefault(port, []).append(installer)
+
+
+def build_component(ctx: ComponentContext) -> ComponentRuntime:
+    """The runtime of one component (protocol features plug in here)."""
+    runtime = ComponentRuntime()
+    if ctx.component == "registry":
+        from ocpd.registry.component import build_registry
+
+        build_registry(ctx, runtime)
+    return runtime

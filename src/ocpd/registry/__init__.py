@@ -1,0 +1,1 @@
+"""The registry component: agent directory, trust ledger, federation, seed directory."""
