@@ -45,13 +45,21 @@ class RateLimiter:
         # The epsilon keeps float error from adding a whole second.
         return max(1, math.ceil((cost - tokens) / self._rate - 1e-9))
 
+    def refund(self, key: object, *, cost: float = 1.0) -> None:
+        """Give back tokens taken for a request that turned out not to count."""
+        if key in self._buckets:
+            tokens, stamp = self._buckets[key]
+            self._buckets[key] = (min(float(self.limit), tokens + cost), stamp)
+
+    def prune(self, now: float) -> None:
+        """Forget buckets that have refilled completely (they carry no information)."""
+        self._buckets = {
+            key: value for key, value in self._buckets.items() if now - value[1] < self.window
+        }
+
     def _maybe_prune(self, now: float) -> None:
         self._since_prune += 1
         if self._since_prune < _PRUNE_EVERY and len(self._buckets) <= self._max_keys:
             return
         self._since_prune = 0
-        # A bucket that has refilled completely carries no information.
-        full_after = self.window
-        self._buckets = {
-            key: value for key, value in self._buckets.items() if now - value[1] < full_after
-        }
+        self.prune(now)
