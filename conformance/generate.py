@@ -551,7 +551,7 @@ def _http_case(
     name: str, party: Party, method: str, path_and_query: str, body: str, now: float
 ) -> Json:
     body_bytes = body.encode("utf-8")
-    timestamp = ts(now)
+    timestamp = format_timestamp(now, fraction_digits=3)  # as build_authorization writes it
     signing_string = auth.http_signing_string(
         method=method,
         path_and_query=path_and_query,

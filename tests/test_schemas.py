@@ -605,3 +605,18 @@ def test_validate_envelope_timing() -> None:
         f"\nvalidate_envelope: {plain * 1e6:.1f} us for a {size}-byte task_request, "
         f"{sealed * 1e6:.1f} us for a {len(json.dumps(encrypted))}-byte encrypted message"
     )
+
+
+def test_custom_capabilities_need_org_and_name() -> None:
+    import copy
+
+    from ocpd.proto import schema as gate
+    from ocpd.proto.errors import MalformedError
+    from schema_examples import AGENT_RECORD
+
+    record = copy.deepcopy(AGENT_RECORD)
+    record["capabilities"][0]["id"] = "cap:custom:acme:triage"
+    gate.validate("agent-record", record)
+    record["capabilities"][0]["id"] = "cap:custom:acme"
+    with pytest.raises(MalformedError):
+        gate.validate("agent-record", record)

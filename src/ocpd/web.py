@@ -189,7 +189,7 @@ def create_app(
     ``/health`` reports the first state (the port's own component).
     ``/metrics`` covers the whole process.
     """
-    app = QuartTrio(f"ocpd.{name}")
+    app = QuartTrio(f"ocpd.{name}", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
     own = states[0]
     metrics = own.metrics

@@ -123,8 +123,12 @@ def build_authorization(
     body: bytes,
     now: float,
 ) -> str:
-    """The ``Authorization`` header value for one request."""
-    timestamp = format_timestamp(now)
+    """The ``Authorization`` header value for one request.
+
+    Milliseconds in the timestamp keep two identical requests sent within the
+    same second from looking like a replay of each other.
+    """
+    timestamp = format_timestamp(now, fraction_digits=3)
     digest = sha3_256(
         http_signing_string(
             method=method,
