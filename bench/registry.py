@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "OCP_NETWORK": NETWORK,
             "OCP_REGISTRY_PORT": "0",
             "OCP_RATE_LIMIT_ENABLED": "false",
+            "OCP_MAX_AGENTS": str(args.agents + args.registrations + 100),
         }
         started = time.perf_counter()
         ready, measured = trio.run(_run_daemon, env, args, rng)

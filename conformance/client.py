@@ -1,10 +1,13 @@
-"""The suite's view of a remote node: HTTP GETs and bare TLS handshakes.
+"""The suite's view of a remote node: HTTP requests and bare TLS handshakes.
 
 Dependency-free on purpose: requests go through the standard library's
 ``urllib`` in a worker thread (so a slow node never blocks the trio loop), and
 TLS probes use ``trio.open_ssl_over_tcp_stream`` with a context pinned to the
 protocol versions under test. Proxies from the environment are ignored: the
 suite talks to the URLs it was given, nothing else.
+
+Bodies are sent exactly as given: a check that signs a request (D3) signs the
+bytes that go over the wire.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 import trio
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 __all__ = [
@@ -28,6 +32,8 @@ __all__ = [
     "endpoint_url",
     "host_port",
     "http_get",
+    "http_request",
+    "path_and_query",
     "suite_ssl_context",
     "tls_handshake",
     "tls_probe_context",
@@ -87,22 +93,37 @@ def tls_probe_context(version: ssl.TLSVersion) -> ssl.SSLContext:
     return context
 
 
-def _get_blocking(url: str, context: ssl.SSLContext, timeout: float) -> HttpResponse:
+def path_and_query(url: str) -> str:
+    """The request target of ``url`` as the server sees it (what D3 signs)."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _request_blocking(
+    url: str,
+    method: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    context: ssl.SSLContext,
+    timeout: float,
+) -> HttpResponse:
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"not an http(s) URL: {url!r}")
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
     )
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})  # noqa: S310 - scheme checked above
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
+        url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers}
+    )
     try:
         with opener.open(request, timeout=timeout) as response:
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            return HttpResponse(response.status, headers, response.read())
+            found = {k.lower(): v for k, v in response.headers.items()}
+            return HttpResponse(response.status, found, response.read())
     except urllib.error.HTTPError as exc:
         # A 4xx/5xx is an answer, not a transport failure.
-        headers = {k.lower(): v for k, v in exc.headers.items()}
+        found = {k.lower(): v for k, v in exc.headers.items()}
         with exc:
-            return HttpResponse(exc.code, headers, exc.read())
+            return HttpResponse(exc.code, found, exc.read())
 
 
 async def http_get(url: str, *, context: ssl.SSLContext, socket_timeout: float) -> HttpResponse:
@@ -111,8 +132,22 @@ async def http_get(url: str, *, context: ssl.SSLContext, socket_timeout: float) 
     ``socket_timeout`` bounds each blocking socket operation of the worker
     thread; a caller's cancel scope abandons the thread at once.
     """
+    return await http_request(url, context=context, socket_timeout=socket_timeout)
+
+
+async def http_request(
+    url: str,
+    *,
+    context: ssl.SSLContext,
+    socket_timeout: float,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    """One request with ``body`` sent as given; raises ``OSError`` if nothing answers."""
     return await trio.to_thread.run_sync(
-        partial(_get_blocking, url, context, socket_timeout), abandon_on_cancel=True
+        partial(_request_blocking, url, method, body, dict(headers or {}), context, socket_timeout),
+        abandon_on_cancel=True,
     )
 
 

@@ -98,6 +98,7 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
     _r("OCP-CORE-REG-005", C, MUST, "OCP App. B", "Capability ids follow cap:<domain>:<name>; custom ones cap:custom:<org>:<name>"),
     _r("OCP-CORE-REG-006", C, MUST, "OCP §3.2.2", "A record not re-registered within its ttl is marked inactive"),
     _r("OCP-CORE-REG-007", C, SHOULD, "OCP §3.2.1, D7", "Federated registries exchange verified records through the sync feed"),
+    _r("OCP-CORE-REG-008", C, MUST, "OCP §3.1.2, D3, D7", "Registry writes carry a D3 Authorization by the artifact's agent: a missing, stale, foreign-key or replayed one gets OCP-401"),
     _r("OCP-CORE-DISC-001", C, MUST, "OCP §3.2.3", "POST /ocp/v1/registry/discover filters by domains, capabilities, min_trust_level and status, with total, limit and offset"),
     _r("OCP-CORE-DISC-002", C, MUST, "OCP App. A", "Domains are hierarchical: an agent in healthcare.oncology is found under healthcare"),
     _r("OCP-CORE-ROUTE-001", C, MUST, "OCP §3.3.2, D6", "Registry-mediated routing tries endpoints by priority and returns OCP-502 when all fail"),
@@ -128,6 +129,7 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
     _r("OCP-CORE-MSG-006", C, MUST, "D1", "I-JSON violations (duplicate keys, NaN, big integers, depth over 64) get OCP-400"),
     _r("OCP-CORE-SIZE-001", C, MUST, "OCP §9, App. D", "Messages over 16 MB or payloads over 10 MB get OCP-413"),
     _r("OCP-CORE-RATE-001", C, MUST, "OCP §9", "Rate limits are enforced; a limited request gets OCP-429 with Retry-After"),
+    _r("OCP-CORE-RATE-002", C, SHOULD, "OCP §9, D7", "Discovery queries are limited per agent at the default 100 per 60 s: the one over gets OCP-429 with Retry-After"),
     # --- published vectors: the suite's own crypto, not the target ------------------------------
     _r("OCP-CORE-VEC-MANIFEST-001", C, MUST, "vectors/README", "MANIFEST.json lists exactly the vector files, with matching SHA-256", "vector"),
     _r("OCP-CORE-VEC-ID-001", C, MUST, "OCP §4.1.1, D4", "did-ocp.json: agent ids derive from keys; invalid spellings are rejected", "vector"),

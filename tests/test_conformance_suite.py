@@ -4,9 +4,11 @@ End to end: ``ocpd run --component all`` starts as a subprocess with TLS from
 a throwaway trustme CA, every port 0 and a temporary data directory (through
 ``conformance.local``, the same harness as ``make conformance``); the suite
 runs in-process against the URLs of its ``ready`` line. The implemented
-checks must pass (health, metrics, TLS 1.3 and TLS 1.2 refused, vectors), and
-every other requirement must be reported ``not_tested`` and count against
-conformance. A plaintext daemon must fail the TLS requirements.
+checks must pass (health, metrics, TLS 1.3 and TLS 1.2 refused, the registry,
+trust and seed directory checks, vectors), and every other requirement must be
+reported ``not_tested`` and count against conformance. A plaintext daemon must
+fail the TLS requirements only, and a registry without rate limits must fail
+the discovery rate limit.
 
 Unit tests cover the validators, the verdict rules, the JSON and JUnit
 writers, the vector checks on tampered files and the command line.
@@ -33,7 +35,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from conformance.__main__ import main as suite_main  # noqa: E402
-from conformance.checks import CHECKS, health_problems, metrics_problems  # noqa: E402
+from conformance.checks import (  # noqa: E402
+    CHECKS,
+    TRUST_COMPONENTS,
+    Answer,
+    Probe,
+    Unexpected,
+    health_problems,
+    info_problems,
+    metrics_problems,
+    trust_problems,
+)
+from conformance.client import suite_ssl_context  # noqa: E402
 from conformance.local import (  # noqa: E402
     TlsFiles,
     ocpd_process,
@@ -57,12 +70,31 @@ from conformance.vectorcheck import VECTOR_CHECKS, check_manifest  # noqa: E402
 #: for a loaded CI machine.
 DAEMON_DEADLINE = 60
 IMPLEMENTED = set(CHECKS) | set(VECTOR_CHECKS)
-TARGET_CHECKED = {
-    "OCP-CORE-HEALTH-001",
-    "OCP-CORE-METRICS-001",
-    "OCP-CORE-TLS-001",
-    "OCP-CORE-TLS-002",
+TLS_CHECKED = {"OCP-CORE-TLS-001", "OCP-CORE-TLS-002"}
+#: Registry, trust and seed directory checks: black-box, over the registry URL.
+REGISTRY_CHECKED = {
+    "OCP-CORE-REG-001",
+    "OCP-CORE-REG-002",
+    "OCP-CORE-REG-003",
+    "OCP-CORE-REG-004",
+    "OCP-CORE-REG-005",
+    "OCP-CORE-REG-008",
+    "OCP-CORE-DISC-001",
+    "OCP-CORE-DISC-002",
+    "OCP-CORE-DID-001",
+    "OCP-CORE-DID-002",
+    "OCP-CORE-TRUST-001",
+    "OCP-CORE-TRUST-002",
+    "OCP-CORE-VOUCH-001",
+    "OCP-CORE-VOUCH-002",
+    "OCP-CORE-BOND-001",
+    "OCP-CORE-BOND-002",
+    "OCP-CORE-RATE-002",
+    "NET-DIR-001",
+    "NET-ADV-002",
+    "NET-ADV-003",
 }
+TARGET_CHECKED = {"OCP-CORE-HEALTH-001", "OCP-CORE-METRICS-001"} | TLS_CHECKED | REGISTRY_CHECKED
 
 
 class LocalOcpd:
@@ -110,6 +142,12 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
         assert label in health
     assert results["OCP-CORE-TLS-001"].detail == "TLSv1.3 on 4 listener(s)"
     assert results["OCP-CORE-TLS-002"].detail.startswith("refused by 4 listener(s)")
+    # Every check that talks to the target is one of these: nothing unchecked slips in.
+    assert set(CHECKS) == TARGET_CHECKED
+    assert results["OCP-CORE-REG-001"].detail.startswith("mode centralized, network mainnet")
+    assert results["OCP-CORE-DID-001"].detail.endswith("(HTTP 401 OCP-401)")
+    assert "HTTP 409 E_ADV_STALE_SEQ" in results["NET-ADV-002"].detail
+    assert results["OCP-CORE-RATE-002"].detail.startswith("query 101 of one agent got OCP-429")
 
 
 async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
@@ -147,12 +185,33 @@ async def test_plaintext_ocpd_fails_the_tls_requirements(tmp_path: Path) -> None
             report = await run_suite(SuiteConfig(targets=targets, level="core"))
             nursery.cancel_scope.cancel()
     results = _results(report)
-    assert results["OCP-CORE-HEALTH-001"].status == "pass"
-    assert results["OCP-CORE-METRICS-001"].status == "pass"
-    for rid in ("OCP-CORE-TLS-001", "OCP-CORE-TLS-002"):
+    for rid in TARGET_CHECKED - TLS_CHECKED:
+        assert results[rid].status == "pass", (rid, results[rid].detail)
+    for rid in TLS_CHECKED:
         assert results[rid].status == "fail"
         assert "plaintext" in results[rid].detail
     assert report.summary()["failed"] == 2
+
+
+async def test_registry_without_rate_limits_fails_the_discovery_limit(tmp_path: Path) -> None:
+    tls = write_tls_files(tmp_path / "tls")
+    process = ocpd_process(
+        tmp_path / "ocpd", tls=tls, extra_env={"OCP_RATE_LIMIT_ENABLED": "false"}
+    )
+    with trio.fail_after(DAEMON_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(process.run)
+            report = await run_suite(
+                SuiteConfig(targets=targets_from_ready(ready), level="core", ca_file=tls.ca)
+            )
+            nursery.cancel_scope.cancel()
+    results = _results(report)
+    limited = results["OCP-CORE-RATE-002"]
+    assert limited.status == "fail"
+    assert limited.detail == "101 queries in a row by one agent, none limited (OCP §9)"
+    # A SHOULD: reported, never the reason the level fails.
+    assert limited.requirement.strength == "SHOULD"
+    assert [r.requirement.id for r in report.results if r.status == "fail"] == ["OCP-CORE-RATE-002"]
 
 
 async def test_local_ocpd_exits_0_on_sigterm(tmp_path: Path) -> None:
@@ -294,6 +353,118 @@ def test_metrics_problems() -> None:
         "ocp_request_duration_seconds lacks _bucket (le=+Inf), _count or _sum samples"
     ]
     assert metrics_problems(PROMETHEUS, "not { metrics")[0].startswith("does not parse")
+
+
+WEIGHTS = {
+    "identity_verification": 0.2,
+    "vouch_count_normalized": 0.25,
+    "bond_count_normalized": 0.25,
+    "interaction_reputation": 0.2,
+    "uptime_ratio": 0.1,
+}
+INFO: dict[str, Any] = {
+    "mode": "centralized",
+    "network": "testnet",
+    "trust_weights": WEIGHTS,
+    "taxonomy_version": "v1-ae34edbb06a5",
+}
+AGENT = "did:ocp:testnet:agent-0123456789ab"
+COMPONENTS = {
+    "identity_verification": 1.0,
+    "vouch_count_normalized": 0.0,
+    "bond_count_normalized": 0.0,
+    "interaction_reputation": 0.5,
+    "uptime_ratio": 0.0,
+}
+TRUST: dict[str, Any] = {
+    "agent_id": AGENT,
+    "trust_level": 1,
+    "trust_score": 0.3,
+    "components": COMPONENTS,
+    "weights": WEIGHTS,
+    "vouch_count": 0,
+    "bond_count": 0,
+}
+
+
+def test_info_problems() -> None:
+    assert info_problems(INFO) == []
+    assert info_problems(INFO | {"mode": "dht", "extra": 1}) == []
+    assert info_problems([]) == ["body is not a JSON object"]
+    assert info_problems(INFO | {"mode": "p2p"}) == [
+        "mode 'p2p' is not one of federated, dht, centralized"
+    ]
+    assert info_problems(INFO | {"network": "Main Net"}) == [
+        "network 'Main Net' is not a network name"
+    ]
+    assert info_problems(INFO | {"trust_weights": WEIGHTS | {"uptime_ratio": 0.2}}) == [
+        "trust_weights sum to 1.1, not 1"
+    ]
+    assert info_problems(INFO | {"trust_weights": {"uptime_ratio": 1.0}})[0].startswith(
+        "trust_weights has ['uptime_ratio']"
+    )
+    assert info_problems({k: v for k, v in INFO.items() if k != "taxonomy_version"}) == [
+        "taxonomy_version None is not a non-empty string"
+    ]
+
+
+def test_trust_problems() -> None:
+    assert sorted(COMPONENTS) == sorted(TRUST_COMPONENTS)
+    assert trust_problems(TRUST, AGENT) == []
+    assert trust_problems(TRUST, "did:ocp:testnet:agent-ffffffffffff") == [
+        f"agent_id is {AGENT!r}, not did:ocp:testnet:agent-ffffffffffff"
+    ]
+    assert trust_problems(TRUST | {"trust_level": 5}, AGENT) == [
+        "trust_level 5 is not an integer from 0 to 4"
+    ]
+    assert trust_problems(TRUST | {"trust_level": True}, AGENT) == [
+        "trust_level True is not an integer from 0 to 4"
+    ]
+    assert trust_problems(TRUST | {"trust_score": 0.5}, AGENT) == [
+        "trust_score 0.5 is not the weighted sum 0.3"
+    ]
+    assert trust_problems(TRUST | {"trust_score": 1.5}, AGENT)[0] == (
+        "trust_score 1.5 is not in [0, 1]"
+    )
+    assert trust_problems(TRUST | {"components": COMPONENTS | {"uptime_ratio": 2}}, AGENT) == [
+        "components are not all in [0, 1]"
+    ]
+    assert trust_problems(TRUST | {"components": {}}, AGENT) == [
+        f"components are not exactly {list(TRUST_COMPONENTS)}"
+    ]
+    assert trust_problems(TRUST | {"vouch_count": -1, "bond_count": 1.0}, AGENT) == [
+        "vouch_count -1 is not a count",
+        "bond_count 1.0 is not a count",
+    ]
+    assert trust_problems(None, AGENT) == ["body is not a JSON object"]
+
+
+def test_answers_are_refusals_only_with_the_matching_code() -> None:
+    def answer(status: int, body: object) -> Answer:
+        return Answer(status, body, {})
+
+    assert answer(403, {"error_code": "OCP-403", "message": "no"}).refused_with(403)
+    assert answer(401, {"error_code": "OCP-401", "message": "no"}).refused_with(400, 401)
+    # D6: the status is the number of the code.
+    assert not answer(400, {"error_code": "OCP-403", "message": "no"}).refused_with(400, 403)
+    assert not answer(403, "<html>forbidden</html>").refused_with(403)
+    assert not answer(201, {"agent_id": AGENT}).refused_with(400)
+    assert answer(409, {"error_code": "E_ADV_STALE_SEQ"}).describe() == "HTTP 409 E_ADV_STALE_SEQ"
+    assert answer(500, None).describe() == "HTTP 500"
+    with pytest.raises(Unexpected, match="body is not a JSON object"):
+        answer(200, [1]).object("GET info")
+
+
+async def test_registry_checks_report_an_unreachable_registry() -> None:
+    url = f"https://127.0.0.1:{_closed_port()}"
+    probe = Probe(
+        components=Targets(node=url, registry=url, custodian=url).components(),
+        context=suite_ssl_context(insecure=True),
+        request_timeout=5.0,
+    )
+    outcome = await CHECKS["OCP-CORE-REG-002"](probe)
+    assert outcome.status == "fail"
+    assert outcome.detail.startswith("no answer")
 
 
 # --- vectors -----------------------------------------------------------------------------------

@@ -165,6 +165,7 @@ class RegistrySection:
     sync_interval_seconds: float = attrs.field(
         default=60.0, validator=_range("registry.sync_interval_seconds", 1, 86_400)
     )
+    peer_ca_file: str | None = None
     max_agents: int = attrs.field(default=100_000, validator=_range("registry.max_agents", 1))
     record_default_ttl: int = attrs.field(
         default=86_400, validator=_range("registry.record_default_ttl", 60, 604_800)
@@ -441,6 +442,15 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(f"registry.peers.{i}", "must be an http(s) URL")
     if config.registry.mode == "federated" and not config.registry.peers:
         raise ConfigError("registry.peers", "federated mode needs at least one peer")
+    if config.registry.peer_ca_file is not None:
+        _check_readable("registry.peer_ca_file", config.registry.peer_ca_file)
+        try:
+            ssl.create_default_context().load_verify_locations(config.registry.peer_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise ConfigError(
+                "registry.peer_ca_file", f"cannot load the CA certificates: {reason}"
+            ) from None
     if config.custodian.key_file is not None:
         _check_readable("custodian.key_file", config.custodian.key_file)
 

@@ -16,6 +16,7 @@ that systemd or the container runtime restarts it.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -282,6 +283,10 @@ async def _supervise(
                         )
                         listeners[port_name] = urls[0]
                     metrics.up.labels(c).set(1)
+                # Everything loaded so far lives as long as the process: keep
+                # it out of the collector's full passes (registry ledgers hold
+                # hundreds of thousands of objects).
+                gc.freeze()
                 log_event(
                     log,
                     "ready",

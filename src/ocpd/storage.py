@@ -116,6 +116,39 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
         CREATE INDEX advertisements_cursor ON advertisements (cursor);
         CREATE INDEX advertisements_expiry ON advertisements (expires_at);
         """,
+        # v3: federation. ``agents.registration`` keeps the proof that the
+        # agent's initial key published its first DID document (the signed
+        # HTTP request, verbatim) and ``did_updates`` the signed updates
+        # applied since, in order, so that any registry can check the
+        # document it is given. Per-peer cursors move only after the changes
+        # up to them are committed; changes that cannot be checked yet wait
+        # in ``federation_parked``.
+        """
+        ALTER TABLE agents ADD COLUMN registration TEXT;
+        CREATE TABLE did_updates (
+            digest TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            artifact TEXT NOT NULL
+        );
+        CREATE INDEX did_updates_agent ON did_updates (agent_id);
+        CREATE TABLE federation_peers (
+            peer TEXT PRIMARY KEY,
+            cursor INTEGER NOT NULL DEFAULT 0,
+            rejected INTEGER NOT NULL DEFAULT 0,
+            last_ok REAL,
+            node_id TEXT
+        );
+        CREATE TABLE federation_parked (
+            peer TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            parked_at REAL NOT NULL,
+            PRIMARY KEY (peer, seq)
+        );
+        """,
     ),
     "custodian": (
         """

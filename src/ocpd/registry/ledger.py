@@ -14,6 +14,7 @@ level follows from its own facts.
 
 from __future__ import annotations
 
+import bisect
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -127,28 +128,66 @@ class Ledger:
         self.bonds: dict[str, BondEntry] = {}
         self.ratings: dict[str, list[RatingFact]] = {}
         self.levels: dict[str, int] = {}
-        self._by_domain: dict[str, set[str]] = {}
-        self._by_capability: dict[str, set[str]] = {}
+        # Discovery index: key ("*", "d:<domain path>", "c:<capability>") ->
+        # (status, level) -> agent ids in sorted order. Pages are read off the
+        # buckets in result order and totals are sums of bucket sizes.
+        self._index: dict[str, dict[tuple[str, int], list[str]]] = {}
+        self._members: dict[str, set[str]] = {}
+        self._placed: dict[str, tuple[str, int, tuple[str, ...]]] = {}
+        self._involved_cache: frozenset[str] = frozenset()
+        self._involved_key: tuple[int, int] = (-1, -1)
 
     # --- agents -------------------------------------------------------------------
 
-    def put_agent(self, entry: AgentEntry) -> None:
-        old = self.agents.get(entry.agent_id)
-        if old is not None:
-            self._unindex(old)
-        self.agents[entry.agent_id] = entry
+    def _keys(self, entry: AgentEntry) -> tuple[str, ...]:
+        keys = {"*"}
         for domain in entry.domains:
-            for path in self.taxonomy.ancestors(domain):
-                self._by_domain.setdefault(path, set()).add(entry.agent_id)
-        for capability in entry.capabilities:
-            self._by_capability.setdefault(capability, set()).add(entry.agent_id)
+            keys.update(f"d:{path}" for path in self.taxonomy.ancestors(domain))
+        keys.update(f"c:{capability}" for capability in entry.capabilities)
+        return tuple(sorted(keys))
 
-    def _unindex(self, entry: AgentEntry) -> None:
-        for domain in entry.domains:
-            for path in self.taxonomy.ancestors(domain):
-                self._by_domain.get(path, set()).discard(entry.agent_id)
-        for capability in entry.capabilities:
-            self._by_capability.get(capability, set()).discard(entry.agent_id)
+    def _place(self, agent_id: str) -> None:
+        """Put the agent in the buckets of its current status and level."""
+        self._unplace(agent_id)
+        entry = self.agents[agent_id]
+        slot = (entry.status, self.levels.get(agent_id, 0))
+        keys = self._keys(entry)
+        for key in keys:
+            bisect.insort(self._index.setdefault(key, {}).setdefault(slot, []), agent_id)
+            self._members.setdefault(key, set()).add(agent_id)
+        self._placed[agent_id] = (*slot, keys)
+
+    def _unplace(self, agent_id: str) -> None:
+        placed = self._placed.pop(agent_id, None)
+        if placed is None:
+            return
+        status, level, keys = placed
+        for key in keys:
+            bucket = self._index[key][(status, level)]
+            del bucket[bisect.bisect_left(bucket, agent_id)]
+            self._members[key].discard(agent_id)
+
+    def _rebuild_index(self) -> None:
+        self._index.clear()
+        self._members.clear()
+        self._placed.clear()
+        for agent_id in sorted(self.agents):
+            entry = self.agents[agent_id]
+            slot = (entry.status, self.levels.get(agent_id, 0))
+            keys = self._keys(entry)
+            for key in keys:
+                # Sorted iteration: appending keeps every bucket in order.
+                self._index.setdefault(key, {}).setdefault(slot, []).append(agent_id)
+                self._members.setdefault(key, set()).add(agent_id)
+            self._placed[agent_id] = (*slot, keys)
+
+    def put_agent(self, entry: AgentEntry) -> None:
+        self.agents[entry.agent_id] = entry
+        self._place(entry.agent_id)
+
+    def set_status(self, agent_id: str, status: str) -> None:
+        self.agents[agent_id].status = status
+        self._place(agent_id)
 
     def keys_of(self, agent_id: str) -> list[bytes]:
         entry = self.agents.get(agent_id)
@@ -169,7 +208,43 @@ class Ledger:
         )
         changed = {a: lv for a, lv in levels.items() if self.levels.get(a) != lv}
         self.levels = levels
+        if len(changed) > len(self.agents) // 10:
+            self._rebuild_index()
+        else:
+            for agent_id in changed:
+                self._place(agent_id)
         return changed
+
+    def admit(self, agent_id: str) -> bool:
+        """Set the level of an agent no vouch or bond mentions, without a recompute.
+
+        Such an agent's level depends on its own facts only (Level 2 and up
+        need vouches, bonds or being an anchor). Returns ``False`` when a full
+        recompute is needed instead.
+        """
+        if agent_id in self.anchors or agent_id in self._involved():
+            return False
+        facts = self.agents[agent_id].facts()
+        self.levels[agent_id] = 1 if facts.did_verified and facts.endpoint_count > 0 else 0
+        self._place(agent_id)
+        return True
+
+    def _involved(self) -> frozenset[str]:
+        """Agents named by any vouch or bond, cached until either table grows or shrinks."""
+        key = (len(self.vouches), len(self.bonds))
+        if self._involved_key != key:
+            names: set[str] = set()
+            for vouch in self.vouches.values():
+                names.add(vouch.fact.attester)
+                names.add(vouch.fact.subject)
+            for bond in self.bonds.values():
+                names.update(bond.fact.agents)
+            self._involved_cache = frozenset(names)
+            self._involved_key = key
+        return self._involved_cache
+
+    def status_count(self, status: str) -> int:
+        return sum(1 for e in self.agents.values() if e.status == status)
 
     def level(self, agent_id: str) -> int:
         return self.levels.get(agent_id, 0)
@@ -219,24 +294,70 @@ class Ledger:
         """Agents matching every filter: any of ``domains``, all ``capabilities``.
 
         Results are ordered by trust level (highest first), then agent id, so
-        pages are stable.
+        pages are stable. A single filter is answered from its buckets without
+        looking at non-matching agents; combined filters walk the smallest
+        index in order and test membership in the others.
         """
-        candidates: set[str] | None = None
-        if domains:
-            candidates = set()
-            for domain in domains:
-                candidates |= self._by_domain.get(self.taxonomy.normalise(domain), set())
-        for capability in capabilities:
-            having = self._by_capability.get(capability, set())
-            candidates = set(having) if candidates is None else candidates & having
-        pool = self.agents.keys() if candidates is None else candidates
-        levels = self.levels
-        matched = [
-            a
-            for a in pool
-            if levels.get(a, 0) >= min_trust_level
-            and (status is None or self.agents[a].status == status)
-        ]
-        matched.sort(key=lambda a: (-levels.get(a, 0), a))
-        page = matched[offset : offset + limit]
-        return len(matched), [self.agents[a] for a in page]
+        statuses = ("active", "inactive") if status is None else (status,)
+        levels = range(4, min_trust_level - 1, -1)
+        domain_keys = sorted({f"d:{self.taxonomy.normalise(d)}" for d in domains})
+        required = [f"c:{c}" for c in capabilities]
+        if any(key not in self._index for key in required):
+            return 0, []
+        domain_keys = [k for k in domain_keys if k in self._index]
+        if domains and not domain_keys:
+            return 0, []
+        if len(domain_keys) <= 1 and not (domain_keys and required) and len(required) <= 1:
+            key = (domain_keys or required or ["*"])[0]
+            return self._single(key, statuses, levels, limit, offset)
+        return self._combined(domain_keys, required, statuses, levels, limit, offset)
+
+    def _single(
+        self, key: str, statuses: tuple[str, ...], levels: range, limit: int, offset: int
+    ) -> tuple[int, list[AgentEntry]]:
+        buckets = self._index.get(key, {})
+        total = 0
+        page: list[str] = []
+        for level in levels:
+            merged = [buckets.get((s, level), []) for s in statuses]
+            ordered = merged[0] if len(merged) == 1 else sorted(merged[0] + merged[1])
+            start = max(0, offset - total)
+            if len(page) < limit and start < len(ordered):
+                page.extend(ordered[start : start + limit - len(page)])
+            total += len(ordered)
+        return total, [self.agents[a] for a in page]
+
+    def _combined(
+        self,
+        domain_keys: list[str],
+        required: list[str],
+        statuses: tuple[str, ...],
+        levels: range,
+        limit: int,
+        offset: int,
+    ) -> tuple[int, list[AgentEntry]]:
+        # Walk, in result order, an index that holds every result (a required
+        # capability, or the only domain); test the other filters per agent.
+        candidates = [(len(self._members[k]), k) for k in required]
+        if len(domain_keys) == 1:
+            candidates.append((len(self._members[domain_keys[0]]), domain_keys[0]))
+        _, walk = min(candidates) if candidates else (0, "*")
+        domain_union: set[str] | None = None
+        if domain_keys and domain_keys != [walk]:
+            domain_union = set().union(*(self._members[k] for k in domain_keys))
+        sets = [self._members[k] for k in required if k != walk]
+        buckets = self._index.get(walk, {})
+        total = 0
+        page: list[str] = []
+        for level in levels:
+            merged = [buckets.get((s, level), []) for s in statuses]
+            ordered = merged[0] if len(merged) == 1 else sorted(merged[0] + merged[1])
+            for agent_id in ordered:
+                if domain_union is not None and agent_id not in domain_union:
+                    continue
+                if any(agent_id not in members for members in sets):
+                    continue
+                if total >= offset and len(page) < limit:
+                    page.append(agent_id)
+                total += 1
+        return total, [self.agents[a] for a in page]

@@ -3,8 +3,15 @@
 Every mutating call carries a D3 ``Authorization`` header by the agent the
 artifact speaks for, and every artifact is verified (D2) before anything is
 stored. Order of checks for a request: size, strict JSON, schema and rules,
-authentication and signatures, trust and rate limits, then one group-commit
-write; the in-memory ledger changes only after the write is durable.
+authentication, rate limits, then the artifact's one apply path in
+:mod:`ocpd.registry.intake` (signatures, trust policy, one group-commit
+write; the in-memory ledger changes only after the write is durable), which
+federation uses too.
+
+A first registration must be authorized with the agent's initial key
+``#key-1``: only that key proves the DID document belongs to the agent id.
+The request itself (path, header, body) is kept as the document's proof for
+federation peers.
 
 Error bodies are the fields of an OCP ``error`` payload: ``error_code``,
 ``message`` and ``details``, with the HTTP status of the code and
@@ -19,26 +26,22 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from quart import Response, request
 
 import ocpd
 from ocpd.logs import get_logger, log_event
 from ocpd.proto import schema
 from ocpd.proto.artifacts import (
-    MAX_BOND_DURATION,
     check_bond_revocation,
     check_interaction_rating,
     check_vouch,
     check_vouch_revocation,
-    verify_bond,
     verify_registration,
-    verify_signed,
     vouch_digest,
 )
 from ocpd.proto.auth import ReplayWindow, verify_authorization
-from ocpd.proto.diddoc import verify_did_update
-from ocpd.proto.encoding import format_timestamp, parse_timestamp
+from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.errors import (
     AuthError,
     ForbiddenError,
@@ -53,8 +56,9 @@ from ocpd.proto.ids import parse_agent_id
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.strictjson import loads_strict
 from ocpd.proto.taxonomy import Taxonomy
-from ocpd.proto.trust import BondFact, RatingFact, VouchFact, permissions_for_level
-from ocpd.registry.ledger import AgentEntry, BondEntry, Ledger, VouchEntry, agent_entry
+from ocpd.proto.trust import permissions_for_level
+from ocpd.registry.intake import ArtifactStore
+from ocpd.registry.ledger import Ledger
 
 if TYPE_CHECKING:
     import sqlite3
@@ -64,11 +68,14 @@ if TYPE_CHECKING:
 
     from ocpd.clock import WallClock
     from ocpd.config import Config
+    from ocpd.registry.intake import Change
+    from ocpd.registry.ledger import AgentEntry
     from ocpd.storage import Database
 
-__all__ = ["API", "RegistryService"]
+__all__ = ["API", "NODE_ID_HEADER", "RegistryService"]
 
 API: Final = "/ocp/v1/registry"
+NODE_ID_HEADER: Final = "OCP-Node-Id"
 MAX_BODY: Final = 1_048_576
 log = get_logger("registry")
 
@@ -94,17 +101,23 @@ def error_response(exc: OcpError) -> Response:
 
 
 class RegistryService:
+    """The registry's HTTP routes over one :class:`ArtifactStore`."""
+
     def __init__(
         self,
         database: Database,
         clock: WallClock,
         config: Config,
         metrics: CollectorRegistry,
+        *,
+        changes: trio.MemorySendChannel[Change] | None = None,
+        node_id: str | None = None,
     ) -> None:
         self.database = database
         self.clock = clock
         self.config = config
         self.network = config.node.network
+        self.node_id = node_id
         self.ledger = Ledger(
             Taxonomy.load_default(),
             anchors=config.trust.anchors,
@@ -113,16 +126,22 @@ class RegistryService:
         )
         skew = config.transport.clock_skew_seconds
         self.clock_skew = skew
+        self.store = ArtifactStore(
+            database,
+            clock,
+            self.ledger,
+            metrics,
+            network=self.network,
+            clock_skew=skew,
+            max_agents=config.registry.max_agents,
+            changes=changes,
+        )
         self.replay = ReplayWindow(window=skew)
         limits = config.rate_limiting
         self.rate_limits_on = limits.enabled
         self.discovery_limit = RateLimiter(limit=limits.discovery_per_minute, window=60)
         self.bond_limit = RateLimiter(limit=limits.bond_requests_per_hour, window=3600)
         self.loaded = trio.Event()
-        self.agents_gauge = Gauge(
-            "ocp_agents_registered", "Registered agents", ["status"], registry=metrics
-        )
-        self.bonds_gauge = Gauge("ocp_bonds_active", "Current active bonds", registry=metrics)
         self.rejections = Counter(
             "ocpd_registry_rejections_total",
             "Registry requests refused, by operation and error code",
@@ -140,79 +159,18 @@ class RegistryService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the ledger, then mark agents inactive when their ttl passes."""
-        await self._load()
+        agents, vouches = await self.store.load()
+        self.loaded.set()
+        log_event(log, "registry_loaded", agents=agents, vouches=vouches)
         task_status.started()
         interval = self.config.registry.cleanup_interval_seconds
         while True:
             await trio.sleep(interval)
             await self.sweep()
 
-    async def _load(self) -> None:
-        def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-            return (
-                conn.execute(
-                    "SELECT record, did_document, status, online_seconds FROM agents"
-                ).fetchall(),
-                conn.execute("SELECT digest, artifact, revoked_at FROM vouches").fetchall(),
-                conn.execute("SELECT bond_id, artifact, revoked_at FROM bonds").fetchall(),
-                conn.execute("SELECT artifact FROM ratings").fetchall(),
-            )
-
-        agents, vouches, bonds, ratings = await self.database.read(read)
-        for record_text, document_text, status, online in agents:
-            self.ledger.put_agent(
-                agent_entry(
-                    record_text,
-                    document_text,
-                    status=status,
-                    taxonomy=self.ledger.taxonomy,
-                    online_seconds=online,
-                )
-            )
-        for digest, text, revoked_at in vouches:
-            self._remember_vouch(digest, text, revoked=revoked_at is not None)
-        for _bond_id, text, revoked_at in bonds:
-            self._remember_bond(text, revoked=revoked_at is not None)
-        for (text,) in ratings:
-            self._remember_rating(text)
-        now = self.clock.now()
-        self.ledger.recompute_levels(now=now)
-        self._refresh_gauges(now)
-        self.loaded.set()
-        log_event(log, "registry_loaded", agents=len(self.ledger.agents), vouches=len(vouches))
-
     async def sweep(self) -> int:
         """Mark agents whose registration ttl passed as inactive; returns how many."""
-        now = self.clock.now()
-        expired = [
-            e.agent_id
-            for e in self.ledger.agents.values()
-            if e.status == "active" and e.expires_at < now
-        ]
-        if not expired:
-            return 0
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE agents SET status = 'inactive' WHERE agent_id = ? AND expires_at < ?",
-                [(a, now) for a in expired],
-            )
-
-        await self.database.write(write)
-        for agent_id in expired:
-            self.ledger.agents[agent_id].status = "inactive"
-            log_event(log, "agent_inactive", agent_id=agent_id)
-        self.ledger.recompute_levels(now=now)
-        self._refresh_gauges(now)
-        return len(expired)
-
-    def _refresh_gauges(self, now: float) -> None:
-        counts = {"active": 0, "inactive": 0}
-        for entry in self.ledger.agents.values():
-            counts[entry.status] = counts.get(entry.status, 0) + 1
-        for status, count in counts.items():
-            self.agents_gauge.labels(status).set(count)
-        self.bonds_gauge.set(sum(1 for b in self.ledger.bonds.values() if b.fact.active(now)))
+        return await self.store.sweep()
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -225,14 +183,18 @@ class RegistryService:
             raise MalformedError("unreadable body")
         return raw, loads_strict(raw, max_size=MAX_BODY)
 
+    @staticmethod
+    def _path() -> str:
+        path = request.full_path if request.query_string else request.path
+        return path.rstrip("?")
+
     def _authenticate(self, raw: bytes, agent_id: str, keys: list[bytes]) -> None:
         if not keys:
             raise AuthError("no keys are known for the authenticating agent")
-        path = request.full_path if request.query_string else request.path
         verify_authorization(
             request.headers.get("Authorization"),
             method=request.method,
-            path_and_query=path.rstrip("?"),
+            path_and_query=self._path(),
             body=raw,
             public_keys=keys,
             now=self.clock.now(),
@@ -249,60 +211,14 @@ class RegistryService:
             raise RateLimited(f"{what} rate limit reached", retry_after=retry)
 
     def _registered(self, agent_id: object, field: str) -> AgentEntry:
-        parse_agent_id(agent_id, field=field)
-        entry = self.ledger.agents.get(str(agent_id))
-        if entry is None:
-            raise NotFoundError(f"{field} {agent_id} is not registered")
-        return entry
+        return self.store.registered(agent_id, field)
 
-    @staticmethod
-    def _change(conn: sqlite3.Connection, kind: str, key: str, body: str) -> None:
-        conn.execute("INSERT INTO changes (kind, key, body) VALUES (?, ?, ?)", (kind, key, body))
+    def _require_level(self, agent_id: str, level: int, message: str) -> Callable[[], None]:
+        def check() -> None:
+            if self.ledger.level(agent_id) < level:
+                raise ForbiddenError(message, details={"level": self.ledger.level(agent_id)})
 
-    def _remember_vouch(self, digest: str, text: str, *, revoked: bool) -> VouchEntry:
-        artifact = json.loads(text)
-        entry = VouchEntry(
-            digest=digest,
-            artifact=artifact,
-            text=text,
-            fact=VouchFact(
-                attester=artifact["attester"],
-                subject=artifact["subject"],
-                issued_at=parse_timestamp(artifact["issued_at"]),
-                expires_at=parse_timestamp(artifact["expires_at"]),
-                revoked=revoked,
-            ),
-        )
-        self.ledger.vouches[digest] = entry
-        return entry
-
-    def _remember_bond(self, text: str, *, revoked: bool) -> BondEntry:
-        artifact = json.loads(text)
-        first, second = artifact["agents"]
-        entry = BondEntry(
-            bond_id=artifact["bond_id"],
-            artifact=artifact,
-            text=text,
-            fact=BondFact(
-                bond_id=artifact["bond_id"],
-                agents=(first, second),
-                established_at=parse_timestamp(artifact["established_at"]),
-                expires_at=parse_timestamp(artifact["expires_at"]),
-                revoked=revoked,
-            ),
-        )
-        self.ledger.bonds[entry.bond_id] = entry
-        return entry
-
-    def _remember_rating(self, text: str) -> None:
-        artifact = json.loads(text)
-        fact = RatingFact(
-            rater=artifact["rater"],
-            subject=artifact["subject"],
-            rating=float(artifact["rating"]),
-            rated_at=parse_timestamp(artifact["rated_at"]),
-        )
-        self.ledger.ratings.setdefault(fact.subject, []).append(fact)
+        return check
 
     # --- operations -----------------------------------------------------------------------
 
@@ -316,64 +232,35 @@ class RegistryService:
         network, _ = parse_agent_id(agent_id)
         if network != self.network:
             raise MalformedError(f"this registry serves network {self.network!r}, not {network!r}")
-        self._authenticate(raw, agent_id, document.verification_keys())
-        domains = [self.ledger.taxonomy.normalise(d) for d in record["domains"]]
         existing = self.ledger.agents.get(agent_id)
-        registered_at = parse_timestamp(record["registered_at"])
+        if existing is not None:
+            keys = existing.document.verification_keys()
+        elif document.initial_key in document.active_keys.values():
+            # Only #key-1 proves that the document belongs to the agent id
+            # (D4): another key in it could have been added by anyone.
+            keys = [document.initial_key]
+        else:
+            raise AuthError("a first registration is made with the initial key #key-1")
+        self._authenticate(raw, agent_id, keys)
         if existing is None and len(self.ledger.agents) >= self.config.registry.max_agents:
             raise Unavailable(
                 f"the registry holds its maximum of {self.config.registry.max_agents} agents"
             )
-        if existing is not None:
-            if registered_at < existing.registered_at:
-                raise MalformedError(
-                    "registration is older than the stored one", details={"reason": "stale"}
-                )
-            if existing.document.document != document.document:
-                raise MalformedError(
-                    "the DID document differs from the registered one; publish a signed "
-                    f"update at {API}/agents/{agent_id}/did",
-                    details={"reason": "did_document_changed"},
-                )
-        record_text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-        document_text = json.dumps(document.document, separators=(",", ":"), ensure_ascii=False)
-        if existing is not None:
-            document_text = existing.document_text
-        expires_at = registered_at + int(record["ttl"])
-        status = "active" if expires_at >= now else "inactive"
-        change = json.dumps({"record": record, "did_document": json.loads(document_text)})
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO agents (agent_id, record, did_document, registered_at, expires_at, "
-                "status) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET "
-                "record = excluded.record, registered_at = excluded.registered_at, "
-                "expires_at = excluded.expires_at, status = excluded.status "
-                "WHERE excluded.registered_at >= agents.registered_at",
-                (agent_id, record_text, document_text, registered_at, expires_at, status),
-            )
-            self._change(conn, "agent", agent_id, change)
-
-        await self.database.write(write)
-        entry = agent_entry(
-            record_text,
-            document_text,
-            status=status,
-            taxonomy=self.ledger.taxonomy,
-            online_seconds=existing.online_seconds if existing else 0.0,
+        proof = {
+            "path": self._path(),
+            "authorization": request.headers["Authorization"],
+            "body": raw.decode("utf-8"),
+        }
+        await self.store.apply_agent(
+            {"record": record, "did_document": document.document, "registration": proof},
+            authorized=document,
         )
-        entry.domains = tuple(domains)
-        self.ledger.put_agent(entry)
-        became_active = existing is None or existing.status != status
-        if became_active or agent_id in self.ledger.anchors:
-            self.ledger.recompute_levels(now=now)
-        self._refresh_gauges(now)
-        log_event(log, "agent_registered", agent_id=agent_id, status=status, new=existing is None)
+        entry = self.ledger.agents[agent_id]
         return _json_response(
             {
                 "agent_id": agent_id,
-                "status": status,
-                "expires_at": format_timestamp(expires_at),
+                "status": entry.status,
+                "expires_at": format_timestamp(entry.expires_at),
                 "trust_level": self.ledger.level(agent_id),
             },
             201 if existing is None else 200,
@@ -386,21 +273,9 @@ class RegistryService:
             raise MalformedError("a DID document update is an object")
         schema.validate("did-document-update", update)
         self._authenticate(raw, agent_id, entry.document.verification_keys())
-        new = verify_did_update(entry.document.document, update)
-        document_text = json.dumps(new.document, separators=(",", ":"), ensure_ascii=False)
-        change = json.dumps({"agent_id": agent_id, "update": update})
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE agents SET did_document = ? WHERE agent_id = ?", (document_text, agent_id)
-            )
-            self._change(conn, "did_update", agent_id, change)
-
-        await self.database.write(write)
-        entry.document = new
-        entry.document_text = document_text
-        log_event(log, "did_updated", agent_id=agent_id, keys=len(new.active_keys))
-        return _json_response({"agent_id": agent_id, "active_keys": sorted(new.active_keys)})
+        await self.store.apply_did_update(agent_id, update)
+        document = self.ledger.agents[agent_id].document
+        return _json_response({"agent_id": agent_id, "active_keys": sorted(document.active_keys)})
 
     def get_agent(self, agent_id: str) -> Response:
         entry = self._registered(agent_id, "agent_id")
@@ -474,36 +349,17 @@ class RegistryService:
         raw, vouch = await self._body()
         if not isinstance(vouch, dict):
             raise MalformedError("a vouch is an object")
-        now = self.clock.now()
-        check_vouch(vouch, now=now, clock_skew=self.clock_skew)
+        check_vouch(vouch, now=self.clock.now(), clock_skew=self.clock_skew)
         attester = self._registered(vouch["attester"], "attester")
         self._registered(vouch["subject"], "subject")
         self._authenticate(raw, attester.agent_id, attester.document.verification_keys())
-        verify_signed(vouch, attester.document.verification_keys(), what="vouch")
-        if self.ledger.level(attester.agent_id) < 2:
-            raise ForbiddenError(
-                "only Level 2 agents can vouch",
-                details={"level": self.ledger.level(attester.agent_id)},
-            )
+        outcome = await self.store.apply_vouch(
+            vouch,
+            policy=self._require_level(attester.agent_id, 2, "only Level 2 agents can vouch"),
+        )
         digest = vouch_digest(vouch)
-        if digest in self.ledger.vouches:
+        if not outcome.stored:
             return _json_response({"vouch_digest": digest, "stored": False})
-        text = json.dumps(vouch, separators=(",", ":"), ensure_ascii=False)
-        fact_issued = parse_timestamp(vouch["issued_at"])
-        fact_expires = parse_timestamp(vouch["expires_at"])
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO vouches (digest, attester, subject, issued_at, expires_at, artifact) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (digest, vouch["attester"], vouch["subject"], fact_issued, fact_expires, text),
-            )
-            self._change(conn, "vouch", digest, text)
-
-        await self.database.write(write)
-        self._remember_vouch(digest, text, revoked=False)
-        self.ledger.recompute_levels(now=now)
-        log_event(log, "vouch_stored", attester=vouch["attester"], subject=vouch["subject"])
         return _json_response(
             {
                 "vouch_digest": digest,
@@ -521,75 +377,30 @@ class RegistryService:
         entry = self.ledger.vouches.get(revocation["vouch_digest"])
         if entry is None:
             raise NotFoundError("no such vouch")
-        now = self.clock.now()
-        check_vouch_revocation(revocation, entry.artifact, now=now, clock_skew=self.clock_skew)
+        check_vouch_revocation(
+            revocation, entry.artifact, now=self.clock.now(), clock_skew=self.clock_skew
+        )
         attester = self._registered(revocation["attester"], "attester")
         self._authenticate(raw, attester.agent_id, attester.document.verification_keys())
-        verify_signed(revocation, attester.document.verification_keys(), what="vouch revocation")
-        text = json.dumps(revocation, separators=(",", ":"), ensure_ascii=False)
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE vouches SET revoked_at = ?, revocation = ? WHERE digest = ?",
-                (now, text, entry.digest),
-            )
-            self._change(conn, "vouch_revocation", entry.digest, text)
-
-        await self.database.write(write)
-        entry.fact = VouchFact(
-            attester=entry.fact.attester,
-            subject=entry.fact.subject,
-            issued_at=entry.fact.issued_at,
-            expires_at=entry.fact.expires_at,
-            revoked=True,
-        )
-        self.ledger.recompute_levels(now=now)
-        log_event(log, "vouch_revoked", attester=entry.fact.attester, subject=entry.fact.subject)
+        await self.store.apply_vouch_revocation(revocation)
         return _json_response({"vouch_digest": entry.digest, "revoked": True})
 
     async def add_bond(self) -> Response:
         raw, bond = await self._body()
         if not isinstance(bond, dict):
             raise MalformedError("a bond is an object")
-        now = self.clock.now()
         schema.validate("bond", bond)
-        parties = [self._registered(a, "agents") for a in bond["agents"]]
+        for agent in bond["agents"]:
+            self._registered(agent, "agents")
         submitter = _header_agent(request.headers.get("Authorization", ""))
         if submitter not in bond["agents"]:
             raise AuthError("a bond is submitted by one of its parties")
         party = self.ledger.agents[submitter]
         self._authenticate(raw, submitter, party.document.verification_keys())
         self._limit(self.bond_limit, submitter, "bond request")
-        verify_bond(
-            bond,
-            {p.agent_id: p.document.verification_keys() for p in parties},
-            now=now,
-            clock_skew=self.clock_skew,
+        await self.store.apply_bond(
+            bond, policy=self._require_level(submitter, 2, "Level 2 is needed to form a bond")
         )
-        if self.ledger.level(submitter) < 2:
-            raise ForbiddenError("Level 2 is needed to form a bond")
-        if bond["bond_id"] in self.ledger.bonds:
-            raise MalformedError("a bond with this id is already stored")
-        text = json.dumps(bond, separators=(",", ":"), ensure_ascii=False)
-        first, second = bond["agents"]
-        established = parse_timestamp(bond["established_at"])
-        expires = parse_timestamp(bond["expires_at"])
-        if expires - established > MAX_BOND_DURATION:  # pragma: no cover - verify_bond checks
-            raise MalformedError("a bond may last at most 365 days")
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO bonds (bond_id, agent_a, agent_b, established_at, expires_at, "
-                "artifact) VALUES (?, ?, ?, ?, ?, ?)",
-                (bond["bond_id"], first, second, established, expires, text),
-            )
-            self._change(conn, "bond", bond["bond_id"], text)
-
-        await self.database.write(write)
-        self._remember_bond(text, revoked=False)
-        self.ledger.recompute_levels(now=now)
-        self._refresh_gauges(now)
-        log_event(log, "bond_stored", bond_id=bond["bond_id"], agents=list(bond["agents"]))
         return _json_response(
             {
                 "bond_id": bond["bond_id"],
@@ -606,59 +417,27 @@ class RegistryService:
             raise NotFoundError("no such bond")
         if not isinstance(revocation, dict):
             raise MalformedError("a revocation is an object")
-        now = self.clock.now()
-        check_bond_revocation(revocation, entry.artifact, now=now, clock_skew=self.clock_skew)
+        check_bond_revocation(
+            revocation, entry.artifact, now=self.clock.now(), clock_skew=self.clock_skew
+        )
         revoker = self._registered(revocation["revoked_by"], "revoked_by")
         self._authenticate(raw, revoker.agent_id, revoker.document.verification_keys())
-        verify_signed(revocation, revoker.document.verification_keys(), what="bond revocation")
-        text = json.dumps(revocation, separators=(",", ":"), ensure_ascii=False)
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE bonds SET revoked_at = ?, revocation = ? WHERE bond_id = ?",
-                (now, text, bond_id),
-            )
-            self._change(conn, "bond_revocation", bond_id, text)
-
-        await self.database.write(write)
-        entry.fact = BondFact(
-            bond_id=entry.fact.bond_id,
-            agents=entry.fact.agents,
-            established_at=entry.fact.established_at,
-            expires_at=entry.fact.expires_at,
-            revoked=True,
-        )
-        self.ledger.recompute_levels(now=now)
-        self._refresh_gauges(now)
-        log_event(log, "bond_revoked", bond_id=bond_id, by=revoker.agent_id)
+        await self.store.apply_bond_revocation(revocation)
         return _json_response({"bond_id": bond_id, "state": "revoked"})
 
     async def add_rating(self) -> Response:
         raw, rating = await self._body()
         if not isinstance(rating, dict):
             raise MalformedError("a rating is an object")
-        now = self.clock.now()
-        check_interaction_rating(rating, now=now, clock_skew=self.clock_skew)
+        check_interaction_rating(rating, now=self.clock.now(), clock_skew=self.clock_skew)
         rater = self._registered(rating["rater"], "rater")
         self._registered(rating["subject"], "subject")
         self._authenticate(raw, rater.agent_id, rater.document.verification_keys())
-        verify_signed(rating, rater.document.verification_keys(), what="interaction rating")
-        if self.ledger.level(rater.agent_id) < 1:
-            raise ForbiddenError("Level 1 is needed to rate interactions")
-        text = json.dumps(rating, separators=(",", ":"), ensure_ascii=False)
-        rated_at = parse_timestamp(rating["rated_at"])
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO ratings (rater, subject, rated_at, rating, artifact) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (rating["rater"], rating["subject"], rated_at, float(rating["rating"]), text),
-            )
-            self._change(conn, "rating", f"{rating['rater']}>{rating['subject']}", text)
-
-        await self.database.write(write)
-        self._remember_rating(text)
-        return _json_response({"stored": True}, 201)
+        outcome = await self.store.apply_rating(
+            rating,
+            policy=self._require_level(rater.agent_id, 1, "Level 1 is needed to rate interactions"),
+        )
+        return _json_response({"stored": outcome.stored}, 201 if outcome.stored else 200)
 
     def trust(self, agent_id: str) -> Response:
         self._registered(agent_id, "agent_id")
@@ -708,7 +487,12 @@ class RegistryService:
         rows = rows[:limit]
         changes = [{"seq": seq, "kind": kind, "body": json.loads(body)} for seq, kind, body in rows]
         cursor = rows[-1][0] if rows else since
-        return _json_response({"changes": changes, "cursor": cursor, "more": more})
+        response = _json_response({"changes": changes, "cursor": cursor, "more": more})
+        if self.node_id is not None:
+            # Lets federation peers tell a registry that lost its data (and so
+            # its identity and its sequence numbers) from one that did not.
+            response.headers[NODE_ID_HEADER] = self.node_id
+        return response
 
     # --- routes -------------------------------------------------------------------------
 
