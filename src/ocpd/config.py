@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import ssl
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -511,8 +510,3 @@ def load_config(
 
 def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.unstructure(), sort_keys=False)
-
-
-def main_config_error(exc: ConfigError) -> int:  # pragma: no cover - trivial
-    print(f"ocpd: configuration error: {exc}", file=sys.stderr)
-    return 1

@@ -248,7 +248,6 @@ class ArtifactStore:
             self._remember_rating(json.loads(rating))
         now = self.clock.now()
         self.ledger.recompute_levels(now=now)
-        self.refresh_gauges(now)
         return len(agents), len(vouches)
 
     async def sweep(self) -> int:
@@ -269,15 +268,11 @@ class ArtifactStore:
                 self.ledger.set_status(agent_id, "inactive")
                 log_event(log, "agent_inactive", agent_id=agent_id)
         self.ledger.recompute_levels(now=now)
-        self.refresh_gauges(now)
         return len(expired)
 
     def _active_bonds(self) -> int:
         now = self.clock.now()
         return sum(1 for b in self.ledger.bonds.values() if b.fact.active(now))
-
-    def refresh_gauges(self, now: float) -> None:
-        """Nothing to do: the gauges are computed when /metrics is scraped."""
 
     def settle(self) -> None:
         """Recompute trust levels once after applies made with ``defer_levels``."""
@@ -285,7 +280,6 @@ class ArtifactStore:
             self._levels_dirty = False
             now = self.clock.now()
             self.ledger.recompute_levels(now=now)
-            self.refresh_gauges(now)
 
     def _committed(
         self,
@@ -305,7 +299,6 @@ class ArtifactStore:
             else:
                 now = self.clock.now()
                 self.ledger.recompute_levels(now=now)
-                self.refresh_gauges(now)
         if self._changes is not None:
             try:
                 self._changes.send_nowait(Change(seq, kind, origin))

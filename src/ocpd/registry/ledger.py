@@ -249,26 +249,8 @@ class Ledger:
     def level(self, agent_id: str) -> int:
         return self.levels.get(agent_id, 0)
 
-    def score(self, agent_id: str, *, now: float) -> TrustScore:
-        entry = self.agents[agent_id]
-        vouches = counted_vouches(
-            self.levels,
-            (v.fact for v in self.vouches.values() if v.fact.subject == agent_id),
-            now=now,
-        )
-        bonds = bond_partner_counts(
-            (b.fact for b in self.bonds.values() if agent_id in b.fact.agents), now=now
-        )
-        return compute_score(
-            entry.facts(),
-            vouch_count=vouches.get(agent_id, 0),
-            bond_count=bonds.get(agent_id, 0),
-            ratings=self.ratings.get(agent_id, ()),
-            now=now,
-            weights=self.weights,
-        )
-
     def counts(self, agent_id: str, *, now: float) -> tuple[int, int]:
+        """``(vouch_count, bond_count)`` as the score counts them."""
         vouches = counted_vouches(
             self.levels,
             (v.fact for v in self.vouches.values() if v.fact.subject == agent_id),
@@ -278,6 +260,19 @@ class Ledger:
             (b.fact for b in self.bonds.values() if agent_id in b.fact.agents), now=now
         )
         return vouches.get(agent_id, 0), bonds.get(agent_id, 0)
+
+    def score(self, agent_id: str, *, now: float) -> tuple[TrustScore, int, int]:
+        """The trust score with the vouch and bond counts it was computed from."""
+        vouches, bonds = self.counts(agent_id, now=now)
+        score = compute_score(
+            self.agents[agent_id].facts(),
+            vouch_count=vouches,
+            bond_count=bonds,
+            ratings=self.ratings.get(agent_id, ()),
+            now=now,
+            weights=self.weights,
+        )
+        return score, vouches, bonds
 
     # --- discovery ----------------------------------------------------------------------
 

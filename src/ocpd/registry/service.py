@@ -443,8 +443,7 @@ class RegistryService:
         self._registered(agent_id, "agent_id")
         now = self.clock.now()
         level = self.ledger.level(agent_id)
-        score = self.ledger.score(agent_id, now=now)
-        vouches, bonds = self.ledger.counts(agent_id, now=now)
+        score, vouches, bonds = self.ledger.score(agent_id, now=now)
         return _json_response(
             {
                 "agent_id": agent_id,
