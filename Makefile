@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.core --out bench/results/core.json
 	$(BIN)/python -m bench.framework --out bench/results/framework.json
 	$(BIN)/python -m bench.registry --out bench/results/registry.json
+	$(BIN)/python -m bench.federation --out bench/results/federation.json
 
 # The black-box suite against a throwaway local ocpd (TLS from a temporary CA, ports 0).
 # Exits with the suite's status: non-zero while required checks are not implemented.

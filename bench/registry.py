@@ -9,7 +9,9 @@ daemon on it, then measures over HTTP on 127.0.0.1:
   minimum trust level), sequentially, p50/p99, plus the registry's own
   in-process discovery histogram;
 * registration latency of fresh agents (signed record, DID document, D3
-  header), p50/p99.
+  header), p50/p99;
+* the daemon's resident memory after loading, after the discovery run and
+  after the registrations (its ``process_resident_memory_bytes``).
 
 Results go to ``bench/results/registry.json``. Loopback only; bounded counts.
 """
@@ -131,23 +133,33 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 def measure_discovery(client: httpx.Client, queries: int, rng: random.Random) -> dict[str, Any]:
     samples = []
     totals = []
+    by_kind: dict[str, list[float]] = {}
     for _ in range(queries):
         filters: dict[str, Any] = {}
         choice = rng.random()
         if choice < 0.4:
+            kind = "domain"
             filters["domains"] = [rng.choice(["healthcare", "finance", "oncology", "vision"])]
         elif choice < 0.7:
+            kind = "capability"
             filters["capabilities"] = [rng.choice(CAPABILITIES)]
         else:
+            kind = "domain+capability"
             filters["domains"] = [rng.choice(DOMAINS)]
             filters["capabilities"] = [rng.choice(CAPABILITIES)]
         body = {"filters": filters, "limit": 20, "offset": rng.choice([0, 0, 20, 100])}
         started = time.perf_counter()
         response = client.post("/ocp/v1/registry/discover", json=body)
-        samples.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        samples.append(elapsed)
+        by_kind.setdefault(kind, []).append(elapsed)
         response.raise_for_status()
         totals.append(response.json()["total"])
-    return {**_percentiles(samples), "mean_matches": round(statistics.mean(totals))}
+    return {
+        **_percentiles(samples),
+        "mean_matches": round(statistics.mean(totals)),
+        "by_kind": {kind: _percentiles(s) for kind, s in sorted(by_kind.items())},
+    }
 
 
 def measure_registration(client: httpx.Client, count: int, rng: random.Random) -> dict[str, Any]:
@@ -174,6 +186,16 @@ def measure_registration(client: httpx.Client, count: int, rng: random.Random) -
     return _percentiles(samples)
 
 
+def _rss_mb(client: httpx.Client) -> float:
+    """The daemon's resident set size, from its process collector on ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name == "process_resident_memory_bytes":
+            return round(family.samples[0].value / 2**20, 1)
+    raise RuntimeError("the daemon reports no process_resident_memory_bytes")
+
+
 def _server_histogram(client: httpx.Client) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -188,9 +210,12 @@ def _server_histogram(client: httpx.Client) -> dict[str, float]:
     return {}
 
 
+Measured = tuple[dict[str, Any], dict[str, Any], dict[str, float], dict[str, float]]
+
+
 async def _run_daemon(
     env: dict[str, str], args: argparse.Namespace, rng: random.Random
-) -> tuple[float, tuple[dict[str, Any], dict[str, Any], dict[str, float]]]:
+) -> tuple[float, Measured]:
     server = ReadyProcess(
         [sys.executable, "-m", "ocpd", "run", "--component", "registry"],
         env={**os.environ, **env},
@@ -202,12 +227,19 @@ async def _run_daemon(
         ready_at = time.perf_counter()
         url = ready_line["listeners"]["registry"]
 
-        def measure() -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+        def measure() -> Measured:
             with httpx.Client(base_url=url, timeout=30) as client:
+                rss_loaded = _rss_mb(client)
                 measure_discovery(client, 50, rng)  # warm-up
                 discovery = measure_discovery(client, args.queries, rng)
+                rss_discovered = _rss_mb(client)
                 registration = measure_registration(client, args.registrations, rng)
-                return discovery, registration, _server_histogram(client)
+                memory = {
+                    "rss_after_load_mb": rss_loaded,
+                    "rss_after_discovery_mb": rss_discovered,
+                    "rss_after_registration_mb": _rss_mb(client),
+                }
+                return discovery, registration, _server_histogram(client), memory
 
         measured = await trio.to_thread.run_sync(measure)
         nursery.cancel_scope.cancel()
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         ready, measured = trio.run(_run_daemon, env, args, rng)
         load_s = ready - started
-        discovery, registration, server = measured
+        discovery, registration, server, memory = measured
     result = {
         "suite": "registry",
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -251,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "discovery": {**discovery, "target_p99_ms": 10.0},
         "discovery_server_side_cdf": server,
         "registration": {**registration, "target_p99_ms": 20.0},
+        "daemon_memory": memory,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,8 @@ CAROL: Final = Party(label_bytes("agent/carol"))
 ALICE_RECOVERY: Final = Party(label_bytes("agent/alice/recovery-key"))
 ALICE_KEY_2: Final = Party(label_bytes("agent/alice/key-2"))
 ALICE_KEY_3: Final = Party(label_bytes("agent/alice/key-3"))
+# A Level 4 certifier: a bare key that registries name in trust.certifier_keys (D7).
+CERTIFIER: Final = Party(label_bytes("certifier/foundation"))
 # The node's own key: node id, participant id and its did:ocp service agent (D4).
 NODE_A: Final = Party(label_bytes("node/a"))
 NODE_B: Final = Party(label_bytes("node/b"))
@@ -930,6 +932,34 @@ def artifact_vectors() -> Json:
     )
     artifacts.check_recovery_share(share, now=NOW)
 
+    certification = artifacts.sign_certification(
+        {
+            "certification_type": "certified",
+            "certification_id": "cert-" + fixed_uuid("artifacts/certification"),
+            "subject": ALICE.agent_id,
+            "certifier": multibase_ed25519(CERTIFIER.public_key),
+            "level": 4,
+            "scope": ["healthcare.oncology"],
+            "statement": "Verified against the certification checklist.",
+            "issued_at": ts(NOW - DAY),
+            "expires_at": ts(NOW - DAY + 365 * DAY),
+        },
+        CERTIFIER.key,
+    )
+    artifacts.verify_certification(certification, now=NOW)
+    certification_revocation = artifacts.sign_certification_revocation(
+        {
+            "revocation_type": "certification",
+            "certification_id": certification["certification_id"],
+            "subject": ALICE.agent_id,
+            "certifier": certification["certifier"],
+            "revoked_at": ts(NOW),
+            "reason": "certification withdrawn",
+        },
+        CERTIFIER.key,
+    )
+    artifacts.verify_certification_revocation(certification_revocation, certification, now=NOW)
+
     cases = [
         _artifact_case("agent-record", "agent-record", record, [ALICE], registration=registration),
         _artifact_case("vouch", "vouch", vouch, [BOB]),
@@ -941,6 +971,14 @@ def artifact_vectors() -> Json:
         _artifact_case("consensus-vote", "consensus-vote", vote, [CAROL], rationale_text=rationale),
         _artifact_case("interaction-rating", "interaction-rating", rating, [ALICE]),
         _artifact_case("recovery-share", "recovery-share", share, [ALICE]),
+        _artifact_case("certification", "certification", certification, [CERTIFIER]),
+        _artifact_case(
+            "certification-revocation",
+            "certification-revocation",
+            certification_revocation,
+            [CERTIFIER],
+            revokes=certification,
+        ),
     ]
     return _file(
         "Signed OCP artifacts (D2): signature = Ed25519(sk, SHA3-256(JCS(artifact without "

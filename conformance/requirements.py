@@ -114,6 +114,7 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
     # --- Layer 2: trust (OCP §4.2-4.3) -------------------------------------------------------
     _r("OCP-CORE-TRUST-001", C, MUST, "OCP §4.2.1, D7", "Trust levels 0-4 are computed as specified and their permissions enforced (OCP-403)"),
     _r("OCP-CORE-TRUST-002", C, MUST, "OCP §4.2.2", "The trust score is in [0, 1] with the default weights, and the weighting scheme is published"),
+    _r("OCP-CORE-CERT-001", C, MUST, "OCP §4.2.1, D7", "Level 4 comes only from a certification signed by a configured certifier key: unknown-key, forged and over-365-day certifications are refused"),
     _r("OCP-CORE-VOUCH-001", C, MUST, "OCP §4.2.3", "Only Level 2+ agents may vouch"),
     _r("OCP-CORE-VOUCH-002", C, MUST, "OCP §4.2.3", "Vouches expire within 365 days; self-vouches are rejected"),
     _r("OCP-CORE-VOUCH-003", C, MUST, "OCP §4.2.3, D7", "A revocation signed by the attester ends the vouch"),

@@ -538,6 +538,14 @@ def _artifact_rules(case: Case, now: float) -> None:
         expect(artifact["key_fingerprint"] == key_fingerprint(public_key), "fingerprint differs")
         expect(artifact["key_fingerprint"] == sha3_256(public_key).hex()[:16], "fingerprint")
         artifacts.check_recovery_share(artifact, now=now)
+    elif kind == "certification":
+        public_key = bytes.fromhex(case["signers"][0]["public_key"])
+        expect(artifact["certifier"] == multibase_ed25519(public_key), "certifier differs")
+        artifacts.verify_certification(artifact, now=now)
+    elif kind == "certification-revocation":
+        certification = case["revokes"]
+        expect(artifact["certifier"] == certification["certifier"], "certifier differs")
+        artifacts.verify_certification_revocation(artifact, certification, now=now)
     else:
         raise VectorMismatch(f"no rules for artifact type {kind!r}")
 

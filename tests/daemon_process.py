@@ -77,6 +77,10 @@ class Daemon:
         self.listeners: dict[str, str] = {}
 
     def start(self) -> Daemon:
+        """Start (or restart) the process; ``lines`` and events are this run's only."""
+        self.lines = []
+        self._queue = queue.Queue()
+        self.listeners = {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ocpd", *self.args],
             env=self.env,
@@ -84,15 +88,16 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc, self._queue), daemon=True).start()
         return self
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                self._queue.put(line)
-        self._queue.put(None)
+    @staticmethod
+    def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                lines.put(line)
+        lines.put(None)
 
     def events(self) -> list[dict[str, Any]]:
         self._drain()

@@ -232,6 +232,29 @@ BOND_REVOCATION: Doc = {
     "signature": sig("bond-revocation"),
 }
 
+CERTIFICATION: Doc = {
+    "certification_type": "certified",
+    "certification_id": "cert-" + uuid("certification"),
+    "subject": ALICE,
+    "certifier": ed_multibase("certifier"),
+    "level": 4,
+    "scope": ["healthcare.oncology"],
+    "statement": "Audited against the OCP Foundation checklist, 2026 edition.",
+    "issued_at": T0,
+    "expires_at": "2027-04-03T12:00:00Z",
+    "signature": sig("certification"),
+}
+
+CERTIFICATION_REVOCATION: Doc = {
+    "revocation_type": "certification",
+    "certification_id": "cert-" + uuid("certification"),
+    "subject": ALICE,
+    "certifier": ed_multibase("certifier"),
+    "revoked_at": T1,
+    "reason": "audit withdrawn",
+    "signature": sig("certification-revocation"),
+}
+
 CONSENSUS_ID = "con-" + uuid("consensus")
 
 VOTE: Doc = {
@@ -734,6 +757,14 @@ VALID: dict[str, list[Doc]] = {
     ],
     "bond": [BOND],
     "bond-revocation": [BOND_REVOCATION, with_(BOND_REVOCATION, reason=None)],
+    "certification": [
+        CERTIFICATION,
+        with_(CERTIFICATION, scope=None, statement=None),
+    ],
+    "certification-revocation": [
+        CERTIFICATION_REVOCATION,
+        with_(CERTIFICATION_REVOCATION, reason=None),
+    ],
     "consensus-vote": [VOTE],
     "interaction-rating": [
         {
@@ -846,6 +877,8 @@ _CAPADV = VALID["capability-advertisement.v1"][0]
 _SME = VALID["signal-marker-envelope.v1"][0]
 _DIDU = VALID["did-document-update"][0]
 _REVOC = VALID["vouch-revocation"][0]
+_CERT = CERTIFICATION
+_CERT_REVOC = CERTIFICATION_REVOCATION
 _RESP = PAYLOADS["recovery_share_response"][0]
 
 INVALID: dict[str, list[tuple[str, Any]]] = {
@@ -1222,6 +1255,25 @@ INVALID: dict[str, list[tuple[str, Any]]] = {
         *_cases(BOND, ("signature-not-base64url", ("signatures", ALICE), "x" * 86)),
     ],
     "bond-revocation": [("revoked-by-not-did", with_(BOND_REVOCATION, revoked_by="bob"))],
+    "certification": [
+        ("level-3", with_(_CERT, level=3)),
+        ("level-as-string", with_(_CERT, level="4")),
+        ("certifier-did-ocp", with_(_CERT, certifier=BOB)),
+        ("certifier-x25519-key", with_(_CERT, certifier=x_multibase("certifier"))),
+        ("certifier-did-key", with_(_CERT, certifier="did:key:" + ed_multibase("certifier"))),
+        ("id-truncated-uuid", with_(_CERT, certification_id="cert-" + uuid("c")[:23])),
+        ("id-bond-prefix", with_(_CERT, certification_id="bond-" + uuid("c"))),
+        ("type-other", with_(_CERT, certification_type="endorsement")),
+        ("scope-not-array", with_(_CERT, scope="oncology")),
+        ("scope-empty-string", with_(_CERT, scope=[""])),
+        ("statement-empty", with_(_CERT, statement="")),
+        ("statement-too-long", with_(_CERT, statement="x" * 4097)),
+    ],
+    "certification-revocation": [
+        ("revocation-type-vouch", with_(_CERT_REVOC, revocation_type="vouch")),
+        ("certifier-did-ocp", with_(_CERT_REVOC, certifier=BOB)),
+        ("subject-not-did", with_(_CERT_REVOC, subject="alice")),
+    ],
     "consensus-vote": [
         ("voter-not-did", with_(VOTE, voter="bob")),
         ("vote-empty", with_(VOTE, vote="")),

@@ -11,7 +11,7 @@ from ocpd.proto import artifacts as ar
 from ocpd.proto.diddoc import build_did_document
 from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.errors import AuthError, MalformedError
-from ocpd.proto.ids import derive_agent_id
+from ocpd.proto.ids import derive_agent_id, multibase_ed25519
 
 DAY = 86_400
 
@@ -282,3 +282,126 @@ def test_recovery_share(alice: Agent) -> None:
 
 def test_agent_ids_are_network_scoped(alice: Agent) -> None:
     assert derive_agent_id(alice.public_key, "mainnet") != alice.id
+
+
+# --- certifications (Level 4, D7) --------------------------------------------------------
+
+
+def _certification(signer: Agent, subject: Agent, **kw: Any) -> dict[str, Any]:
+    issued = kw.pop("issued", NOW)
+    days = kw.pop("days", 365)
+    certification = {
+        "certification_type": "certified",
+        "certification_id": "cert-6f1c2c64-3a0e-4b8e-9d61-0c9a7c7d2a11",
+        "subject": subject.id,
+        "certifier": multibase_ed25519(signer.public_key),
+        "level": 4,
+        "scope": ["healthcare.oncology"],
+        "issued_at": format_timestamp(issued),
+        "expires_at": format_timestamp(issued + days * DAY),
+    }
+    certification.update(kw)
+    return ar.sign_certification(certification, signer.key)
+
+
+def _certification_revocation(
+    signer: Agent, certification: dict[str, Any], **kw: Any
+) -> dict[str, Any]:
+    revocation = {
+        "revocation_type": "certification",
+        "certification_id": certification["certification_id"],
+        "subject": certification["subject"],
+        "certifier": certification["certifier"],
+        "revoked_at": format_timestamp(NOW),
+    }
+    revocation.update(kw)
+    return ar.sign_certification_revocation(revocation, signer.key)
+
+
+def test_certification(carol: Agent, alice: Agent) -> None:
+    certification = _certification(carol, alice)
+    digest = ar.verify_certification(certification, now=NOW)
+    assert digest == ar.verify_signed(certification, [carol.public_key], what="certification")
+    assert ar.certifier_key(certification) == carol.public_key
+    # the whole 365 days is allowed, and the clock skew for issued_at
+    ar.verify_certification(_certification(carol, alice, issued=NOW + 59), now=NOW)
+
+
+def test_certification_forged_or_altered_is_401(alice: Agent, bob: Agent, carol: Agent) -> None:
+    certification = _certification(carol, alice)
+    # signed by Bob but naming Carol's key as certifier
+    forged = ar.sign(dict(certification), bob.key)
+    with pytest.raises(AuthError):
+        ar.verify_certification(forged, now=NOW)
+    # one bit of the signed content changed
+    flipped = dict(certification) | {"subject": bob.id}
+    with pytest.raises(AuthError):
+        ar.verify_certification(flipped, now=NOW)
+    # one bit of the signature changed
+    signature = certification["signature"]
+    bad = ("B" if signature[0] == "A" else "A") + signature[1:]
+    with pytest.raises(AuthError):
+        ar.verify_certification(dict(certification) | {"signature": bad}, now=NOW)
+    # the right signature, verified under another key (the certifier field swapped)
+    other_key = dict(certification) | {"certifier": multibase_ed25519(bob.public_key)}
+    with pytest.raises(AuthError):
+        ar.verify_certification(other_key, now=NOW)
+    # unsigned
+    unsigned = {k: v for k, v in certification.items() if k != "signature"}
+    with pytest.raises(MalformedError):
+        ar.verify_certification(unsigned, now=NOW)
+
+
+def test_certification_time_rules(alice: Agent, carol: Agent) -> None:
+    with pytest.raises(MalformedError, match="365") as long:
+        ar.check_certification(_certification(carol, alice, days=366), now=NOW)
+    assert long.value.details["max_seconds"] == ar.MAX_CERTIFICATION_DURATION
+    with pytest.raises(MalformedError, match="after"):
+        ar.check_certification(_certification(carol, alice, days=0), now=NOW)
+    with pytest.raises(MalformedError, match="future"):
+        ar.check_certification(_certification(carol, alice, issued=NOW + 61), now=NOW)
+    # a wider skew accepts it
+    ar.check_certification(_certification(carol, alice, issued=NOW + 61), now=NOW, clock_skew=120)
+
+
+def test_certifier_must_be_a_canonical_ed25519_key(alice: Agent, carol: Agent) -> None:
+    certification = _certification(carol, alice)
+    # the schema's shape, but not a canonical encoding of a 32-byte key
+    wrong = "z6Mk" + "1" * 44
+    with pytest.raises(MalformedError):
+        ar.check_certification(dict(certification) | {"certifier": wrong}, now=NOW)
+    # signing refuses a certifier field that names another key
+    with pytest.raises(MalformedError, match="certifier"):
+        ar.sign_certification(dict(certification), alice.key)
+
+
+def test_certification_revocation(alice: Agent, bob: Agent, carol: Agent) -> None:
+    certification = _certification(carol, alice)
+    revocation = _certification_revocation(carol, certification, reason="audit withdrawn")
+    ar.verify_certification_revocation(revocation, certification, now=NOW)
+    # another certifier cannot revoke it: it must name the certification's key
+    by_bob = _certification_revocation(
+        bob, certification, certifier=multibase_ed25519(bob.public_key)
+    )
+    with pytest.raises(AuthError):
+        ar.check_certification_revocation(by_bob, certification, now=NOW)
+    # naming Carol's key but signed by Bob
+    forged = ar.sign(
+        {k: v for k, v in revocation.items() if k != "signature"} | {"reason": "x"}, bob.key
+    )
+    with pytest.raises(AuthError):
+        ar.verify_certification_revocation(forged, certification, now=NOW)
+    other = _certification(
+        carol, alice, certification_id="cert-00000000-0000-4000-8000-000000000000"
+    )
+    with pytest.raises(MalformedError):
+        ar.check_certification_revocation(revocation, other, now=NOW)
+    with pytest.raises(MalformedError):
+        ar.check_certification_revocation(
+            _certification_revocation(carol, certification, subject=bob.id), certification, now=NOW
+        )
+    future = _certification_revocation(
+        carol, certification, revoked_at=format_timestamp(NOW + 3600)
+    )
+    with pytest.raises(MalformedError, match="future"):
+        ar.check_certification_revocation(future, certification, now=NOW)

@@ -45,6 +45,7 @@ def test_environment_variables(tmp_path: Path) -> None:
         OCP_MAX_AGENTS="5",
         OCP_RATE_LIMIT_ENABLED="false",
         OCP_LOG_FORMAT="text",
+        OCP_TAXONOMY_EXTENSIONS="energy.grid, energy.storage",
     )
     assert config.data_dir == tmp_path
     assert config.ports("node") == {"http": 1, "ws": 2}
@@ -52,6 +53,7 @@ def test_environment_variables(tmp_path: Path) -> None:
     assert config.ports("custodian") == {"custodian": 4}
     assert config.registry.peers == ("https://a.example/ocp/v1", "https://b.example/ocp/v1")
     assert config.registry.max_agents == 5 and config.rate_limiting.enabled is False
+    assert config.taxonomy.extensions == ("energy.grid", "energy.storage")
 
 
 @pytest.mark.parametrize(
@@ -71,12 +73,24 @@ def test_environment_variables(tmp_path: Path) -> None:
         ("registry:\n  mode: federated\n", {}, "registry.peers"),
         ("registry:\n  peers: [ftp://x]\n", {}, "registry.peers.0"),
         ("trust:\n  weights: {identity_verification: 1.0}\n", {}, "trust.weights"),
+        ("trust:\n  certifier_keys: [z6MkNotAKey]\n", {}, "trust.certifier_keys.0"),
+        (
+            # an X25519 multibase key, not an Ed25519 one
+            "trust:\n  certifier_keys: [z6LSbysY2xFMRpGMhb7tFTLMpeuPRaqaWM1yECx2AtzE3KCc]\n",
+            {},
+            "trust.certifier_keys.0",
+        ),
         (
             "transport:\n  tls_cert: /nonexistent.pem\n  tls_key: /nonexistent.key\n",
             {},
             "transport.tls_cert",
         ),
         ("custodian:\n  key_file: /nonexistent\n", {}, "custodian.key_file"),
+        ("taxonomy:\n  extensions: [energy, Energy.Grid]\n", {}, "taxonomy.extensions.1"),
+        ("taxonomy:\n  extensions: energy\n", {}, "taxonomy.extensions"),
+        ("trust:\n  anchors: did:ocp:x\n", {}, "trust.anchors"),
+        ("registry:\n  peers: [1]\n", {}, "registry.peers"),
+        (None, {"OCP_TAXONOMY_EXTENSIONS": "energy..grid"}, "taxonomy.extensions.0"),
         ("- a\n- b\n", {}, "config"),
         ("node: [\n", {}, "config"),
         (None, {"OCP_HTTP_PORT": "http"}, "transport.http_port"),

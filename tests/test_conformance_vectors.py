@@ -545,6 +545,13 @@ def _artifact_rules(case: Case, now: float) -> None:
         assert artifact["key_fingerprint"] == key_fingerprint(public_key)
         assert artifact["key_fingerprint"] == sha3_256(public_key).hex()[:16]
         artifacts.check_recovery_share(artifact, now=now)
+    elif kind == "certification":
+        public_key = bytes.fromhex(case["signers"][0]["public_key"])
+        assert artifact["certifier"] == multibase_ed25519(public_key)
+        artifacts.verify_certification(artifact, now=now)
+    elif kind == "certification-revocation":
+        assert artifact["certifier"] == case["revokes"]["certifier"]
+        artifacts.verify_certification_revocation(artifact, case["revokes"], now=now)
     else:  # pragma: no cover - a new artifact type needs its rules here
         pytest.fail(f"no rules for {kind}")
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,6 +296,20 @@ def test_backup_under_write_load(tmp_path: Path, daemons: list[Daemon]) -> None:
     assert writes[0] > 10
     assert integrity_check(dest) == ["ok"]
     assert dest.stat().st_mode & 0o777 == 0o600
+    # a registry copy gets its own feed epoch: restored, it is read afresh by peers
+    feed = daemon.listeners["registry"] + "/ocp/v1/registry/sync?since=0"
+    with urllib.request.urlopen(feed, timeout=5) as response:
+        live_epoch = response.headers["OCP-Feed-Epoch"]
+
+    def epoch(path: Path) -> str:
+        conn = sqlite3.connect(path)
+        try:
+            row = conn.execute("SELECT value FROM ocpd_meta WHERE key = 'feed_epoch'").fetchone()
+        finally:
+            conn.close()
+        return str(row[0])
+
+    assert len(epoch(dest)) == 32 and epoch(dest) != live_epoch
     check = run_cli(
         ["db", "check", "--component", "registry"], env={"OCP_DATA_DIR": str(tmp_path / "data")}
     )

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import sqlite3
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import trio
 import trio.testing
 from quart_trio import QuartTrio
 
-from ocpd.client import AgentKey
+from ocpd.client import AgentKey, CertifierKey
 from ocpd.client.registry import build_bond
 from ocpd.clock import WallClock
 from ocpd.config import load_config
@@ -51,6 +52,7 @@ PERMISSIONS = {
 ANCHORS = [AgentKey(SigningKey(bytes([60 + i]) * 32), NETWORK) for i in range(3)]
 X, Y, Z = (AgentKey(SigningKey(bytes([70 + i]) * 32), NETWORK) for i in range(3))
 MALLORY = AgentKey(SigningKey(bytes([90]) * 32), NETWORK)
+CERTIFIER = CertifierKey(SigningKey(bytes([95]) * 32))
 
 
 # --- in-memory network --------------------------------------------------------------------
@@ -86,7 +88,9 @@ class Hosts(httpx.AsyncBaseTransport):
         )
 
 
-def static_feed(changes: list[dict[str, Any]], *, node_id: str | None = None) -> Feed:
+def static_feed(
+    changes: list[dict[str, Any]], *, node_id: str | None = None, epoch: str | None = None
+) -> Feed:
     """A fake peer's feed: ``changes`` with seq 1, 2, … served after ``since``."""
     numbered = [{"seq": i, "kind": c["kind"], "body": c["body"]} for i, c in enumerate(changes, 1)]
 
@@ -97,6 +101,8 @@ def static_feed(changes: list[dict[str, Any]], *, node_id: str | None = None) ->
         page = [c for c in numbered if c["seq"] > since]
         cursor = page[-1]["seq"] if page else since
         headers = {"OCP-Node-Id": node_id} if node_id else {}
+        if epoch is not None:
+            headers["OCP-Feed-Epoch"] = epoch
         return httpx.Response(
             200, json={"changes": page, "cursor": cursor, "more": False}, headers=headers
         )
@@ -261,6 +267,7 @@ async def network(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Callab
             f"registry:\n  mode: federated\n  sync_interval_seconds: {interval}\n"
             f"  peers: [{', '.join(peers)}]\n"
             f"trust:\n  anchors: [{', '.join(a.agent_id for a in ANCHORS)}]\n"
+            f"  certifier_keys: [{CERTIFIER.multibase}]\n"
             "rate_limiting:\n  enabled: false\n",
             encoding="utf-8",
         )
@@ -676,6 +683,37 @@ async def test_a_peer_that_lost_its_data_is_read_again_from_the_start(network: A
         assert b.rows("SELECT cursor, node_id FROM federation_peers") == [(1, second)]
 
 
+async def test_a_peer_restored_from_a_backup_is_read_again(network: Any) -> None:
+    with trio.fail_after(TIMEOUT):
+        hosts = network.hosts
+        b = await network("b", ["https://fake.test"])
+        same = format_node_id(SigningKey(b"\x01" * 32).public_key)
+        source = await network("src", ["https://b.test"])
+        await source.register(X)
+        await source.register(Y)
+        await source.register(Z)
+        _, feed = await source.get("/sync?since=0")
+        changes = feed["changes"]
+        hosts.feeds["fake.test"] = static_feed(changes[:2], node_id=same, epoch="a" * 32)
+        fake = next(p for p in b.federation.peers if p.label == "https://fake.test")
+        await b.federation.pull(fake)
+        assert fake.cursor == 2
+        # restored from a backup taken after one change: same identity, new
+        # epoch, and its next change numbered 2 again, behind b's cursor
+        hosts.feeds["fake.test"] = static_feed(
+            [changes[0], changes[2]], node_id=same, epoch="b" * 32
+        )
+        await b.federation.pull(fake)
+        assert fake.cursor == 2 and fake.feed_epoch == "b" * 32
+        _, got = await b.get(f"/agents/{Z.agent_id}")
+        assert got["record"]["agent_id"] == Z.agent_id
+        assert b.rows("SELECT cursor, feed_epoch FROM federation_peers") == [(2, "b" * 32)]
+        # a feed without the header (an older ocpd) changes nothing
+        hosts.feeds["fake.test"] = static_feed([changes[0], changes[2]], node_id=same)
+        await b.federation.pull(fake)
+        assert fake.cursor == 2 and fake.feed_epoch == "b" * 32
+
+
 async def test_a_push_makes_peers_pull_at_once(network: Any) -> None:
     with trio.fail_after(TIMEOUT):
         hosts = network.hosts
@@ -819,3 +857,81 @@ async def test_an_artifact_dated_ahead_of_this_clock_waits(network: Any) -> None
         assert (tally.deferred, tally.rejected) == (1, 0)
         assert a.rows("SELECT kind FROM federation_parked") == [("vouch",)]
         assert a.metric("ocpd_federation_deferred_total", peer="https://ahead.test", kind="vouch")
+
+
+async def test_certifications_travel_and_forged_ones_are_rejected(network: Any) -> None:
+    with trio.fail_after(TIMEOUT):
+        hosts = network.hosts
+        a = await network("a", ["https://b.test"])
+        b = await network("b", ["https://a.test", "https://evil.test"])
+        await seed(a)  # X is Level 3 at A
+        certification = CERTIFIER.certify(X.agent_id, days=30, scope=["finance"])
+        status, body = await a.post(Y, "/certifications", certification)
+        assert status == 201 and body["subject_level"] == 4, body
+        tally = await b.pull("a")
+        assert tally.rejected == 0 and tally.deferred == 0
+        assert b.level(X) == a.level(X) == 4
+        _, trust = await b.get(f"/agents/{X.agent_id}/trust")
+        assert trust["trust_level"] == 4 and "governance_vote" in trust["permissions"]
+        stored = b.rows("SELECT artifact FROM certifications")
+        assert [json.loads(text) for (text,) in stored] == [certification]
+
+        # the fake peer serves forgeries, and a genuine certification under a
+        # key B does not name
+        forged = sign(
+            {k: v for k, v in CERTIFIER.certify(Y.agent_id).items() if k != "signature"},
+            MALLORY.key,
+        )
+        flipped = {**certification, "subject": Y.agent_id}
+        longer = {**certification, "expires_at": format_timestamp(time.time() + 300 * 86_400)}
+        revocation = CERTIFIER.revoke(certification)
+        forged_revocation = sign(
+            {k: v for k, v in revocation.items() if k != "signature"}, MALLORY.key
+        )
+        stranger = CertifierKey(SigningKey(bytes([96]) * 32))
+        unknown = stranger.certify(Y.agent_id)
+        hosts.feeds["evil.test"] = static_feed(
+            [
+                {"kind": "certification", "body": forged},
+                {"kind": "certification", "body": flipped},
+                {"kind": "certification", "body": longer},
+                {"kind": "certification_revocation", "body": forged_revocation},
+                {"kind": "certification", "body": unknown},
+                {"kind": "certification_revocation", "body": stranger.revoke(unknown)},
+            ]
+        )
+        before = b.change_count()
+        evil = next(p for p in b.federation.peers if p.label == "https://evil.test")
+        tally = await b.federation.pull(evil)
+        assert (tally.stored, tally.rejected, tally.unchanged, tally.deferred) == (0, 4, 2, 0)
+        peer = "https://evil.test"
+        assert b.metric("ocpd_federation_rejected_total", peer=peer, kind="certification") == 3
+        assert (
+            b.metric("ocpd_federation_rejected_total", peer=peer, kind="certification_revocation")
+            == 1
+        )
+        assert b.change_count() == before and b.level(X) == 4 and b.level(Y) == 1
+        assert b.rows("SELECT count(*) FROM certifications") == [(1,)]
+
+        # the certifier's revocation travels too: X is back to Level 3 everywhere
+        status, body = await a.post(Y, "/certifications/revocations", revocation)
+        assert status == 200 and body["subject_level"] == 3, body
+        await b.pull("a")
+        assert b.level(X) == 3
+        assert b.rows("SELECT revoked_at IS NOT NULL FROM certifications") == [(1,)]
+        assert b.kinds()[-2:] == ["certification", "certification_revocation"]
+
+
+def test_log_lines_name_the_cause_of_a_bare_error() -> None:
+    from ocpd.registry.federation import _describe
+
+    try:
+        try:
+            raise ssl.SSLCertVerificationError("certificate verify failed: unable to get issuer")
+        except ssl.SSLError as inner:
+            raise httpx.ConnectError("") from inner
+    except httpx.ConnectError as exc:
+        described = _describe(exc)
+    assert described.startswith("ConnectError <- SSLCertVerificationError")
+    assert "certificate verify failed" in described
+    assert _describe(ValueError("plain")) == "ValueError: plain"

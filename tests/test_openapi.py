@@ -37,7 +37,7 @@ from quart_trio import QuartTrio
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from ocpd.client import AgentKey, RegistryClient, RegistryError
+from ocpd.client import AgentKey, CertifierKey, RegistryClient, RegistryError
 from ocpd.client.registry import build_bond
 from ocpd.clock import WallClock
 from ocpd.components import ComponentContext, build_component
@@ -46,6 +46,7 @@ from ocpd.identity import init_identity
 from ocpd.proto.auth import build_authorization
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.diddoc import rotate_did_document, sign_did_update
+from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.ids import format_node_id, new_message_id
 from ocpd.proto.netartifacts import build_node_advertisement
 from ocpd.storage import Database, open_database
@@ -73,6 +74,7 @@ PERMISSIONS = {
     "model_delta_share": {"enabled": False},
 }
 DISCOVERY_PER_MINUTE = 5
+CERTIFIER = CertifierKey(SigningKey(bytes([50]) * 32))
 TIMEOUT = 60
 
 
@@ -188,6 +190,8 @@ def test_every_ref_resolves() -> None:
         "bond.json",
         "bond-revocation.json",
         "interaction-rating.json",
+        "certification.json",
+        "certification-revocation.json",
         "node-advertisement.v1.json",
     }
 
@@ -329,7 +333,9 @@ async def _build(
     config_file.write_text(
         f"node:\n  network: {NETWORK}\n"
         f"registry:\n  mode: {mode}\n{peers}"
+        f"  session_reporters: [{anchors[2].agent_id}]\n"
         f"trust:\n  anchors: [{', '.join(a.agent_id for a in anchors)}]\n"
+        f"  certifier_keys: [{CERTIFIER.multibase}]\n"
         f"rate_limiting:\n  discovery_per_minute: {DISCOVERY_PER_MINUTE}\n",
         encoding="utf-8",
     )
@@ -631,6 +637,27 @@ async def test_sdk_traffic_matches_the_spec(harness: Harness) -> None:
         )
         signed = a1.sign_bond(a0.sign_bond(bond))
         assert (await a0.submit_bond(signed))["state"] == "active"
+
+        # a certification lifts the bonded anchor to Level 4; the same again is
+        # not stored twice; an unknown certifier and a forgery are refused
+        certification = CERTIFIER.certify(harness.anchors[0].agent_id, scope=["finance"])
+        assert (await cx.submit_certification(certification))["subject_level"] == 4
+        async with harness.http() as http:
+            again = await _signed_post(http, x, "/ocp/v1/registry/certifications", certification)
+        assert again.json()["stored"] is False
+        stranger = CertifierKey.generate().certify(harness.anchors[1].agent_id)
+        assert await _status(cx.submit_certification(stranger)) == 403
+        forged = {**certification, "subject": harness.anchors[1].agent_id}
+        assert await _status(cx.submit_certification(forged)) == 401
+        bad_next()
+        too_long = CERTIFIER.certify(harness.anchors[1].agent_id, days=366)
+        assert await _status(cx.submit_certification(too_long)) == 400
+        unknown = CERTIFIER.certify(AgentKey.generate(NETWORK).agent_id)
+        assert await _status(cx.submit_certification(unknown)) == 404
+        revoked = await cx.revoke_certification(CERTIFIER.revoke(certification))
+        assert revoked["subject_level"] == 3
+        elsewhere = CERTIFIER.revoke(CERTIFIER.certify(harness.anchors[1].agent_id))
+        assert await _status(cx.revoke_certification(elsewhere)) == 404
         one_sided = a0.sign_bond(
             build_bond(
                 harness.anchors[0].agent_id,
@@ -646,6 +673,23 @@ async def test_sdk_traffic_matches_the_spec(harness: Harness) -> None:
 
         # ratings
         await cy.rate(x.agent_id, 0.9, interaction_id=new_message_id())
+
+        # session time, by the configured reporter only
+        sessions = {
+            "sessions": [
+                {
+                    "agent_id": agent_id,
+                    "started_at": format_timestamp(time.time() - 30),
+                    "ended_at": format_timestamp(time.time()),
+                }
+                for agent_id in (x.agent_id, AgentKey.generate(NETWORK).agent_id)
+            ]
+        }
+        async with harness.http() as http:
+            path = "/ocp/v1/registry/sessions"
+            counted = await _signed_post(http, harness.anchors[2], path, sessions)
+            assert counted.status_code == 200 and counted.json()["counted"] == 1
+            assert (await _signed_post(http, y, path, sessions)).status_code == 403
 
         # key rotation: the new document is signed by the current key
         new_key = SigningKey.generate()
@@ -702,6 +746,8 @@ async def test_sdk_traffic_matches_the_spec(harness: Harness) -> None:
                 "bond_revocation",
                 "rating",
                 "did_update",
+                "certification",
+                "certification_revocation",
             }
             bad_next()
             assert (await http.get("/ocp/v1/registry/sync?since=x")).status_code == 400
@@ -774,6 +820,11 @@ def test_sdk_builders_produce_documented_bodies() -> None:
     bond = build_bond(agent.agent_id, other.agent_id, permissions=PERMISSIONS, now=time.time())
     signed = RegistryClient("https://registry.test", other).sign_bond(client.sign_bond(bond))
     assert schema_errors(_request_schema("post", "/ocp/v1/registry/bonds"), signed) == []
+    certification = CERTIFIER.certify(agent.agent_id, scope=["finance"], statement="audited")
+    path = "/ocp/v1/registry/certifications"
+    assert schema_errors(_request_schema("post", path), certification) == []
+    revocation = CERTIFIER.revoke(certification, reason="audit withdrawn")
+    assert schema_errors(_request_schema("post", f"{path}/revocations"), revocation) == []
     # The schemas bite: a record without capabilities is not a registration.
     broken = {"record": {**record, "capabilities": []}, "did_document": agent.did_document()}
     assert schema_errors(_request_schema("post", "/ocp/v1/registry/agents"), broken)
@@ -788,6 +839,8 @@ async def test_federation_push_matches_the_spec(federated: Harness) -> None:
                 await http.post(path, json={"node_id": node_id, "cursor": 7})
             ).status_code == 202
             assert (await http.post(path, content=b"[1]")).status_code == 400
+            oversized = json.dumps({"node_id": node_id, "cursor": 7, "pad": "x" * 5000})
+            assert (await http.post(path, content=oversized)).status_code == 413
     problems = []
     for i, exchange in enumerate(federated.exchanges):
         problems += exchange_problems(exchange, request_valid=i == 0)

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from daemon_process import Daemon, TlsFiles
-from ocpd.client import AgentKey, RegistryClient, RegistryError
+from ocpd.client import AgentKey, CertifierKey, RegistryClient, RegistryError
 from ocpd.client.registry import build_bond
 from ocpd.proto.artifacts import sign
 from ocpd.proto.auth import build_authorization
@@ -37,10 +37,14 @@ class World:
         self.x, self.y, self.z = (
             AgentKey(SigningKey(bytes([20 + i]) * 32), NETWORK) for i in range(3)
         )
+        self.certifier = CertifierKey(SigningKey(bytes([30]) * 32))
+        self.reporter = AgentKey(SigningKey(bytes([31]) * 32), NETWORK)  # a node service agent
         config = tmp / "ocpd.yml"
         config.write_text(
             "trust:\n  anchors: [" + ", ".join(a.agent_id for a in self.anchors) + "]\n"
+            f"  certifier_keys: [{self.certifier.multibase}]\n"
             "registry:\n  cleanup_interval_seconds: 1\n"
+            f"  session_reporters: [{self.reporter.agent_id}]\n"
         )
         self.tls = tls
         self.daemon = Daemon(
@@ -357,3 +361,99 @@ async def test_fresh_agents_cannot_raise_a_level(world: World) -> None:
                 assert refused.value.code == "OCP-403"
         async with world.client(world.x) as x:
             assert (await x.trust(world.x.agent_id))["trust_level"] == 1
+
+
+async def test_a_certification_lifts_level_3_to_level_4_until_revoked(world: World) -> None:
+    with trio.fail_after(60):
+        for anchor in world.anchors:
+            await _register(world, anchor, domains=["finance"])
+        await _register(world, world.x)
+        # Level 3 as in the first test: three anchor vouches, then a bond with an anchor
+        for anchor in world.anchors:
+            async with world.client(anchor) as client:
+                await client.vouch(world.x.agent_id)
+        bond = build_bond(
+            world.x.agent_id, world.anchors[0].agent_id, permissions=PERMISSIONS, now=time.time()
+        )
+        async with world.client(world.anchors[0]) as anchor_client, world.client(world.x) as x:
+            await x.submit_bond(anchor_client.sign_bond(x.sign_bond(bond)))
+            assert (await x.trust(world.x.agent_id))["trust_level"] == 3
+
+            # a certifier key the registry does not name is refused
+            stranger = CertifierKey.generate().certify(world.x.agent_id)
+            with pytest.raises(RegistryError) as refused:
+                await x.submit_certification(stranger)
+            assert refused.value.code == "OCP-403"
+            assert refused.value.details["reason"] == "unknown_certifier"
+            # a certification altered after signing is a forgery
+            certification = world.certifier.certify(world.x.agent_id, days=90, scope=["oncology"])
+            with pytest.raises(RegistryError) as forged:
+                await x.submit_certification({**certification, "expires_at": _in_days(200)})
+            assert forged.value.code == "OCP-401"
+
+            stored = await x.submit_certification(certification)
+            assert stored["stored"] is True and stored["subject_level"] == 4
+            trust = await x.trust(world.x.agent_id)
+            assert trust["trust_level"] == 4
+            assert "governance_vote" in trust["permissions"]
+            assert (await x.get_agent(world.x.agent_id))["trust_level"] == 4
+            assert (await x.discover(min_trust_level=4))["total"] == 1
+
+            # the certifier's revocation, submitted by another agent, ends it
+            revoked = await anchor_client.revoke_certification(
+                world.certifier.revoke(certification)
+            )
+            assert revoked["revoked"] is True and revoked["subject_level"] == 3
+            assert (await x.trust(world.x.agent_id))["trust_level"] == 3
+
+        kinds = [c["kind"] for c in _feed(world, "?since=0&limit=100")["changes"]]
+        assert kinds[-2:] == ["certification", "certification_revocation"]
+
+    # the revocation is durable
+    assert world.daemon.stop() == 0
+    world.daemon = Daemon(
+        world.daemon.data_dir, component="registry", tls=world.tls, env=world.daemon.env
+    )
+    world.daemon.start()
+    world.daemon.wait_ready()
+    with trio.fail_after(30):
+        async with world.client(world.x) as x:
+            assert (await x.trust(world.x.agent_id))["trust_level"] == 3
+
+
+def _in_days(days: float) -> str:
+    return format_timestamp(time.time() + days * 86_400)
+
+
+async def test_uptime_from_on_time_renewals_and_reported_sessions(world: World) -> None:
+    with trio.fail_after(60):
+        for agent in (world.reporter, world.y, world.z):
+            await _register(world, agent)
+        await _register(world, world.x, ttl=60)
+        async with world.client(world.x) as x:
+            assert (await x.trust(world.x.agent_id))["components"]["uptime_ratio"] == 0.0
+            await trio.sleep(1)
+            # renewed long before the 60 s ttl ran out: the second between counts
+            await _register(world, world.x, ttl=60, now=time.time() + 1)
+            assert (await x.trust(world.x.agent_id))["components"]["uptime_ratio"] > 0.5
+
+            # session time, reported over HTTP by the configured node service agent
+            assert (await x.trust(world.y.agent_id))["components"]["uptime_ratio"] == 0.0
+            session = {
+                "sessions": [
+                    {
+                        "agent_id": world.y.agent_id,
+                        "started_at": format_timestamp(time.time() - 30),
+                        "ended_at": format_timestamp(time.time(), fraction_digits=6),
+                    }
+                ]
+            }
+            status, body, _ = _signed_post(world, world.reporter, "/sessions", session)
+            assert (status, body) == (200, {"counted": 1, "unknown_agents": []})
+            assert (await x.trust(world.y.agent_id))["components"]["uptime_ratio"] > 0.0
+
+            # any other agent is refused, and nothing is counted
+            session["sessions"][0]["agent_id"] = world.z.agent_id
+            status, body, _ = _signed_post(world, world.z, "/sessions", session)
+            assert status == 403 and body["error_code"] == "OCP-403"
+            assert (await x.trust(world.z.agent_id))["components"]["uptime_ratio"] == 0.0

@@ -91,6 +91,8 @@ EXPECTED_NAMES = sorted(
         "vouch-revocation",
         "bond",
         "bond-revocation",
+        "certification",
+        "certification-revocation",
         "consensus-vote",
         "interaction-rating",
         "recovery-share",

@@ -1,4 +1,4 @@
-"""Every code block of docs/sdk.md runs, in order, against a real registry."""
+"""Every code block of docs/sdk.md runs, in order, against a real daemon (registry and node)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from daemon_process import Daemon, TlsFiles
-from ocpd.client import AgentKey, RegistryClient
+from ocpd.client import AgentKey, CertifierKey, RegistryClient
 
 DOC = Path(__file__).parent.parent / "docs" / "sdk.md"
 
@@ -52,18 +52,26 @@ def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         path = tmp_path / f"anchor{i}.key"
         anchor.save(path)
         key_files.append(str(path))
+    certifier = CertifierKey.generate()
+    certifier.save(tmp_path / "certifier.key")
     config = tmp_path / "ocpd.yml"
-    config.write_text("trust:\n  anchors: [" + ", ".join(a.agent_id for a in anchors) + "]\n")
-    daemon = Daemon(
-        tmp_path / "data", component="registry", tls=tls, env={"OCP_CONFIG": str(config)}
+    config.write_text(
+        "trust:\n  anchors: [" + ", ".join(a.agent_id for a in anchors) + "]\n"
+        f"  certifier_keys: [{certifier.multibase}]\n"
     )
+    # The whole daemon: the guide goes on from the registry to messages through the node.
+    daemon = Daemon(tmp_path / "data", component="all", tls=tls, env={"OCP_CONFIG": str(config)})
     daemon.start()
     try:
-        url = daemon.wait_ready()["registry"]
+        listeners = daemon.wait_ready()
+        url = listeners["registry"]
         monkeypatch.setenv("OCP_REGISTRY_URL", url)
+        monkeypatch.setenv("OCP_NODE_URL", listeners["ws"])
+        monkeypatch.setenv("OCP_NODE_HTTP_URL", listeners["http"])
         monkeypatch.setenv("OCP_CA_FILE", str(tls.ca_file))
         monkeypatch.setenv("OCP_ANCHOR_KEYS", ",".join(key_files))
         monkeypatch.setenv("OCP_NETWORK", "testnet")
+        monkeypatch.setenv("OCP_CERTIFIER_KEY", str(tmp_path / "certifier.key"))
         # The anchors register first, as an operator would have them do.
         trio.run(_register_anchors, url, anchors, tls.client_context())
         namespace: dict[str, object] = {"os": os}
@@ -75,5 +83,10 @@ def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert "active 1" in printed
         assert "2 3" in printed  # level 2 after three vouches
         assert "OCP-403" in printed
+        assert "certified 4" in printed
+        assert "ws {'status': 'received'}" in printed  # an encrypted message, acknowledged
+        assert "OCP-404 404" in printed  # over HTTPS, to an unknown agent
+        assert "alice got processed" in printed
+        assert "asyncio http True" in printed
     finally:
         assert daemon.stop() == 0

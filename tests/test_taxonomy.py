@@ -343,3 +343,13 @@ def test_parse_skips_comments_and_blank_lines() -> None:
 def test_parse_is_strict(text: str, line: int) -> None:
     with pytest.raises(MalformedError, match=f"line {line}"):
         parse_taxonomy(text)
+
+
+def test_stored_paths_survive_a_changed_tree() -> None:
+    tree = Taxonomy.from_paths(["a.b.leaf", "x.y"])
+    assert tree.stored_path("leaf") == "a.b.leaf"
+    # the leaf became ambiguous, or its path left the tree: filed as stored
+    assert tree.extended(["x.leaf"]).stored_path("leaf") == "leaf"
+    assert tree.stored_path("gone.path") == "gone.path"
+    with pytest.raises(MalformedError):
+        tree.stored_path("Not A Path")

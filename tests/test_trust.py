@@ -26,6 +26,7 @@ from ocpd.proto.trust import (
     compute_levels,
     compute_score,
     counted_vouches,
+    next_level_change,
     permissions_for_level,
 )
 
@@ -405,6 +406,35 @@ def test_level_4_is_cumulative() -> None:
 def test_certification_time_window(issued: float, expires: float, level: int) -> None:
     c = cert("a1", issued=issued, expires=expires)
     assert levels_of(anchored(), [], [bond("a1", "a2")], [c], anchors=ANCHORS)["a1"] == level
+
+
+def test_a_revoked_certification_no_longer_counts() -> None:
+    revoked = attrs.evolve(cert("a1"), revoked=True)
+    assert levels_of(anchored(), [], [bond("a1", "a2")], [revoked], anchors=ANCHORS)["a1"] == 3
+    assert not revoked.in_force(NOW)
+
+
+# --- when levels change by themselves ----------------------------------------------------------
+
+
+def test_next_level_change_is_the_first_start_or_expiry_after_now() -> None:
+    assert next_level_change([], [], [], now=NOW) == math.inf
+    facts_at = (
+        [vouch("a1", "x", expires=NOW + 5 * DAY)],
+        [bond("a1", "a2", expires=NOW + 3 * DAY)],
+        [cert("a1", expires=NOW + 2 * DAY), cert("a2", issued=NOW + DAY, expires=NOW + 9 * DAY)],
+    )
+    assert next_level_change(*facts_at, now=NOW) == NOW + DAY  # a2's certification starts
+    assert next_level_change(*facts_at, now=NOW + DAY) == NOW + 2 * DAY  # a1's expires
+    assert next_level_change(*facts_at, now=NOW + 2 * DAY) == NOW + 3 * DAY  # the bond's
+    assert next_level_change(*facts_at, now=NOW + 9 * DAY) == math.inf  # all over
+
+
+def test_revoked_and_expired_facts_never_change_levels_again() -> None:
+    revoked = [attrs.evolve(cert("a1", expires=NOW + DAY), revoked=True)]
+    assert next_level_change([], [], revoked, now=NOW) == math.inf
+    gone = [vouch("a1", "x", issued=NOW - 2 * DAY, expires=NOW - DAY)]
+    assert next_level_change(gone, [bond("a1", "a2", revoked=True)], [], now=NOW) == math.inf
 
 
 def test_facts_must_be_filed_under_their_own_id() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 import ocpd
+from ocpd import agent_cli
 from ocpd.clock import WallClock
 from ocpd.config import COMPONENTS, Config, ConfigError, config_to_yaml, load_config
 from ocpd.identity import (
@@ -113,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--component", choices=COMPONENTS, default=None)
     health.add_argument("--port", type=int, help="port to probe (default: $OCP_HEALTH_PORT)")
     health.add_argument("--timeout", type=float, default=4.0)
+
+    agent_cli.add_parser(sub)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -224,11 +227,32 @@ def _cmd_backup(args: argparse.Namespace) -> int:
                 continue
             raise CliError(f"no {component} database at {source}")
         backup_database(source, targets[component])
+        if component == "registry":
+            _new_feed_epoch(targets[component])
         status = integrity_check(targets[component])
         if status != ["ok"]:
             raise CliError(f"backup of {component} failed its integrity check: {status[0]}")
         print(f"{component}: {source} -> {targets[component]}")
     return 0
+
+
+def _new_feed_epoch(path: Path) -> None:
+    """Give a registry backup its own feed epoch.
+
+    Restored, the copy numbers new changes from its own position, which its
+    federation peers' cursors may have passed; a new epoch tells them to read
+    its feed again from the start (decision 56).
+    """
+    import sqlite3
+
+    from ocpd.registry.tables import new_feed_epoch_txn
+
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            new_feed_epoch_txn(conn)
+    finally:
+        conn.close()
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -295,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backup": _cmd_backup,
         "db": _cmd_db,
         "healthcheck": _cmd_healthcheck,
+        "agent": agent_cli.run,
     }
     try:
         return handlers[args.command](args)

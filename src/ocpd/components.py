@@ -9,12 +9,13 @@ on that port's app.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 if TYPE_CHECKING:
+    import trio
     from quart_trio import QuartTrio
 
     from ocpd.clock import WallClock
@@ -23,9 +24,14 @@ if TYPE_CHECKING:
     from ocpd.storage import Database
     from ocpd.web import Metrics
 
-__all__ = ["ComponentContext", "ComponentRuntime", "build_component"]
+__all__ = ["START_ORDER", "ComponentContext", "ComponentRuntime", "build_component"]
 
 Service = Callable[..., Awaitable[None]]
+
+#: Components are built and their services started in this order, so that a
+#: component can use those before it: the node uses the registry in-process
+#: when both run (``--component all``), and the transport starts last.
+START_ORDER: Final = ("registry", "custodian", "node")
 
 
 @attrs.define
@@ -38,6 +44,10 @@ class ComponentContext:
     identity: NodeIdentity
     metrics: Metrics
     clock: WallClock
+    #: Runtimes of the components built before this one in the same process.
+    siblings: Mapping[str, ComponentRuntime] = attrs.Factory(dict)
+    #: Set when the daemon begins to stop (before listeners drain).
+    stopping: trio.Event | None = None
 
 
 @attrs.define
@@ -57,4 +67,8 @@ def build_component(ctx: ComponentContext) -> ComponentRuntime:
         from ocpd.registry.component import build_registry
 
         build_registry(ctx, runtime)
+    elif ctx.component == "node":
+        from ocpd.node.component import build_node
+
+        build_node(ctx, runtime)
     return runtime

@@ -21,6 +21,9 @@ import cattrs
 import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from ocpd.proto.errors import MalformedError
+from ocpd.proto.ids import parse_agent_id, parse_multibase_ed25519
+from ocpd.proto.taxonomy import check_path
 from ocpd.proto.trust import DEFAULT_WEIGHTS, check_weights
 
 if TYPE_CHECKING:
@@ -136,6 +139,15 @@ class WebSocketSection:
     auth_timeout_seconds: float = attrs.field(
         default=5.0, validator=_range("transport.websocket.auth_timeout_seconds", 0.1, 60)
     )
+    session_ttl_seconds: int = attrs.field(
+        default=86_400, validator=_range("transport.websocket.session_ttl_seconds", 60, 604_800)
+    )
+    ping_interval_seconds: float = attrs.field(
+        default=30.0, validator=_range("transport.websocket.ping_interval_seconds", 1, 3600)
+    )
+    max_pending_per_ip: int = attrs.field(
+        default=64, validator=_range("transport.websocket.max_pending_per_ip", 1)
+    )
 
 
 @attrs.frozen
@@ -150,6 +162,20 @@ class TransportSection:
     )
     clock_skew_seconds: float = attrs.field(
         default=60.0, validator=_range("transport.clock_skew_seconds", 0, 600)
+    )
+    registry_url: str | None = None
+    registry_ca_file: str | None = None
+    directory_cache_seconds: float = attrs.field(
+        default=30.0, validator=_range("transport.directory_cache_seconds", 0, 3600)
+    )
+    directory_negative_cache_seconds: float = attrs.field(
+        default=5.0, validator=_range("transport.directory_negative_cache_seconds", 0, 3600)
+    )
+    sweep_interval_seconds: float = attrs.field(
+        default=60.0, validator=_range("transport.sweep_interval_seconds", 1, 86_400)
+    )
+    interaction_retention_days: int = attrs.field(
+        default=30, validator=_range("transport.interaction_retention_days", 1, 3650)
     )
     websocket: WebSocketSection = attrs.Factory(WebSocketSection)
 
@@ -172,6 +198,8 @@ class RegistrySection:
     cleanup_interval_seconds: float = attrs.field(
         default=60.0, validator=_range("registry.cleanup_interval_seconds", 1, 86_400)
     )
+    session_reporters: tuple[str, ...] = ()
+    """did:ocp agent ids of node service agents that may report session time (D7 uptime)."""
 
 
 @attrs.frozen
@@ -180,6 +208,13 @@ class TrustSection:
     vouch_threshold: int = attrs.field(default=3, validator=_range("trust.vouch_threshold", 1, 100))
     anchors: tuple[str, ...] = ()
     certifier_keys: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class TaxonomySection:
+    """Domain paths added to the shipped taxonomy (D7); ancestors are implied."""
+
+    extensions: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -228,6 +263,9 @@ class RateLimitingSection:
     knowledge_per_minute: int = attrs.field(
         default=50, validator=_range("rate_limiting.knowledge_per_minute", 1)
     )
+    session_reports_per_minute: int = attrs.field(
+        default=60, validator=_range("rate_limiting.session_reports_per_minute", 1)
+    )
 
 
 @attrs.frozen
@@ -252,6 +290,7 @@ class Config:
     transport: TransportSection = attrs.Factory(TransportSection)
     registry: RegistrySection = attrs.Factory(RegistrySection)
     trust: TrustSection = attrs.Factory(TrustSection)
+    taxonomy: TaxonomySection = attrs.Factory(TaxonomySection)
     knowledge: KnowledgeSection = attrs.Factory(KnowledgeSection)
     collaboration: CollaborationSection = attrs.Factory(CollaborationSection)
     custodian: CustodianSection = attrs.Factory(CustodianSection)
@@ -279,6 +318,8 @@ class Config:
         data["node"]["data_dir"] = str(self.data_dir)
         if mask_secrets:
             data["registry"]["peers"] = [_mask_url(u) for u in self.registry.peers]
+            if self.transport.registry_url is not None:
+                data["transport"]["registry_url"] = _mask_url(self.transport.registry_url)
         return data
 
 
@@ -316,6 +357,17 @@ def _make_converter() -> cattrs.Converter:
             raise TypeError("must be a string")
         return value
 
+    def strict_str_list(value: object, _: type) -> tuple[str, ...]:
+        # A bare string is iterable: without this check "a" would become ("a",)
+        # and "abc" three one-letter entries.
+        if not isinstance(value, list | tuple):
+            raise TypeError("must be a list of strings")
+        for item in value:
+            if not isinstance(item, str):
+                raise TypeError("must be a list of strings")
+        return tuple(value)
+
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], strict_str_list)
     converter.register_structure_hook(bool, strict_bool)
     converter.register_structure_hook(int, strict_int)
     converter.register_structure_hook(float, strict_float)
@@ -371,8 +423,11 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "OCP_TLS_KEY": ("transport.tls_key", "str"),
     "OCP_TLS_UPSTREAM": ("transport.tls_terminated_upstream", "bool"),
     "OCP_REGISTRY_PEERS": ("registry.peers", "list"),
+    "OCP_REGISTRY_URL": ("transport.registry_url", "str"),
     "OCP_REGISTRY_MODE": ("registry.mode", "str"),
     "OCP_MAX_AGENTS": ("registry.max_agents", "int"),
+    "OCP_REGISTRY_SESSION_REPORTERS": ("registry.session_reporters", "list"),
+    "OCP_TAXONOMY_EXTENSIONS": ("taxonomy.extensions", "list"),
     "OCP_RATE_LIMIT_ENABLED": ("rate_limiting.enabled", "bool"),
     "OCP_CUSTODIAN_KEY_FILE": ("custodian.key_file", "str"),
     "OCP_CUSTODIAN_DEV_MODE": ("custodian.development_mode", "bool"),
@@ -435,10 +490,42 @@ def _check_cross_field(config: Config) -> None:
         check_weights(config.trust.weights)
     except ValueError as exc:
         raise ConfigError("trust.weights", str(exc)) from None
+    for i, certifier in enumerate(config.trust.certifier_keys):
+        try:
+            parse_multibase_ed25519(certifier, field="certifier key")
+        except MalformedError:
+            raise ConfigError(
+                f"trust.certifier_keys.{i}", "must be a multibase Ed25519 public key (z6Mk…)"
+            ) from None
     for i, peer in enumerate(config.registry.peers):
         parts = urlsplit(peer)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ConfigError(f"registry.peers.{i}", "must be an http(s) URL")
+    if t.registry_url is not None:
+        parts = urlsplit(t.registry_url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError("transport.registry_url", "must be an http(s) URL")
+    if t.registry_ca_file is not None:
+        _check_readable("transport.registry_ca_file", t.registry_ca_file)
+        try:
+            ssl.create_default_context().load_verify_locations(t.registry_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise ConfigError(
+                "transport.registry_ca_file", f"cannot load the CA certificates: {reason}"
+            ) from None
+    for i, reporter in enumerate(config.registry.session_reporters):
+        try:
+            network, _ = parse_agent_id(reporter)
+        except MalformedError:
+            raise ConfigError(
+                f"registry.session_reporters.{i}", "must be a did:ocp agent id"
+            ) from None
+        if network != config.node.network:
+            raise ConfigError(
+                f"registry.session_reporters.{i}",
+                f"must be an agent of network {config.node.network!r}",
+            )
     if config.registry.mode == "federated" and not config.registry.peers:
         raise ConfigError("registry.peers", "federated mode needs at least one peer")
     if config.registry.peer_ca_file is not None:
@@ -450,6 +537,11 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(
                 "registry.peer_ca_file", f"cannot load the CA certificates: {reason}"
             ) from None
+    for i, path in enumerate(config.taxonomy.extensions):
+        try:
+            check_path(path)
+        except MalformedError as exc:
+            raise ConfigError(f"taxonomy.extensions.{i}", exc.message) from None
     if config.custodian.key_file is not None:
         _check_readable("custodian.key_file", config.custodian.key_file)
 

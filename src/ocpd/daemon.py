@@ -32,7 +32,7 @@ from hypercorn.trio import serve
 
 import ocpd
 from ocpd.clock import WallClock
-from ocpd.components import ComponentContext, build_component
+from ocpd.components import START_ORDER, ComponentContext, ComponentRuntime, build_component
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, log_event, log_fields
@@ -103,7 +103,7 @@ def check_exposure(config: Config) -> None:
         )
 
 
-def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
+def _hypercorn_config(config: Config, port: int, port_name: str = "") -> HypercornConfig:
     hc = _TlsConfig()
     host = config.node.host
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -114,6 +114,20 @@ def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
     if config.tls_enabled:
         hc.certfile = config.transport.tls_cert
         hc.keyfile = config.transport.tls_key
+    if port_name == "ws":
+        ws = config.transport.websocket
+        # Hypercorn closes with 1009 as soon as a message grows past this,
+        # before it is buffered whole; it pings every interval, and a
+        # connection that sends nothing for two intervals (no pong either)
+        # is dropped. A TLS handshake gets the auth timeout, not 60 s.
+        hc.websocket_max_message_size = config.transport.max_message_bytes
+        hc.websocket_ping_interval = ws.ping_interval_seconds
+        hc.read_timeout = int(2 * ws.ping_interval_seconds + ws.auth_timeout_seconds) + 1
+        hc.ssl_handshake_timeout = ws.auth_timeout_seconds
+        # Sessions drain and close themselves when the daemon stops; what is
+        # left are hypercorn's ping tasks of closed connections, which sleep
+        # out their interval before they notice. Do not wait for those.
+        hc.graceful_timeout = min(config.node.shutdown_grace_seconds, 5.0)
     return hc
 
 
@@ -241,8 +255,10 @@ async def _supervise(
     for c in components:
         metrics.info.labels(ocpd.__version__, config.node.network, c).set(1)
 
-    runtimes = {
-        c: build_component(
+    ordered = sorted(components, key=START_ORDER.index)
+    runtimes: dict[str, ComponentRuntime] = {}
+    for c in ordered:
+        runtimes[c] = build_component(
             ComponentContext(
                 component=c,
                 config=config,
@@ -250,17 +266,17 @@ async def _supervise(
                 identity=identity,
                 metrics=metrics,
                 clock=clock,
+                siblings=dict(runtimes),
+                stopping=stopper.stop,
             )
         )
-        for c in components
-    }
 
     with trio.CancelScope() as force:
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, stopper, force, notifier)
             for c in components:
                 await services.start(databases[c].run)
-            for c in components:
+            for c in ordered:
                 for service in runtimes[c].services:
                     await services.start(service)
             listeners: dict[str, str] = {}
@@ -277,7 +293,7 @@ async def _supervise(
                             partial(
                                 serve,
                                 app,
-                                _hypercorn_config(config, port),
+                                _hypercorn_config(config, port, port_name),
                                 shutdown_trigger=stopper.stop.wait,
                             )
                         )

@@ -50,6 +50,52 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
         """
         CREATE TABLE ocpd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
+        # v2: message intake and delivery (D6). ``message_ids`` is the dedup
+        # window; ``message_bodies`` holds the exact bytes received, once per
+        # message however many receivers it has; ``deliveries`` is the
+        # per-receiver queue in ``seq`` order (rows leave once sent or
+        # expired); ``local_agents`` are agents that authenticated here.
+        # Queue tables hold only what is undelivered, so the sweeper scans
+        # them without an expiry index (one index less to write per message).
+        """
+        CREATE TABLE message_ids (
+            message_id TEXT PRIMARY KEY,
+            digest BLOB NOT NULL,
+            sender TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX message_ids_expiry ON message_ids (expires_at);
+        CREATE TABLE message_bodies (
+            message_id TEXT PRIMARY KEY,
+            raw BLOB NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE TABLE deliveries (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            receiver TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL
+        );
+        CREATE INDEX deliveries_receiver ON deliveries (receiver, seq);
+        CREATE INDEX deliveries_message ON deliveries (message_id);
+        CREATE TABLE interactions (
+            id INTEGER PRIMARY KEY,
+            sender TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            message_type TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX interactions_at ON interactions (at);
+        CREATE TABLE local_agents (
+            agent_id TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
     ),
     "registry": (
         """
@@ -148,6 +194,41 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
             parked_at REAL NOT NULL,
             PRIMARY KEY (peer, seq)
         );
+        """,
+        # v4: Level 4 certifications (D7), keyed by the certifier's
+        # certification_id; ``certifier`` is the multibase key that signed it.
+        """
+        CREATE TABLE certifications (
+            certification_id TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            certifier TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            artifact TEXT NOT NULL,
+            revoked_at REAL,
+            revocation TEXT
+        );
+        CREATE INDEX certifications_subject ON certifications (subject);
+        """,
+        # v5: feed epochs. A registry restored from a backup numbers its new
+        # changes from the backup's position, below its peers' cursors; a new
+        # epoch (stamped into every backup copy) makes peers read it again.
+        """
+        ALTER TABLE federation_peers ADD COLUMN feed_epoch TEXT;
+        """,
+        # v6: uptime (D7, ``ocpd.proto.trust.Uptime``). ``first_registered_at``
+        # starts the uptime window; ``online_seconds`` is the online time
+        # folded before ``online_horizon``; ``online_recent`` the later online
+        # intervals (a JSON list of [start, end]); ``renewal_from`` where the
+        # interval an on-time renewal proves starts. Rows from before start
+        # their window at their current registration, with nothing counted.
+        """
+        ALTER TABLE agents ADD COLUMN first_registered_at REAL;
+        ALTER TABLE agents ADD COLUMN online_horizon REAL;
+        ALTER TABLE agents ADD COLUMN online_recent TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE agents ADD COLUMN renewal_from REAL;
+        UPDATE agents SET first_registered_at = registered_at, online_horizon = registered_at,
+            renewal_from = registered_at;
         """,
     ),
     "custodian": (

@@ -87,6 +87,29 @@ class Metrics:
         self.up = Gauge(
             "ocpd_up", "1 while the component serves", ["component"], registry=self.registry
         )
+        # The transport node's families (Docker §7.4); here so that any
+        # component may count into them without registering them twice.
+        self.messages = Counter(
+            "ocp_messages_total",
+            "Messages processed by the node, by message type and outcome",
+            ["type", "status"],
+            registry=self.registry,
+        )
+        self.active_websockets = Gauge(
+            "ocp_active_websockets", "Current WebSocket connections", registry=self.registry
+        )
+        self.rate_limit_hits = Counter(
+            "ocp_rate_limit_hits_total",
+            "Rate limit rejections",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "ocpd_deliveries_total",
+            "Queued messages leaving the node's queue: sent to a session, or expired unsent",
+            ["outcome"],
+            registry=self.registry,
+        )
 
 
 @attrs.define

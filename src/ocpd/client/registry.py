@@ -271,6 +271,25 @@ class RegistryClient:
         )
         return result
 
+    # --- certifications ---------------------------------------------------------------------
+
+    async def submit_certification(self, certification: Mapping[str, Any]) -> dict[str, Any]:
+        """Submit a certification signed by its certifier (see :class:`ocpd.client.CertifierKey`).
+
+        Any registered agent may submit it; the request is signed by this one.
+        """
+        result: dict[str, Any] = await self._request(
+            "POST", "/certifications", dict(certification), sign=True
+        )
+        return result
+
+    async def revoke_certification(self, revocation: Mapping[str, Any]) -> dict[str, Any]:
+        """Submit a certification revocation signed by the certifier."""
+        result: dict[str, Any] = await self._request(
+            "POST", "/certifications/revocations", dict(revocation), sign=True
+        )
+        return result
+
     # --- ratings --------------------------------------------------------------------------
 
     async def rate(

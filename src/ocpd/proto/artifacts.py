@@ -19,15 +19,20 @@ from ocpd.proto.crypto import SigningKey, ed25519_verify
 from ocpd.proto.diddoc import DidDocument, parse_did_document
 from ocpd.proto.encoding import b64url_decode, b64url_encode, parse_timestamp
 from ocpd.proto.errors import AuthError, MalformedError
+from ocpd.proto.ids import multibase_ed25519, parse_multibase_ed25519
 from ocpd.proto.signing import artifact_digest, sign_artifact, verify_artifact
 
 __all__ = [
     "MAX_BOND_DURATION",
+    "MAX_CERTIFICATION_DURATION",
     "MAX_VOUCH_DURATION",
     "RECORD_DEFAULT_TTL",
+    "certifier_key",
     "check_agent_record",
     "check_bond",
     "check_bond_revocation",
+    "check_certification",
+    "check_certification_revocation",
     "check_consensus_vote",
     "check_interaction_rating",
     "check_recovery_share",
@@ -36,7 +41,11 @@ __all__ = [
     "intersect_permissions",
     "sign",
     "sign_bond",
+    "sign_certification",
+    "sign_certification_revocation",
     "verify_bond",
+    "verify_certification",
+    "verify_certification_revocation",
     "verify_registration",
     "verify_signed",
     "vouch_digest",
@@ -44,6 +53,7 @@ __all__ = [
 
 MAX_VOUCH_DURATION: Final = 31_536_000
 MAX_BOND_DURATION: Final = 31_536_000
+MAX_CERTIFICATION_DURATION: Final = 31_536_000
 RECORD_DEFAULT_TTL: Final = 86_400
 DEFAULT_CLOCK_SKEW: Final = 60.0
 
@@ -254,6 +264,92 @@ def _min_of(out: dict[str, Any], a: Mapping[str, Any], b: Mapping[str, Any], nam
     values = [v for v in (a.get(name), b.get(name)) if v is not None]
     if values:
         out[name] = min(values)
+
+
+# --- certifications (Level 4, D7) --------------------------------------------------------------
+#
+# A certification is signed by the certifier key it names in ``certifier``
+# (multibase Ed25519, the spelling of ``trust.certifier_keys``): it carries
+# its own proof, and whether that key confers Level 4 is the configuration's
+# question, which the registry answers. Revocations name the certification by
+# its ``certification_id`` and are signed by the same key.
+
+
+def certifier_key(artifact: Artifact) -> bytes:
+    """The raw Ed25519 key named by ``certifier`` (OCP-400 if it is not a canonical key)."""
+    return parse_multibase_ed25519(artifact.get("certifier"), field="certifier")
+
+
+def check_certification(
+    certification: Artifact, *, now: float, clock_skew: float = DEFAULT_CLOCK_SKEW
+) -> None:
+    schema.validate("certification", certification)
+    certifier_key(certification)
+    issued = _not_in_future(certification["issued_at"], "issued_at", now, clock_skew)
+    expires = parse_timestamp(certification["expires_at"], field="expires_at")
+    _span(
+        issued,
+        expires,
+        limit=MAX_CERTIFICATION_DURATION,
+        start_field="issued_at",
+        end_field="expires_at",
+        what="a certification",
+    )
+
+
+def verify_certification(
+    certification: Artifact, *, now: float, clock_skew: float = DEFAULT_CLOCK_SKEW
+) -> bytes:
+    """Rules and the signature under the named certifier key; returns the signed digest."""
+    check_certification(certification, now=now, clock_skew=clock_skew)
+    return verify_artifact(certification, certifier_key(certification), what="certification")
+
+
+def check_certification_revocation(
+    revocation: Artifact,
+    certification: Artifact,
+    *,
+    now: float,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
+) -> None:
+    """A revocation must name the certification, its subject and its certifier."""
+    schema.validate("certification-revocation", revocation)
+    _not_in_future(revocation["revoked_at"], "revoked_at", now, clock_skew)
+    if revocation["certification_id"] != certification["certification_id"]:
+        raise MalformedError("revocation names another certification")
+    if revocation["subject"] != certification["subject"]:
+        raise MalformedError("revocation names another subject than the certification")
+    if revocation["certifier"] != certification["certifier"]:
+        raise AuthError("only the certifier can revoke a certification")
+
+
+def verify_certification_revocation(
+    revocation: Artifact,
+    certification: Artifact,
+    *,
+    now: float,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
+) -> bytes:
+    """Rules and the certifier's signature; returns the signed digest."""
+    check_certification_revocation(revocation, certification, now=now, clock_skew=clock_skew)
+    key = certifier_key(certification)
+    return verify_artifact(revocation, key, what="certification revocation")
+
+
+def _sign_as_certifier(artifact: Artifact, key: SigningKey) -> dict[str, Any]:
+    if artifact.get("certifier") != multibase_ed25519(key.public_key):
+        raise MalformedError("certifier must name the signing key", details={"field": "certifier"})
+    return sign_artifact(artifact, key)
+
+
+def sign_certification(certification: Artifact, key: SigningKey) -> dict[str, Any]:
+    """Sign a certification with the certifier key its ``certifier`` names."""
+    return _sign_as_certifier(certification, key)
+
+
+def sign_certification_revocation(revocation: Artifact, key: SigningKey) -> dict[str, Any]:
+    """Sign a certification revocation with the certifier key its ``certifier`` names."""
+    return _sign_as_certifier(revocation, key)
 
 
 # --- consensus votes, ratings, recovery shares ---------------------------------------------------

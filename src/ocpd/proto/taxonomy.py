@@ -36,6 +36,7 @@ __all__ = [
     "Taxonomy",
     "check_path",
     "parse_taxonomy",
+    "path_prefixes",
 ]
 
 MAX_PATH_LENGTH: Final = 256
@@ -61,7 +62,7 @@ def check_path(path: object) -> str:
     return path
 
 
-def _prefixes(path: str) -> Iterable[str]:
+def path_prefixes(path: str) -> Iterable[str]:
     """``a``, ``a.b``, ``a.b.c`` for ``a.b.c``."""
     end = path.find(".")
     while end != -1:
@@ -91,7 +92,7 @@ def parse_taxonomy(text: str) -> frozenset[str]:
             )
         seen[path] = number
     for path, number in seen.items():
-        missing = [p for p in _prefixes(path) if p not in seen]
+        missing = [p for p in path_prefixes(path) if p not in seen]
         if missing:
             raise MalformedError(
                 f"taxonomy line {number}: {path!r} lacks its parent {missing[0]!r}"
@@ -144,7 +145,7 @@ class Taxonomy:
             raise MalformedError("a taxonomy needs at least one domain")
         for path in self.paths:
             check_path(path)
-            for prefix in _prefixes(path):
+            for prefix in path_prefixes(path):
                 if prefix not in self.paths:
                     raise MalformedError(f"domain {path!r} lacks its parent {prefix!r}")
         index, ambiguous = _index(self.paths)
@@ -162,7 +163,7 @@ class Taxonomy:
             raise TypeError("paths must be an iterable of paths, not one string")
         closed: set[str] = set()
         for path in paths:
-            closed.update(_prefixes(check_path(path)))
+            closed.update(path_prefixes(check_path(path)))
         return cls(frozenset(closed))
 
     @classmethod
@@ -198,6 +199,21 @@ class Taxonomy:
             details={"domain": domain if isinstance(domain, str) else None},
         )
 
+    def stored_path(self, domain: str) -> str:
+        """The path under which a domain accepted earlier is filed now.
+
+        Stored records passed :meth:`normalise` when they arrived; the tree
+        may have changed since (an extension removed from the configuration,
+        a leaf made ambiguous by one added). Such a domain is filed under its
+        spelling as stored, as a path of its own, so a restart never fails on
+        an old record: it stays findable by that exact spelling until the
+        agent registers again.
+        """
+        try:
+            return self.normalise(domain)
+        except MalformedError:
+            return check_path(domain)
+
     def matches(self, agent_domain: str, query: str) -> bool:
         """Whether an agent under ``agent_domain`` is found by a query for ``query``.
 
@@ -214,7 +230,7 @@ class Taxonomy:
         An index keyed by these paths answers hierarchical queries with one
         lookup: an agent is filed under each of its domains' ancestors.
         """
-        return tuple(_prefixes(self.normalise(domain)))
+        return tuple(path_prefixes(self.normalise(domain)))
 
     def __contains__(self, domain: object) -> bool:
         """Whether ``domain`` is accepted by :meth:`normalise`."""

@@ -30,10 +30,32 @@ linear in agents plus vouches.
 
 Time windows are half-open: an artifact is in force from its start
 (``issued_at``, ``established_at``) up to, but not at, its ``expires_at``.
+
+Uptime
+------
+``uptime_ratio`` is the time a registry has seen an agent online divided by
+the time since it first held the agent's registration (:class:`Uptime`).
+Online time is the union of two kinds of interval, both bounded by moments
+the registry itself witnessed, so that a signed timestamp cannot stretch it:
+
+* an on-time re-registration: a new record that arrives before the held one
+  expired proves the span from when the held record took effect here (the
+  later of its ``registered_at`` and its arrival) to the new one's
+  ``registered_at`` (at most its arrival). A late one proves nothing for the
+  gap;
+* authenticated session time reported by a transport node.
+
+Intervals are merged as they come, so overlapping and repeated reports (a
+long session reported as ``[start, now]`` every few minutes) count once.
+Only the latest :data:`UPTIME_RECENT_INTERVALS` disjoint intervals are kept;
+older ones are folded into a total and nothing before the end of the folded
+ones (the ``horizon``) can be added any more. That keeps the state bounded
+and can only undercount, never count time twice.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
@@ -49,17 +71,20 @@ __all__ = [
     "MAX_TRUST_LEVEL",
     "RATING_WINDOW",
     "TRUST_LEVEL_NAMES",
+    "UPTIME_RECENT_INTERVALS",
     "AgentFacts",
     "BondFact",
     "CertificationFact",
     "RatingFact",
     "TrustScore",
+    "Uptime",
     "VouchFact",
     "bond_partner_counts",
     "check_weights",
     "compute_levels",
     "compute_score",
     "counted_vouches",
+    "next_level_change",
     "permissions_for_level",
 ]
 
@@ -68,6 +93,9 @@ TRUST_LEVEL_NAMES: Final = ("anonymous", "identified", "vouched", "bonded", "cer
 DEFAULT_VOUCH_THRESHOLD: Final = 3
 RATING_WINDOW: Final = 90 * 86_400
 """Ratings older than this no longer count towards ``interaction_reputation``."""
+
+UPTIME_RECENT_INTERVALS: Final = 32
+"""Disjoint online intervals an :class:`Uptime` keeps before folding the oldest."""
 
 VOUCHES_FOR_FULL_SCORE: Final = 10
 BONDS_FOR_FULL_SCORE: Final = 5
@@ -139,8 +167,9 @@ class AgentFacts:
     did_verified: bool
     endpoint_count: int = attrs.field(validator=_count)
     registered_at: float
+    """When the uptime window starts: the agent's first registration (:attr:`Uptime.since`)."""
     online_seconds: float = attrs.field(validator=_non_negative)
-    """Authenticated session time plus on-time re-registrations (D7)."""
+    """Authenticated session time plus on-time re-registrations (D7, :class:`Uptime`)."""
 
     @property
     def identified(self) -> bool:
@@ -186,15 +215,19 @@ class BondFact:
 
 @attrs.frozen
 class CertificationFact:
-    """A certification whose signature verified under ``certifier_key``."""
+    """A certification whose signature verified under ``certifier_key``.
+
+    ``revoked`` once its certifier published a revocation.
+    """
 
     subject: str
     certifier_key: str
     issued_at: float
     expires_at: float
+    revoked: bool = False
 
     def in_force(self, now: float) -> bool:
-        return self.issued_at <= now < self.expires_at
+        return not self.revoked and self.issued_at <= now < self.expires_at
 
 
 @attrs.frozen
@@ -205,6 +238,102 @@ class RatingFact:
     subject: str
     rating: float = attrs.field(validator=_unit_interval)
     rated_at: float
+
+
+# --- uptime --------------------------------------------------------------------------------
+
+
+def _finite(*values: float) -> None:
+    for value in values:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"times must be finite numbers, not {value!r}")
+
+
+@attrs.frozen
+class Uptime:
+    """The online time of one agent as one registry saw it (see the module notes).
+
+    A value: every change returns a new one. ``recent`` holds disjoint,
+    sorted ``(start, end)`` intervals, none before ``horizon``; ``settled``
+    is the online time folded away before ``horizon``.
+    """
+
+    since: float
+    """When this registry first held the agent's registration: the uptime window starts."""
+    settled: float = attrs.field(default=0.0, validator=_non_negative)
+    horizon: float = attrs.field(default=attrs.Factory(lambda self: self.since, takes_self=True))
+    recent: tuple[tuple[float, float], ...] = ()
+    renewal_from: float = attrs.field(
+        default=attrs.Factory(lambda self: self.since, takes_self=True)
+    )
+    """Where the interval an on-time renewal proves starts: when the held record took effect."""
+
+    @classmethod
+    def first(cls, registered_at: float, *, now: float) -> Uptime:
+        """A first registration, dated ``registered_at``, arriving at ``now``."""
+        _finite(registered_at, now)
+        return cls(since=max(registered_at, now))
+
+    @property
+    def online_seconds(self) -> float:
+        return self.settled + math.fsum(end - start for start, end in self.recent)
+
+    def ratio(self, *, now: float) -> float:
+        """``uptime_ratio``: online time over the time since :attr:`since`, at most 1."""
+        return min(self.online_seconds / max(now - self.since, 1.0), 1.0)
+
+    def add(self, start: float, end: float, *, now: float) -> Uptime:
+        """Count ``[start, end]`` as online; not the parts before the horizon or after ``now``.
+
+        Overlaps with what is counted already are counted once.
+        """
+        _finite(start, end, now)
+        start, end = max(start, self.horizon), min(end, now)
+        if end <= start:
+            return self
+        merged: list[tuple[float, float]] = []
+        for s, e in self.recent:
+            if e < start or s > end:
+                merged.append((s, e))
+            else:  # overlapping or touching: absorb it
+                start, end = min(start, s), max(end, e)
+        merged.append((start, end))
+        merged.sort()
+        settled, horizon = self.settled, self.horizon
+        excess = len(merged) - UPTIME_RECENT_INTERVALS
+        if excess > 0:
+            folded, merged = merged[:excess], merged[excess:]
+            settled += math.fsum(e - s for s, e in folded)
+            horizon = folded[-1][1]
+        return attrs.evolve(self, settled=settled, horizon=horizon, recent=tuple(merged))
+
+    def renewed(
+        self,
+        *,
+        registered_at: float,
+        previous_registered_at: float,
+        previous_expires_at: float,
+        now: float,
+        grace: float,
+    ) -> Uptime:
+        """A newer record dated ``registered_at`` replaced the held one, arriving at ``now``.
+
+        On time (dated, and arrived within ``grace`` of clock skew, before the
+        held record expired), it proves the agent online from
+        :attr:`renewal_from` to ``registered_at``. Either way the new record
+        takes effect here at the later of its date and its arrival, so a
+        back-dated record cannot claim time this registry did not see.
+        """
+        _finite(registered_at, previous_registered_at, previous_expires_at, now, grace)
+        uptime = self
+        if registered_at <= previous_expires_at and now <= previous_expires_at + grace:
+            start = max(self.renewal_from, previous_registered_at)
+            uptime = self.add(start, min(registered_at, now), now=now)
+        return attrs.evolve(uptime, renewal_from=max(registered_at, now))
 
 
 # --- levels --------------------------------------------------------------------------------
@@ -300,6 +429,35 @@ def compute_levels(
         else:
             levels[agent_id] = 0
     return levels
+
+
+def next_level_change(
+    vouches: Iterable[VouchFact],
+    bonds: Iterable[BondFact],
+    certifications: Iterable[CertificationFact],
+    *,
+    now: float,
+) -> float:
+    """The first time after ``now`` at which a fact starts or stops being in force.
+
+    Levels computed at ``now`` hold until then (``math.inf`` if no fact
+    changes by itself): a registry recomputes them once that time has come
+    rather than on every read. Revoked facts never come back.
+    """
+    upcoming = math.inf
+    windows = itertools.chain(
+        ((v.issued_at, v.expires_at, v.revoked) for v in vouches),
+        ((b.established_at, b.expires_at, b.revoked) for b in bonds),
+        ((c.issued_at, c.expires_at, c.revoked) for c in certifications),
+    )
+    for start, end, revoked in windows:
+        if revoked:
+            continue
+        if start > now:
+            upcoming = min(upcoming, start)
+        elif end > now:
+            upcoming = min(upcoming, end)
+    return upcoming
 
 
 def counted_vouches(

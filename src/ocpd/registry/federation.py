@@ -39,6 +39,10 @@ peers every vouch that verifies is taken, because levels are computed from
 the whole set of facts and a vouch counts only while its attester is Level
 2 in this registry's view. Arrival order then does not matter and every
 registry with the same facts and anchors computes the same levels.
+Certifications travel the same way and are verified under the certifier key
+they name; one under a key that is not in this registry's
+``trust.certifier_keys`` is genuine but not taken (nor passed on), so
+registries that federate should name the same certifier keys.
 
 TLS: the system trust store, plus ``registry.peer_ca_file`` for
 deployment-local roots.
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -64,7 +69,7 @@ from ocpd.proto.errors import MalformedError, OcpError, PayloadTooLarge
 from ocpd.proto.ids import parse_node_id
 from ocpd.proto.strictjson import loads_strict
 from ocpd.registry.intake import KINDS, Deferred
-from ocpd.registry.service import API, NODE_ID_HEADER
+from ocpd.registry.service import API, FEED_EPOCH_HEADER, NODE_ID_HEADER
 from ocpd.registry.tables import (
     load_federation_txn,
     parked_txn,
@@ -96,6 +101,7 @@ PUSH_BACKOFF: Final = (0.25, 30.0)
 PARK_ATTEMPTS: Final = 30
 PARK_MAX_AGE: Final = 86_400.0
 MAX_PARKED_PER_PEER: Final = 10_000
+_EPOCH: Final = re.compile(r"[0-9a-f]{32}")
 
 log = get_logger("federation")
 
@@ -128,6 +134,7 @@ class Peer:
     label: str
     cursor: int = 0
     node_id: str | None = None
+    feed_epoch: str | None = None
     wake: trio.Event = attrs.Factory(trio.Event)
     """Set when the peer says it has news: pull now."""
     news: trio.Event = attrs.Factory(trio.Event)
@@ -155,6 +162,7 @@ class _Page:
     cursor: int
     more: bool
     node_id: str | None
+    feed_epoch: str | None
 
 
 @attrs.define
@@ -210,7 +218,10 @@ def _parse_page(response: httpx.Response, content: bytes, since: int) -> _Page:
             parse_node_id(node_id, field=NODE_ID_HEADER)
         except OcpError:
             node_id = None
-    return _Page(out, cursor, more, node_id)
+    epoch = response.headers.get(FEED_EPOCH_HEADER)
+    if epoch is not None and _EPOCH.fullmatch(epoch) is None:
+        epoch = None
+    return _Page(out, cursor, more, node_id, epoch)
 
 
 class Federation:
@@ -329,10 +340,10 @@ class Federation:
 
     async def _load(self) -> None:
         rows, parked = await self.database.read(load_federation_txn)
-        for label, cursor, node_id in rows:
+        for label, cursor, node_id, feed_epoch in rows:
             peer = self._by_label.get(label)
             if peer is not None:
-                peer.cursor, peer.node_id = cursor, node_id
+                peer.cursor, peer.node_id, peer.feed_epoch = cursor, node_id, feed_epoch
         for label, count in parked:
             peer = self._by_label.get(label)
             if peer is not None:
@@ -383,8 +394,10 @@ class Federation:
         while True:
             since = peer.cursor
             page = await self._fetch(peer, since)
-            if page.node_id is not None and peer.node_id not in (None, page.node_id):
-                await self._peer_reset(peer, page.node_id)
+            if (page.node_id is not None and peer.node_id not in (None, page.node_id)) or (
+                page.feed_epoch is not None and peer.feed_epoch not in (None, page.feed_epoch)
+            ):
+                await self._peer_reset(peer, page.node_id, page.feed_epoch)
                 continue
             page_tally = _Tally()
             parked: list[tuple[int, str, str]] = []
@@ -403,7 +416,12 @@ class Federation:
                             seq=seq,
                             kind=kind,
                         )
-            news = page.changes or page.cursor != since or page.node_id != peer.node_id
+            news = (
+                page.changes
+                or page.cursor != since
+                or page.node_id != peer.node_id
+                or page.feed_epoch != peer.feed_epoch
+            )
             if news:  # an empty page after the cursor changes nothing worth a commit
                 await self.database.write(
                     partial(
@@ -413,11 +431,13 @@ class Federation:
                         page_tally.rejected,
                         self.clock.now(),
                         page.node_id,
+                        page.feed_epoch,
                         parked,
                     )
                 )
             peer.cursor = page.cursor
             peer.node_id = page.node_id or peer.node_id
+            peer.feed_epoch = page.feed_epoch or peer.feed_epoch
             peer.parked += len(parked)
             self.store.settle()
             self.cursor_gauge.labels(peer.label).set(peer.cursor)
@@ -466,7 +486,7 @@ class Federation:
                 raise SyncError(f"one change of the feed exceeds {MAX_PAGE_BYTES} bytes")
             limit = max(1, limit // 4)
 
-    async def _peer_reset(self, peer: Peer, node_id: str) -> None:
+    async def _peer_reset(self, peer: Peer, node_id: str | None, feed_epoch: str | None) -> None:
         log_event(
             log,
             "federation_peer_identity_changed",
@@ -474,11 +494,14 @@ class Federation:
             peer=peer.label,
             previous=peer.node_id,
             node_id=node_id,
-            detail="the peer lost its data: pulling its feed from the start",
+            previous_epoch=peer.feed_epoch,
+            feed_epoch=feed_epoch,
+            detail="the peer lost its data or was restored: pulling its feed from the start",
         )
-
-        await self.database.write(partial(reset_peer_txn, peer.label, node_id))
-        peer.cursor, peer.node_id = 0, node_id
+        await self.database.write(partial(reset_peer_txn, peer.label, node_id, feed_epoch))
+        peer.cursor = 0
+        peer.node_id = node_id or peer.node_id
+        peer.feed_epoch = feed_epoch or peer.feed_epoch
 
     async def _ingest(self, peer: Peer, seq: int, kind: str, body: dict[str, Any]) -> str:
         """One change through the registry's apply path; returns the tally field it counts in."""
@@ -652,5 +675,17 @@ class Federation:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    """One line for the log: the error and, when it says nothing, its cause.
+
+    httpx reports a failed TLS verification as a bare ``ConnectError``; the
+    reason (``CERTIFICATE_VERIFY_FAILED`` …) is on the exception it wraps.
+    """
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 3:
+        text = str(current).splitlines()[0] if str(current) else ""
+        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        if text:
+            break
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts)[:200]

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 Every kind of the change feed (``agent``, ``did_update``, ``vouch``,
-``vouch_revocation``, ``bond``, ``bond_revocation``, ``rating``) has one
-``apply_*`` method on :class:`ArtifactStore`. It checks the artifact (schema
+``vouch_revocation``, ``bond``, ``bond_revocation``, ``rating``,
+``certification``, ``certification_revocation``) has one ``apply_*`` method
+on :class:`ArtifactStore`. It checks the artifact (schema
 and rules, then the D2 signature against keys of the DID document this
 registry holds), decides whether it changes anything, writes it and a
 ``changes`` row in one group commit, updates the in-memory ledger only once
@@ -27,6 +28,12 @@ What an apply returns or raises:
   a DID document update not seen yet, or a time ahead of this clock; or the
   registry is full. Federation tries it again later.
 
+Certifications (Level 4, D7) are signed by the certifier key they name, not
+by an agent: the signature is checked under that key, and only keys in
+``trust.certifier_keys`` are taken (OCP-403 over HTTP; from a peer a
+genuine certification under another key is ``Outcome(stored=False,
+reason="unknown_certifier")``: no forgery, and not ours to pass on).
+
 Agents (see :mod:`ocpd.registry.evidence`). A first registration arrives
 with the proof that ``#key-1`` published its DID document, and the updates
 applied since; a registry that holds the agent checks the record against
@@ -45,7 +52,7 @@ interleave with another apply of the same key.
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -62,14 +69,22 @@ from ocpd.proto.artifacts import (
     check_interaction_rating,
     check_vouch,
     check_vouch_revocation,
+    verify_certification,
+    verify_certification_revocation,
     vouch_digest,
 )
 from ocpd.proto.diddoc import verify_did_update
 from ocpd.proto.encoding import parse_timestamp
-from ocpd.proto.errors import MalformedError, NotFoundError, OcpError, Unavailable
+from ocpd.proto.errors import (
+    ForbiddenError,
+    MalformedError,
+    NotFoundError,
+    OcpError,
+    Unavailable,
+)
 from ocpd.proto.ids import parse_agent_id
 from ocpd.proto.signing import artifact_digest
-from ocpd.proto.trust import BondFact, RatingFact, VouchFact
+from ocpd.proto.trust import BondFact, CertificationFact, RatingFact, Uptime, VouchFact
 from ocpd.registry.evidence import (
     UpdateRow,
     bond_signed,
@@ -79,11 +94,18 @@ from ocpd.registry.evidence import (
     verifies_under,
     verify_registration_proof,
 )
-from ocpd.registry.ledger import AgentEntry, BondEntry, VouchEntry, agent_entry
+from ocpd.registry.ledger import (
+    AgentEntry,
+    BondEntry,
+    CertificationEntry,
+    VouchEntry,
+    agent_entry,
+)
 from ocpd.registry.tables import (
     AgentRow,
     did_history_txn,
     insert_bond_txn,
+    insert_certification_txn,
     insert_did_update_txn,
     insert_rating_txn,
     insert_vouch_txn,
@@ -91,11 +113,12 @@ from ocpd.registry.tables import (
     mark_inactive_txn,
     revoke_txn,
     text,
+    uptime_from_row,
     write_agent_txn,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
     from prometheus_client import CollectorRegistry
 
@@ -114,6 +137,8 @@ KINDS: Final = (
     "bond",
     "bond_revocation",
     "rating",
+    "certification",
+    "certification_revocation",
 )
 _TIME_FIELDS: Final = {
     "vouch": "issued_at",
@@ -121,6 +146,8 @@ _TIME_FIELDS: Final = {
     "bond": "established_at",
     "bond_revocation": "revoked_at",
     "rating": "rated_at",
+    "certification": "issued_at",
+    "certification_revocation": "revoked_at",
 }
 
 log = get_logger("registry")
@@ -139,7 +166,8 @@ class Outcome:
     stored: bool
     seq: int | None = None
     reason: str = ""
-    """Why nothing changed: duplicate, older, stale, revoked_key, conflict, unverifiable."""
+    """Why nothing changed: duplicate, older, stale, revoked_key, conflict, unverifiable,
+    unknown_certifier."""
 
 
 _AGENT_FIELDS: Final = (
@@ -226,14 +254,16 @@ class ArtifactStore:
 
     async def load(self) -> tuple[int, int]:
         """Rebuild the ledger from the database; returns (agents, vouches)."""
-        agents, vouches, bonds, ratings = await self.database.read(load_registry_txn)
-        for record_text, document_text, status, online, proofless in agents:
+        agents, vouches, bonds, ratings, certifications = await self.database.read(
+            load_registry_txn
+        )
+        for record_text, document_text, status, proofless, *uptime in agents:
             entry = agent_entry(
                 record_text,
                 document_text,
                 status=status,
                 taxonomy=self.ledger.taxonomy,
-                online_seconds=online,
+                uptime=uptime_from_row(*uptime),
             )
             self.ledger.put_agent(entry)
             if proofless:
@@ -246,12 +276,19 @@ class ArtifactStore:
             self._remember_bond(json.loads(bond), revoked=revoked_at is not None)
         for (rating,) in ratings:
             self._remember_rating(json.loads(rating))
+        for certification, revoked_at in certifications:
+            self._remember_certification(json.loads(certification), revoked=revoked_at is not None)
         now = self.clock.now()
         self.ledger.recompute_levels(now=now)
         return len(agents), len(vouches)
 
     async def sweep(self) -> int:
-        """Mark agents whose registration ttl passed as inactive; returns how many."""
+        """Mark agents whose registration ttl passed as inactive; returns how many.
+
+        Levels are recomputed too when that changed a status, or when a vouch,
+        bond or certification started or stopped being in force since the
+        last computation.
+        """
         now = self.clock.now()
         expired = [
             e.agent_id
@@ -259,6 +296,7 @@ class ArtifactStore:
             if e.status == "active" and e.expires_at < now
         ]
         if not expired:
+            self.refresh_levels()
             return 0
         await self.database.write(partial(mark_inactive_txn, expired, now))
         for agent_id in expired:
@@ -269,6 +307,14 @@ class ArtifactStore:
                 log_event(log, "agent_inactive", agent_id=agent_id)
         self.ledger.recompute_levels(now=now)
         return len(expired)
+
+    def refresh_levels(self) -> bool:
+        """Recompute levels if a fact started or expired since they were computed."""
+        now = self.clock.now()
+        if now < self.ledger.levels_until:
+            return False
+        self.ledger.recompute_levels(now=now)
+        return True
 
     def _active_bonds(self) -> int:
         now = self.clock.now()
@@ -334,6 +380,12 @@ class ArtifactStore:
                 return await self.apply_bond_revocation(body, origin=origin, defer_levels=True)
             if kind == "rating":
                 return await self.apply_rating(body, origin=origin)
+            if kind == "certification":
+                return await self.apply_certification(body, origin=origin, defer_levels=True)
+            if kind == "certification_revocation":
+                return await self.apply_certification_revocation(
+                    body, origin=origin, defer_levels=True
+                )
         except (NotFoundError, Unavailable) as exc:
             raise Deferred(exc.message) from exc
         raise MalformedError(f"unknown change kind {kind!r}")
@@ -353,6 +405,14 @@ class ArtifactStore:
             raise Deferred(f"{kind} is dated in the future")
 
     # --- ledger helpers ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def holding_agents(self, agent_ids: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the apply locks of several agents (taken in id order: no deadlock)."""
+        async with AsyncExitStack() as stack:
+            for agent_id in sorted(set(agent_ids)):
+                await stack.enter_async_context(self._locks.hold(f"agent:{agent_id}"))
+            yield
 
     def registered(self, agent_id: object, field: str) -> AgentEntry:
         parse_agent_id(agent_id, field=field)
@@ -385,6 +445,21 @@ class ArtifactStore:
                 bond_id=artifact["bond_id"],
                 agents=(first, second),
                 established_at=parse_timestamp(artifact["established_at"]),
+                expires_at=parse_timestamp(artifact["expires_at"]),
+                revoked=revoked,
+            ),
+        )
+
+    def _remember_certification(self, artifact: dict[str, Any], *, revoked: bool) -> None:
+        certification_id = artifact["certification_id"]
+        self.ledger.certifications[certification_id] = CertificationEntry(
+            certification_id=certification_id,
+            artifact=artifact,
+            text=text(artifact),
+            fact=CertificationFact(
+                subject=artifact["subject"],
+                certifier_key=artifact["certifier"],
+                issued_at=parse_timestamp(artifact["issued_at"]),
                 expires_at=parse_timestamp(artifact["expires_at"]),
                 revoked=revoked,
             ),
@@ -598,9 +673,25 @@ class ArtifactStore:
     ) -> Outcome:
         now = self.clock.now()
         agent_id = record["agent_id"]
+        # Domains are checked against this registry's taxonomy before anything
+        # is written: an unknown or ambiguous one is OCP-400, nothing stored.
+        for domain in record["domains"]:
+            self.ledger.taxonomy.normalise(domain)
         registered_at = parse_timestamp(record["registered_at"])
         expires_at = registered_at + int(record["ttl"])
         status = "active" if expires_at >= now else "inactive"
+        if existing is None:
+            uptime = Uptime.first(registered_at, now=now)
+        else:
+            # D7: a renewal before the held record expired proves the agent
+            # online since it took effect; peers' records count the same way.
+            uptime = existing.uptime.renewed(
+                registered_at=registered_at,
+                previous_registered_at=existing.registered_at,
+                previous_expires_at=existing.expires_at,
+                now=now,
+                grace=self.clock_skew,
+            )
         row = AgentRow(
             agent_id=agent_id,
             record_text=text(record),
@@ -610,6 +701,7 @@ class ArtifactStore:
             status=status,
             registration=registration,
             updates=updates,
+            uptime=uptime,
         )
         seq = await self.database.write(partial(write_agent_txn, row))
         self.ledger.put_agent(
@@ -618,7 +710,7 @@ class ArtifactStore:
                 row.document_text,
                 status=status,
                 taxonomy=self.ledger.taxonomy,
-                online_seconds=existing.online_seconds if existing else 0.0,
+                uptime=uptime,
             )
         )
         if registration is not None:
@@ -838,4 +930,79 @@ class ArtifactStore:
         return self._committed(
             seq, "rating", origin, levels=False, defer=True, event="rating_stored",
             rater=rater_id, subject=subject,
+        )  # fmt: skip
+
+    # --- certifications (Level 4) ----------------------------------------------------------
+
+    async def apply_certification(
+        self,
+        certification: dict[str, Any],
+        *,
+        origin: str | None = None,
+        defer_levels: bool = False,
+    ) -> Outcome:
+        """A certification signed by the certifier key it names (D7).
+
+        Checked in this order: rules (OCP-400), the signature under the named
+        key (OCP-401: a forgery), that key being configured here (OCP-403 over
+        HTTP, not stored from a peer), the subject being registered (OCP-404).
+        """
+        now = self.clock.now()
+        verify_certification(certification, now=now, clock_skew=self.clock_skew)
+        certification_id = certification["certification_id"]
+        async with self._locks.hold(f"certification:{certification_id}"):
+            known = self.ledger.certifications.get(certification_id)
+            if known is not None and known.artifact == certification:
+                return _DUPLICATE
+            if certification["certifier"] not in self.ledger.certifier_keys:
+                if origin is None:
+                    raise ForbiddenError(
+                        "the certifier key is not one this registry recognises",
+                        details={"reason": "unknown_certifier"},
+                    )
+                return Outcome(stored=False, reason="unknown_certifier")
+            self.registered(certification["subject"], "subject")
+            if known is not None:
+                if origin is None:
+                    raise MalformedError("a certification with this id is already stored")
+                return Outcome(stored=False, reason="conflict")
+            issued = parse_timestamp(certification["issued_at"])
+            expires = parse_timestamp(certification["expires_at"])
+            seq = await self.database.write(
+                partial(insert_certification_txn, certification, issued, expires)
+            )
+            self._remember_certification(certification, revoked=False)
+        return self._committed(
+            seq, "certification", origin, levels=True, defer=defer_levels,
+            event="certification_stored", certification_id=certification_id,
+            subject=certification["subject"], certifier=certification["certifier"],
+        )  # fmt: skip
+
+    async def apply_certification_revocation(
+        self, revocation: dict[str, Any], *, origin: str | None = None, defer_levels: bool = False
+    ) -> Outcome:
+        """A revocation signed by the certifier key of a certification held here."""
+        schema.validate("certification-revocation", revocation)
+        certification_id = revocation["certification_id"]
+        async with self._locks.hold(f"certification:{certification_id}"):
+            entry = self.ledger.certifications.get(certification_id)
+            if entry is None:
+                if origin is not None and revocation["certifier"] not in self.ledger.certifier_keys:
+                    # Its certification was not taken here either: nothing to wait for.
+                    return Outcome(stored=False, reason="unknown_certifier")
+                raise NotFoundError("no such certification")
+            now = self.clock.now()
+            verify_certification_revocation(
+                revocation, entry.artifact, now=now, clock_skew=self.clock_skew
+            )
+            if entry.fact.revoked:
+                return _DUPLICATE
+            seq = await self.database.write(
+                partial(revoke_txn, "certification_revocation", certification_id, revocation, now)
+            )
+            entry.fact = attrs.evolve(entry.fact, revoked=True)
+        return self._committed(
+            seq, "certification_revocation", origin, levels=True, defer=defer_levels,
+            event="certification_revoked", certification_id=certification_id,
+            subject=entry.fact.subject,
         )  # fmt: skip

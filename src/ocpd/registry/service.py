@@ -8,6 +8,16 @@ authentication, rate limits, then the artifact's one apply path in
 write; the in-memory ledger changes only after the write is durable), which
 federation uses too.
 
+Certifications and their revocations speak for no agent: they are signed
+by a certifier key (D7). Any registered agent may submit one, with its own
+``Authorization``; what makes it count is the certifier's signature and the
+key being in ``trust.certifier_keys``.
+
+Session reports (``POST …/sessions``, D7 uptime) speak for no agent either:
+the ``Authorization`` must be by a node service agent named in
+``registry.session_reporters`` and registered here. A node in the same
+process calls :meth:`RegistryService.report_session` instead.
+
 A first registration must be authorized with the agent's initial key
 ``#key-1``: only that key proves the DID document belongs to the agent id.
 The request itself (path, header, body) is kept as the document's proof for
@@ -34,6 +44,7 @@ from ocpd.logs import get_logger, log_event
 from ocpd.proto import schema
 from ocpd.proto.artifacts import (
     check_bond_revocation,
+    check_certification,
     check_interaction_rating,
     check_vouch,
     check_vouch_revocation,
@@ -41,7 +52,7 @@ from ocpd.proto.artifacts import (
     vouch_digest,
 )
 from ocpd.proto.auth import ReplayWindow, verify_authorization
-from ocpd.proto.encoding import format_timestamp
+from ocpd.proto.encoding import format_timestamp, parse_timestamp
 from ocpd.proto.errors import (
     AuthError,
     ForbiddenError,
@@ -59,9 +70,18 @@ from ocpd.proto.taxonomy import Taxonomy
 from ocpd.proto.trust import permissions_for_level
 from ocpd.registry.intake import ArtifactStore
 from ocpd.registry.ledger import Ledger
+from ocpd.registry.tables import feed_epoch_txn
+from ocpd.registry.uptime import (
+    MAX_SESSIONS_PER_REPORT,
+    SessionReport,
+    SessionsRecorded,
+    check_session,
+    record_sessions,
+)
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Iterable
 
     from prometheus_client import CollectorRegistry
     from quart_trio import QuartTrio
@@ -76,6 +96,7 @@ __all__ = ["API", "NODE_ID_HEADER", "RegistryService"]
 
 API: Final = "/ocp/v1/registry"
 NODE_ID_HEADER: Final = "OCP-Node-Id"
+FEED_EPOCH_HEADER: Final = "OCP-Feed-Epoch"
 MAX_BODY: Final = 1_048_576
 log = get_logger("registry")
 
@@ -118,9 +139,11 @@ class RegistryService:
         self.config = config
         self.network = config.node.network
         self.node_id = node_id
+        self.feed_epoch: str | None = None
         self.ledger = Ledger(
-            Taxonomy.load_default(),
+            Taxonomy.load_default().extended(config.taxonomy.extensions),
             anchors=config.trust.anchors,
+            certifier_keys=config.trust.certifier_keys,
             vouch_threshold=config.trust.vouch_threshold,
             weights=config.trust.weights,
         )
@@ -141,6 +164,8 @@ class RegistryService:
         self.rate_limits_on = limits.enabled
         self.discovery_limit = RateLimiter(limit=limits.discovery_per_minute, window=60)
         self.bond_limit = RateLimiter(limit=limits.bond_requests_per_hour, window=3600)
+        self.session_limit = RateLimiter(limit=limits.session_reports_per_minute, window=60)
+        self.session_reporters = frozenset(config.registry.session_reporters)
         self.loaded = trio.Event()
         self.rejections = Counter(
             "ocpd_registry_rejections_total",
@@ -160,6 +185,7 @@ class RegistryService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the ledger, then mark agents inactive when their ttl passes."""
         agents, vouches = await self.store.load()
+        self.feed_epoch = await self.database.write(feed_epoch_txn)
         self.loaded.set()
         log_event(log, "registry_loaded", agents=agents, vouches=vouches)
         task_status.started()
@@ -279,6 +305,7 @@ class RegistryService:
 
     def get_agent(self, agent_id: str) -> Response:
         entry = self._registered(agent_id, "agent_id")
+        self.store.refresh_levels()
         return _json_response(
             {
                 "record": entry.record,
@@ -439,8 +466,90 @@ class RegistryService:
         )
         return _json_response({"stored": outcome.stored}, 201 if outcome.stored else 200)
 
+    def _authenticate_submitter(self, raw: bytes) -> str:
+        """Authenticate whoever submits an artifact that speaks for no agent: any registered one."""
+        submitter = _header_agent(request.headers.get("Authorization", ""))
+        self._authenticate(raw, submitter, self.ledger.keys_of(submitter))
+        return submitter
+
+    async def add_certification(self) -> Response:
+        raw, certification = await self._body()
+        if not isinstance(certification, dict):
+            raise MalformedError("a certification is an object")
+        check_certification(certification, now=self.clock.now(), clock_skew=self.clock_skew)
+        self._authenticate_submitter(raw)
+        outcome = await self.store.apply_certification(certification)
+        certification_id = certification["certification_id"]
+        if not outcome.stored:
+            return _json_response({"certification_id": certification_id, "stored": False})
+        return _json_response(
+            {
+                "certification_id": certification_id,
+                "stored": True,
+                "subject_level": self.ledger.level(certification["subject"]),
+            },
+            201,
+        )
+
+    async def revoke_certification(self) -> Response:
+        raw, revocation = await self._body()
+        if not isinstance(revocation, dict):
+            raise MalformedError("a revocation is an object")
+        schema.validate("certification-revocation", revocation)
+        self._authenticate_submitter(raw)
+        await self.store.apply_certification_revocation(revocation)
+        return _json_response(
+            {
+                "certification_id": revocation["certification_id"],
+                "revoked": True,
+                "subject_level": self.ledger.level(revocation["subject"]),
+            }
+        )
+
+    # --- session time (D7 uptime) ------------------------------------------------------------
+
+    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> bool:
+        """Agent ``agent_id`` held an authenticated session over ``[started_at, ended_at]``.
+
+        For a node in the same process. Times are wall-clock epoch seconds,
+        from this daemon's clock. Safe to repeat: overlapping, duplicate and
+        growing reports (``[start, now]`` every few minutes for one long
+        session) count each second once. ``False`` (and nothing counted) when
+        the agent is not registered here; OCP-400 (:class:`MalformedError`)
+        when the interval is reversed, not finite or ends in the future.
+        """
+        recorded = await self.report_sessions(
+            [SessionReport(agent_id=agent_id, started_at=started_at, ended_at=ended_at)]
+        )
+        return recorded.counted == 1
+
+    async def report_sessions(self, reports: Iterable[SessionReport]) -> SessionsRecorded:
+        """Several sessions at once, in one write; see :meth:`report_session`."""
+        await self.loaded.wait()
+        return await record_sessions(self.store, reports, now=self.clock.now())
+
+    async def add_sessions(self) -> Response:
+        raw, body = await self._body()
+        reports = _session_reports(body)
+        now = self.clock.now()
+        for report in reports:
+            check_session(report, now=now, clock_skew=self.clock_skew)
+        reporter = _header_agent(request.headers.get("Authorization", ""))
+        self._authenticate(raw, reporter, self.ledger.keys_of(reporter))
+        if reporter not in self.session_reporters:
+            raise ForbiddenError(
+                "only the agents in registry.session_reporters report sessions",
+                details={"reason": "not_a_session_reporter"},
+            )
+        self._limit(self.session_limit, reporter, "session report")
+        recorded = await self.report_sessions(reports)
+        return _json_response(
+            {"counted": recorded.counted, "unknown_agents": list(recorded.unknown_agents)}
+        )
+
     def trust(self, agent_id: str) -> Response:
         self._registered(agent_id, "agent_id")
+        self.store.refresh_levels()
         now = self.clock.now()
         level = self.ledger.level(agent_id)
         score, vouches, bonds = self.ledger.score(agent_id, now=now)
@@ -491,6 +600,10 @@ class RegistryService:
             # Lets federation peers tell a registry that lost its data (and so
             # its identity and its sequence numbers) from one that did not.
             response.headers[NODE_ID_HEADER] = self.node_id
+        if self.feed_epoch is not None:
+            # Changes when the database was restored from a backup: the same
+            # identity, but sequence numbers that peers have already passed.
+            response.headers[FEED_EPOCH_HEADER] = self.feed_epoch
         return response
 
     # --- routes -------------------------------------------------------------------------
@@ -508,6 +621,14 @@ class RegistryService:
             ("POST", "/bonds", "add_bond", self.add_bond),
             ("POST", "/bonds/<bond_id>/revocations", "revoke_bond", self.revoke_bond),
             ("POST", "/interactions", "add_rating", self.add_rating),
+            ("POST", "/certifications", "add_certification", self.add_certification),
+            (
+                "POST",
+                "/certifications/revocations",
+                "revoke_certification",
+                self.revoke_certification,
+            ),
+            ("POST", "/sessions", "report_sessions", self.add_sessions),
             ("GET", "/info", "info", _awaitable(self.info)),
             ("GET", "/sync", "sync", self.sync),
         ]
@@ -548,6 +669,28 @@ def _header_agent(header: str) -> str:
     from ocpd.proto.auth import parse_authorization
 
     return parse_authorization(header).agent_id
+
+
+def _session_reports(body: object) -> list[SessionReport]:
+    """``{"sessions": [{agent_id, started_at, ended_at}, …]}`` with D1 timestamps."""
+    if not isinstance(body, dict) or set(body) != {"sessions"}:
+        raise MalformedError("a session report is {sessions}")
+    sessions = body["sessions"]
+    if not isinstance(sessions, list) or not 1 <= len(sessions) <= MAX_SESSIONS_PER_REPORT:
+        raise MalformedError(f"sessions must be a list of 1 to {MAX_SESSIONS_PER_REPORT} sessions")
+    reports = []
+    for i, session in enumerate(sessions):
+        if not isinstance(session, dict) or set(session) != {"agent_id", "started_at", "ended_at"}:
+            raise MalformedError(f"sessions.{i} is {{agent_id, started_at, ended_at}}")
+        parse_agent_id(session["agent_id"], field=f"sessions.{i}.agent_id")
+        reports.append(
+            SessionReport(
+                agent_id=session["agent_id"],
+                started_at=parse_timestamp(session["started_at"], field=f"sessions.{i}.started_at"),
+                ended_at=parse_timestamp(session["ended_at"], field=f"sessions.{i}.ended_at"),
+            )
+        )
+    return reports
 
 
 def _str_list(value: object, field: str) -> list[str]:

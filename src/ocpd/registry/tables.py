@@ -11,30 +11,39 @@ together.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+import secrets
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+
+from ocpd.proto.trust import Uptime
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Sequence
 
 __all__ = [
+    "FEED_EPOCH_KEY",
     "AgentRow",
     "did_history_txn",
+    "feed_epoch_txn",
     "insert_bond_txn",
+    "insert_certification_txn",
     "insert_did_update_txn",
     "insert_rating_txn",
     "insert_vouch_txn",
     "load_federation_txn",
     "load_registry_txn",
     "mark_inactive_txn",
+    "new_feed_epoch_txn",
     "parked_txn",
     "reset_peer_txn",
     "revoke_txn",
     "save_progress_txn",
+    "save_uptime_txn",
     "settle_parked_txn",
     "text",
+    "uptime_from_row",
     "write_agent_txn",
 ]
 
@@ -58,11 +67,44 @@ def _change_txn(conn: sqlite3.Connection, kind: str, key: str, body: str) -> int
 def load_registry_txn(conn: sqlite3.Connection) -> tuple[list[Any], ...]:
     return (
         conn.execute(
-            "SELECT record, did_document, status, online_seconds, registration IS NULL FROM agents"
+            "SELECT record, did_document, status, registration IS NULL, "
+            # the uptime (see uptime_from_row); migration v6 backfilled it
+            "coalesce(first_registered_at, registered_at), online_seconds, "
+            "coalesce(online_horizon, first_registered_at, registered_at), online_recent, "
+            "coalesce(renewal_from, registered_at) FROM agents"
         ).fetchall(),
         conn.execute("SELECT digest, artifact, revoked_at FROM vouches").fetchall(),
         conn.execute("SELECT artifact, revoked_at FROM bonds").fetchall(),
         conn.execute("SELECT artifact FROM ratings").fetchall(),
+        conn.execute("SELECT artifact, revoked_at FROM certifications").fetchall(),
+    )
+
+
+def uptime_from_row(
+    since: float, settled: float, horizon: float, recent: str, renewal_from: float
+) -> Uptime:
+    """An :class:`Uptime` from the columns ``load_registry_txn`` reads."""
+    intervals = tuple((float(start), float(end)) for start, end in json.loads(recent))
+    return Uptime(
+        since=since,
+        settled=settled,
+        horizon=horizon,
+        recent=intervals,
+        renewal_from=renewal_from,
+    )
+
+
+def _uptime_values(uptime: Uptime) -> tuple[float, float, float, str, float]:
+    recent = text([[start, end] for start, end in uptime.recent])
+    return uptime.since, uptime.settled, uptime.horizon, recent, uptime.renewal_from
+
+
+def save_uptime_txn(uptimes: Sequence[tuple[str, Uptime]], conn: sqlite3.Connection) -> None:
+    """Store agents' uptime; no change row: uptime is what this registry saw, never federated."""
+    conn.executemany(
+        "UPDATE agents SET first_registered_at = ?, online_seconds = ?, online_horizon = ?, "
+        "online_recent = ?, renewal_from = ? WHERE agent_id = ?",
+        [(*_uptime_values(uptime), agent_id) for agent_id, uptime in uptimes],
     )
 
 
@@ -105,6 +147,8 @@ class AgentRow:
     """A proof to store; ``None`` keeps the stored one."""
     updates: Sequence[tuple[str, float, dict[str, Any]]] | None
     """The whole update chain to store, in order; ``None`` keeps the stored one."""
+    uptime: Uptime | None = None
+    """The agent's uptime after this write; ``None`` keeps the stored one."""
 
 
 def write_agent_txn(row: AgentRow, conn: sqlite3.Connection) -> int:
@@ -125,6 +169,8 @@ def write_agent_txn(row: AgentRow, conn: sqlite3.Connection) -> int:
             row.registration,
         ),
     )
+    if row.uptime is not None:
+        save_uptime_txn([(row.agent_id, row.uptime)], conn)
     if row.updates is not None:
         conn.execute("DELETE FROM did_updates WHERE agent_id = ?", (row.agent_id,))
         conn.executemany(
@@ -189,16 +235,40 @@ def insert_bond_txn(
     return _change_txn(conn, "bond", bond["bond_id"], body)
 
 
+def insert_certification_txn(
+    certification: dict[str, Any], issued: float, expires: float, conn: sqlite3.Connection
+) -> int:
+    body = text(certification)
+    conn.execute(
+        "INSERT INTO certifications (certification_id, subject, certifier, issued_at, "
+        "expires_at, artifact) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            certification["certification_id"],
+            certification["subject"],
+            certification["certifier"],
+            issued,
+            expires,
+            body,
+        ),
+    )
+    return _change_txn(conn, "certification", certification["certification_id"], body)
+
+
+_REVOKE_SQL: Final = {
+    "vouch_revocation": "UPDATE vouches SET revoked_at = ?, revocation = ? WHERE digest = ?",
+    "bond_revocation": "UPDATE bonds SET revoked_at = ?, revocation = ? WHERE bond_id = ?",
+    "certification_revocation": (
+        "UPDATE certifications SET revoked_at = ?, revocation = ? WHERE certification_id = ?"
+    ),
+}
+
+
 def revoke_txn(
     kind: str, key: str, revocation: dict[str, Any], now: float, conn: sqlite3.Connection
 ) -> int:
-    """Mark a vouch (``vouch_revocation``, by digest) or a bond (by id) revoked."""
+    """Mark a vouch (by digest), a bond or a certification (by id) revoked; ``kind`` says which."""
     body = text(revocation)
-    if kind == "vouch_revocation":
-        sql = "UPDATE vouches SET revoked_at = ?, revocation = ? WHERE digest = ?"
-    else:
-        sql = "UPDATE bonds SET revoked_at = ?, revocation = ? WHERE bond_id = ?"
-    conn.execute(sql, (now, body, key))
+    conn.execute(_REVOKE_SQL[kind], (now, body, key))
     return _change_txn(conn, kind, key, body)
 
 
@@ -221,7 +291,7 @@ def insert_rating_txn(
 
 def load_federation_txn(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
     return (
-        conn.execute("SELECT peer, cursor, node_id FROM federation_peers").fetchall(),
+        conn.execute("SELECT peer, cursor, node_id, feed_epoch FROM federation_peers").fetchall(),
         conn.execute("SELECT peer, count(*) FROM federation_parked GROUP BY peer").fetchall(),
     )
 
@@ -232,16 +302,18 @@ def save_progress_txn(
     rejected: int,
     last_ok: float,
     node_id: str | None,
+    feed_epoch: str | None,
     parked: Sequence[tuple[int, str, str]],
     conn: sqlite3.Connection,
 ) -> None:
     """A page is applied: move the peer's cursor, count its rejections, park the rest."""
     conn.execute(
-        "INSERT INTO federation_peers (peer, cursor, rejected, last_ok, node_id) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (peer) DO UPDATE SET cursor = excluded.cursor, "
+        "INSERT INTO federation_peers (peer, cursor, rejected, last_ok, node_id, feed_epoch) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (peer) DO UPDATE SET cursor = excluded.cursor, "
         "rejected = federation_peers.rejected + excluded.rejected, last_ok = excluded.last_ok, "
-        "node_id = coalesce(excluded.node_id, federation_peers.node_id)",
-        (peer, cursor, rejected, last_ok, node_id),
+        "node_id = coalesce(excluded.node_id, federation_peers.node_id), "
+        "feed_epoch = coalesce(excluded.feed_epoch, federation_peers.feed_epoch)",
+        (peer, cursor, rejected, last_ok, node_id, feed_epoch),
     )
     conn.executemany(
         "INSERT OR IGNORE INTO federation_parked (peer, seq, kind, body, parked_at) "
@@ -250,10 +322,36 @@ def save_progress_txn(
     )
 
 
-def reset_peer_txn(peer: str, node_id: str, conn: sqlite3.Connection) -> None:
+def reset_peer_txn(
+    peer: str, node_id: str | None, feed_epoch: str | None, conn: sqlite3.Connection
+) -> None:
     conn.execute(
-        "UPDATE federation_peers SET cursor = 0, node_id = ? WHERE peer = ?", (node_id, peer)
+        "UPDATE federation_peers SET cursor = 0, node_id = coalesce(?, node_id), "
+        "feed_epoch = coalesce(?, feed_epoch) WHERE peer = ?",
+        (node_id, feed_epoch, peer),
     )
+
+
+FEED_EPOCH_KEY: Final = "feed_epoch"
+
+
+def feed_epoch_txn(conn: sqlite3.Connection) -> str:
+    """This registry's feed epoch, created on first use."""
+    row = conn.execute("SELECT value FROM ocpd_meta WHERE key = ?", (FEED_EPOCH_KEY,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    return new_feed_epoch_txn(conn)
+
+
+def new_feed_epoch_txn(conn: sqlite3.Connection) -> str:
+    """Start a new feed epoch (a restored backup must not reuse sequence numbers)."""
+    epoch = secrets.token_hex(16)
+    conn.execute(
+        "INSERT INTO ocpd_meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (FEED_EPOCH_KEY, epoch),
+    )
+    return epoch
 
 
 def parked_txn(conn: sqlite3.Connection) -> list[tuple[str, int, str, str, int, float]]:

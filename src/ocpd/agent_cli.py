@@ -1,0 +1,481 @@
+"""``ocpd agent …``: the agent SDK from a shell.
+
+* ``keygen``   write a key file and print the agent id;
+* ``register`` register (or renew) the agent with a registry;
+* ``discover`` query a registry;
+* ``send``     send one message (optionally encrypted, optionally waiting
+  for the receiver's ack) over WebSocket or HTTPS;
+* ``listen``   print incoming messages as JSON lines until interrupted.
+
+URLs and files fall back to environment variables (``OCP_AGENT_KEY``,
+``OCP_REGISTRY_URL``, ``OCP_NODE_URL``, ``OCP_NODE_HTTP_URL``,
+``OCP_CA_FILE``, ``OCP_NETWORK``). Results go to stdout as JSON; a failure
+is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from ocpd.client import (
+    AgentKey,
+    NodeClient,
+    NodeError,
+    RegistryClient,
+    RegistryError,
+    UnknownAgent,
+)
+from ocpd.identity import IdentityError, read_key_file
+from ocpd.proto.errors import OcpError
+from ocpd.proto.ids import parse_agent_id
+from ocpd.proto.strictjson import loads_strict
+
+if TYPE_CHECKING:
+    import argparse
+    import ssl
+    from collections.abc import Callable, Coroutine
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_NETWORK = "mainnet"
+MAX_PAYLOAD_FILE = 16_777_216
+_ENDPOINT_TRANSPORTS = {
+    "wss": "ocp-ws",
+    "ws": "ocp-ws",
+    "https": "ocp-http",
+    "http": "ocp-http",
+    "nats": "ocp-nats",
+    "tls": "ocp-nats",
+    "grpc": "ocp-grpc",
+    "grpcs": "ocp-grpc",
+}
+
+
+class AgentCliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _add_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key",
+        default=_env("OCP_AGENT_KEY"),
+        metavar="PATH",
+        help="agent key file ($OCP_AGENT_KEY)",
+    )
+    parser.add_argument(
+        "--network", default=None, help="network (default: the key file's, else $OCP_NETWORK)"
+    )
+
+
+def _add_tls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca-file",
+        default=_env("OCP_CA_FILE"),
+        metavar="PATH",
+        help="CA bundle for the node's and registry's TLS certificates ($OCP_CA_FILE; "
+        "default: the system's trust store)",
+    )
+
+
+def _add_registry(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--registry-url",
+        default=_env("OCP_REGISTRY_URL"),
+        metavar="URL",
+        help="registry, e.g. https://host:8422 ($OCP_REGISTRY_URL)"
+        + ("" if required else "; needed to verify senders and encrypt"),
+    )
+
+
+def _add_node(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node-url",
+        default=_env("OCP_NODE_URL"),
+        metavar="URL",
+        help="node WebSocket endpoint, e.g. wss://host:8421 ($OCP_NODE_URL)",
+    )
+    parser.add_argument(
+        "--http-url",
+        default=_env("OCP_NODE_HTTP_URL"),
+        metavar="URL",
+        help="node HTTPS endpoint, e.g. https://host:8420 ($OCP_NODE_HTTP_URL)",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agent`` and its actions to the ``ocpd`` parser."""
+    agent = sub.add_parser(
+        "agent",
+        help="act as an agent: keys, registration, discovery, messages",
+        description="The agent SDK from a shell. Output is JSON; errors exit 1.",
+    )
+    actions = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+
+    keygen = actions.add_parser("keygen", help="write a new agent key file; print the agent id")
+    keygen.add_argument("--out", required=True, metavar="PATH", help="key file to write (0600)")
+    keygen.add_argument("--network", default=None, help="network ($OCP_NETWORK, else mainnet)")
+
+    register = actions.add_parser("register", help="register (or renew) this agent")
+    _add_key(register)
+    _add_registry(register, required=True)
+    _add_tls(register)
+    register.add_argument("--display-name", default=None)
+    register.add_argument(
+        "--domain", action="append", default=[], required=True, help="domain (repeat)"
+    )
+    register.add_argument(
+        "--capability",
+        action="append",
+        default=[],
+        required=True,
+        metavar="CAP",
+        help="capability id like cap:vision:imaging, or a JSON object (repeat)",
+    )
+    register.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        required=True,
+        metavar="URL",
+        help="endpoint URL, highest priority first (repeat); wss:// is ocp-ws, https:// ocp-http",
+    )
+    register.add_argument("--ttl", type=int, default=86_400, help="record ttl in seconds")
+
+    discover = actions.add_parser("discover", help="find agents by domain and capability")
+    _add_key(discover)
+    _add_registry(discover, required=True)
+    _add_tls(discover)
+    discover.add_argument("--domain", action="append", default=[])
+    discover.add_argument("--capability", action="append", default=[])
+    discover.add_argument("--min-trust-level", type=int, default=0)
+    discover.add_argument("--limit", type=int, default=20)
+    discover.add_argument("--offset", type=int, default=0)
+
+    send = actions.add_parser("send", help="send one message")
+    _add_key(send)
+    _add_node(send)
+    _add_registry(send, required=False)
+    _add_tls(send)
+    send.add_argument("--to", required=True, metavar="AGENT_ID", help="receiver agent id")
+    send.add_argument("--type", default="knowledge_share", help="message type")
+    send.add_argument(
+        "--payload",
+        required=True,
+        metavar="JSON",
+        help="payload object as JSON, @FILE to read it from a file, or - for stdin",
+    )
+    send.add_argument("--encrypt", action="store_true", help="encrypt to the receiver (D5)")
+    send.add_argument(
+        "--ack", action="store_true", help="set requires_ack and wait for the receiver's ack"
+    )
+    send.add_argument("--via", choices=("ws", "http"), default=None, help="transport")
+    send.add_argument("--ttl", type=int, default=3600)
+    send.add_argument("--priority", choices=("low", "normal", "high", "critical"), default="normal")
+
+    listen = actions.add_parser("listen", help="print incoming messages as JSON lines")
+    _add_key(listen)
+    _add_node(listen)
+    _add_registry(listen, required=True)
+    _add_tls(listen)
+    listen.add_argument(
+        "--no-auto-ack", action="store_true", help="do not ack messages that ask for one"
+    )
+    listen.add_argument("--count", type=int, default=None, help="exit after this many messages")
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    raise AgentCliError(message)
+
+
+def _network_of_key_file(path: Path) -> str | None:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        return parse_agent_id(body.get("agent_id"))[0]
+    except (OSError, ValueError, AttributeError, OcpError):
+        return None
+
+
+def _load_agent(args: argparse.Namespace) -> AgentKey:
+    if not args.key:
+        _fail("no key file: give --key or set OCP_AGENT_KEY")
+    path = Path(args.key)
+    key = read_key_file(path)
+    network = args.network or _network_of_key_file(path) or _env("OCP_NETWORK") or DEFAULT_NETWORK
+    try:
+        return AgentKey(key, network)
+    except ValueError as exc:
+        _fail(f"--network: {exc}")
+
+
+def _verify(args: argparse.Namespace) -> ssl.SSLContext | str | bool:
+    if args.ca_file is None:
+        return True
+    if not Path(args.ca_file).is_file():
+        _fail(f"CA file {args.ca_file} does not exist")
+    return str(args.ca_file)
+
+
+def _registry(args: argparse.Namespace, agent: AgentKey) -> RegistryClient:
+    if not args.registry_url:
+        _fail("no registry: give --registry-url or set OCP_REGISTRY_URL")
+    return RegistryClient(args.registry_url, agent, verify=_verify(args))
+
+
+def _print(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False, separators=(",", ":")), flush=True)
+
+
+def _capability(text: str) -> dict[str, Any]:
+    if text.lstrip().startswith("{"):
+        value = loads_strict(text.encode("utf-8"), max_size=65_536)
+        if not isinstance(value, dict):
+            _fail("--capability: a JSON capability must be an object")
+        return value
+    name = text.rsplit(":", 1)[-1].replace("_", " ") or text
+    return {"id": text, "name": name, "version": "1.0"}
+
+
+def _endpoints(urls: list[str]) -> list[dict[str, Any]]:
+    endpoints = []
+    for priority, url in enumerate(urls, start=1):
+        transport = _ENDPOINT_TRANSPORTS.get(urlsplit(url).scheme)
+        if transport is None:
+            _fail(f"--endpoint {url}: use wss://, https://, nats:// or grpc:// URLs")
+        endpoints.append({"transport": transport, "url": url, "priority": priority})
+    return endpoints
+
+
+def _payload(text: str) -> dict[str, Any]:
+    if text == "-":
+        data = sys.stdin.buffer.read(MAX_PAYLOAD_FILE + 1)
+    elif text.startswith("@"):
+        with open(text[1:], "rb") as handle:
+            data = handle.read(MAX_PAYLOAD_FILE + 1)
+    else:
+        data = text.encode("utf-8")
+    value = loads_strict(data, max_size=MAX_PAYLOAD_FILE)
+    if not isinstance(value, dict):
+        _fail("--payload must be a JSON object")
+    return value
+
+
+async def _no_resolver(agent_id: str) -> dict[str, Any]:
+    raise UnknownAgent(f"cannot resolve {agent_id}: no --registry-url given")
+
+
+def _node_client(
+    args: argparse.Namespace,
+    agent: AgentKey,
+    registry: RegistryClient | None,
+    *,
+    ws: bool,
+    http: bool,
+    auto_ack: bool = True,
+) -> NodeClient:
+    ws_url = args.node_url if ws else None
+    http_url = args.http_url if http else None
+    if ws and not ws_url:
+        _fail("no node WebSocket URL: give --node-url or set OCP_NODE_URL")
+    if http and not http_url:
+        _fail("no node HTTPS URL: give --http-url or set OCP_NODE_HTTP_URL")
+    try:
+        return NodeClient(
+            agent,
+            resolve_did=registry.resolve_did if registry is not None else _no_resolver,
+            ws_url=ws_url,
+            http_url=http_url,
+            verify=_verify(args),
+            auto_ack=auto_ack,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists():
+        _fail(f"{out} already exists; refusing to overwrite a key")
+    network = args.network or _env("OCP_NETWORK") or DEFAULT_NETWORK
+    try:
+        agent = AgentKey.generate(network)
+    except ValueError as exc:
+        _fail(f"--network: {exc}")
+    agent.save(out)
+    print(agent.agent_id)
+    return 0
+
+
+async def _register(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    capabilities = [_capability(c) for c in args.capability]
+    endpoints = _endpoints(args.endpoint)
+    async with _registry(args, agent) as registry:
+        record = registry.build_record(
+            display_name=args.display_name or agent.agent_id,
+            capabilities=capabilities,
+            domains=args.domain,
+            endpoints=endpoints,
+            ttl=args.ttl,
+        )
+        endpoint_urls = [e["url"] for e in endpoints]
+        result = await registry.register(record, agent.did_document(endpoints=endpoint_urls))
+    _print(result)
+    return 0
+
+
+async def _discover(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    async with _registry(args, agent) as registry:
+        result = await registry.discover(
+            domains=args.domain,
+            capabilities=args.capability,
+            min_trust_level=args.min_trust_level,
+            limit=args.limit,
+            offset=args.offset,
+        )
+    _print(result)
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    payload = _payload(args.payload)
+    # HTTPS by default when there is a choice: a WebSocket session takes over
+    # the delivery of the agent's messages while it lasts (see the guide).
+    via: Literal["ws", "http"] = args.via or (
+        "http" if args.http_url and not args.ack else "ws" if args.node_url else "http"
+    )
+    needs_registry = args.encrypt or args.ack
+    if needs_registry and not args.registry_url:
+        _fail("--encrypt and --ack need the registry: give --registry-url or set OCP_REGISTRY_URL")
+    registry = _registry(args, agent) if args.registry_url else None
+    # Acks come back over the WebSocket session, whichever way the message went.
+    client = _node_client(
+        args, agent, registry, ws=via == "ws" or args.ack, http=via == "http", auto_ack=False
+    )
+    try:
+        async with client:
+            delivery = await client.send(
+                args.to,
+                args.type,
+                payload,
+                encrypt=args.encrypt,
+                requires_ack=args.ack,
+                transport=via,
+                ttl=args.ttl,
+                priority=args.priority,
+            )
+            # Messages for this agent that came in on this session: the node
+            # counts them as delivered, so show them rather than lose them.
+            for other in client.drain():
+                print(json.dumps(other.summary(), ensure_ascii=False), file=sys.stderr)
+    finally:
+        if registry is not None:
+            await registry.aclose()
+    result: dict[str, Any] = {
+        "message_id": delivery.message_id,
+        "transport": delivery.transport,
+        "encrypted": args.encrypt,
+        "attempts": delivery.attempts,
+    }
+    if delivery.ack is not None:
+        result["ack"] = delivery.ack.summary()
+    if delivery.response is not None:
+        result["response"] = delivery.response
+    _print(result)
+    return 0
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    async with _registry(args, agent) as registry:
+        client = _node_client(
+            args, agent, registry, ws=True, http=False, auto_ack=not args.no_auto_ack
+        )
+        async with client, trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            print(
+                json.dumps({"listening": agent.agent_id, "session_id": client.session_id}),
+                file=sys.stderr,
+                flush=True,
+            )
+            seen = 0
+            async for message in client:
+                _print(message.summary())
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RegistryError):
+        return f"registry refused: {exc.code}: {exc.message}"
+    if isinstance(exc, NodeError):
+        text = str(exc)
+        if exc.retry_after is not None:
+            text += f" (retry after {exc.retry_after:g} s)"
+        return text
+    if isinstance(exc, OcpError):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, httpx.HTTPError):
+        try:
+            where = f" {exc.request.url}"
+        except RuntimeError:
+            where = ""
+        return f"cannot reach{where}: {exc}"
+    return str(exc)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ``ocpd agent`` action; errors become one line on stderr, exit 1."""
+    actions: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+        "register": _register,
+        "discover": _discover,
+        "send": _send,
+        "listen": _listen,
+    }
+    try:
+        if args.agent_command == "keygen":
+            return _keygen(args)
+        return trio.run(actions[args.agent_command], args)
+    except (
+        AgentCliError,
+        IdentityError,
+        RegistryError,
+        NodeError,
+        OcpError,
+        httpx.HTTPError,
+        OSError,
+    ) as exc:
+        print(f"ocpd agent: {_describe(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""The transport node: message intake over HTTPS and WebSocket, queues, delivery."""

@@ -1,0 +1,243 @@
+"""How the node learns an agent's keys, trust level, status and domains.
+
+Two implementations of one small interface (:class:`AgentDirectory`):
+
+* :class:`LedgerDirectory` reads the in-process registry's ledger (``all``
+  mode): no I/O, always current.
+* :class:`HttpDirectory` asks a registry over HTTP(S) (``node`` mode):
+  ``GET /ocp/v1/registry/agents/{id}`` for the record, status and level and
+  ``GET …/{id}/did.json`` for the keys. Answers are cached on trio's clock:
+  found agents for ``directory_cache_seconds``, unknown ones for
+  ``directory_negative_cache_seconds``; concurrent lookups of one id share
+  one request. The DID document must belong to the id (it derives from the
+  document's initial key, D4), so a registry cannot hand out another
+  agent's keys. A registry that cannot be reached is OCP-503, never
+  "unknown agent".
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import attrs
+import httpx
+import trio
+
+from ocpd.proto.diddoc import parse_did_document
+from ocpd.proto.errors import OcpError, Unavailable
+from ocpd.proto.ids import agent_id_matches_key
+from ocpd.proto.strictjson import loads_strict
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ocpd.proto.taxonomy import Taxonomy
+    from ocpd.registry.service import RegistryService
+
+__all__ = ["AgentDirectory", "AgentInfo", "HttpDirectory", "LedgerDirectory", "registry_base"]
+
+API: Final = "/ocp/v1/registry"
+MAX_ANSWER: Final = 1_048_576
+
+
+@attrs.frozen
+class AgentInfo:
+    """What the node needs to know about an agent to route its messages."""
+
+    agent_id: str
+    keys: tuple[bytes, ...]
+    level: int
+    active: bool
+    #: Normalised taxonomy paths.
+    domains: tuple[str, ...]
+    #: The record's endpoints, highest priority (lowest number) first.
+    endpoints: tuple[Mapping[str, Any], ...] = ()
+
+
+class AgentDirectory(Protocol):
+    taxonomy: Taxonomy
+
+    async def lookup(self, agent_id: str) -> AgentInfo | None:
+        """The agent, ``None`` when the registry does not know it; OCP-503 when unsure."""
+        ...
+
+
+def _endpoints(record: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    found = record.get("endpoints", ())
+    if not isinstance(found, list):
+        return ()
+    usable = [e for e in found if isinstance(e, dict)]
+    return tuple(sorted(usable, key=lambda e: e.get("priority", 0)))
+
+
+class LedgerDirectory:
+    """The in-process registry's ledger (``--component all``)."""
+
+    def __init__(self, registry: RegistryService) -> None:
+        self._registry = registry
+        self.taxonomy = registry.ledger.taxonomy
+
+    async def lookup(self, agent_id: str) -> AgentInfo | None:
+        registry = self._registry
+        if not registry.loaded.is_set():
+            await registry.loaded.wait()
+        ledger = registry.ledger
+        entry = ledger.agents.get(agent_id)
+        if entry is None:
+            return None
+        return AgentInfo(
+            agent_id=agent_id,
+            keys=tuple(entry.document.verification_keys()),
+            level=ledger.level(agent_id),
+            active=entry.status == "active",
+            domains=entry.domains,
+            endpoints=_endpoints(entry.record),
+        )
+
+
+def registry_base(url: str) -> str:
+    """The registry's base URL, whether configured with or without ``/ocp/v1``."""
+    base = url.rstrip("/")
+    for suffix in (API, "/ocp/v1"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+@attrs.define(eq=False)
+class _Cached:
+    info: AgentInfo | None
+    until: float
+
+
+class HttpDirectory:
+    """A registry reached over HTTP(S) (``--component node``)."""
+
+    def __init__(
+        self,
+        url: str | None,
+        taxonomy: Taxonomy,
+        *,
+        ca_file: str | None = None,
+        ttl: float = 30.0,
+        negative_ttl: float = 5.0,
+        timeout: float = 5.0,
+        max_entries: int = 100_000,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = registry_base(url) if url else None
+        self.taxonomy = taxonomy
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_entries = max_entries
+        self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, trio.Event] = {}
+        verify: ssl.SSLContext | bool = True
+        if self.url is not None and self.url.startswith("https:"):
+            verify = ssl.create_default_context()
+            if ca_file is not None:
+                verify.load_verify_locations(ca_file)
+        self._http = httpx.AsyncClient(
+            base_url=self.url or "http://registry.invalid",
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Owns the HTTP client for as long as the node runs."""
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
+
+    def forget(self, agent_id: str) -> None:
+        self._cache.pop(agent_id, None)
+
+    async def lookup(self, agent_id: str) -> AgentInfo | None:
+        while True:
+            cached = self._cache.get(agent_id)
+            if cached is not None and cached.until > trio.current_time():
+                return cached.info
+            waiting = self._inflight.get(agent_id)
+            if waiting is None:
+                break
+            await waiting.wait()
+            if agent_id not in self._cache:
+                # The request that was in flight failed; try ourselves.
+                break
+        done = trio.Event()
+        self._inflight[agent_id] = done
+        try:
+            info = await self._fetch(agent_id)
+            ttl = self._ttl if info is not None else self._negative_ttl
+            if len(self._cache) >= self._max_entries:
+                self._prune()
+            self._cache[agent_id] = _Cached(info, trio.current_time() + ttl)
+            return info
+        finally:
+            del self._inflight[agent_id]
+            done.set()
+
+    def _prune(self) -> None:
+        now = trio.current_time()
+        self._cache = {k: v for k, v in self._cache.items() if v.until > now}
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()
+
+    async def _get(self, path: str) -> Any:
+        try:
+            response = await self._http.get(API + path)
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                "the registry cannot be reached", details={"reason": type(exc).__name__}
+            ) from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200 or len(response.content) > MAX_ANSWER:
+            raise Unavailable(
+                "the registry could not answer", details={"status": response.status_code}
+            )
+        try:
+            return loads_strict(response.content, max_size=MAX_ANSWER)
+        except OcpError as exc:
+            raise Unavailable("the registry answered with invalid JSON") from exc
+
+    async def _fetch(self, agent_id: str) -> AgentInfo | None:
+        if self.url is None:
+            raise Unavailable("this node has no registry configured (transport.registry_url)")
+        agent = await self._get(f"/agents/{agent_id}")
+        if agent is None:
+            return None
+        document = await self._get(f"/agents/{agent_id}/did.json")
+        if document is None:
+            return None
+        try:
+            record = agent["record"]
+            if record["agent_id"] != agent_id:
+                raise ValueError("record of another agent")
+            parsed = parse_did_document(document)
+            if parsed.agent_id != agent_id or not agent_id_matches_key(
+                agent_id, parsed.initial_key
+            ):
+                raise ValueError("DID document of another agent")
+            level = agent["trust_level"]
+            if type(level) is not int:
+                raise ValueError("trust_level is not an integer")
+            domains: list[str] = []
+            for domain in record.get("domains", ()):
+                if domain in self.taxonomy:
+                    domains.append(self.taxonomy.normalise(domain))
+            return AgentInfo(
+                agent_id=agent_id,
+                keys=tuple(parsed.verification_keys()),
+                level=level,
+                active=agent.get("status") == "active",
+                domains=tuple(domains),
+                endpoints=_endpoints(record),
+            )
+        except (KeyError, TypeError, ValueError, OcpError) as exc:
+            raise Unavailable("the registry's answer about an agent does not check out") from exc

@@ -1,0 +1,429 @@
+"""The intake pipeline shared by both transports: bytes in, a durable decision out.
+
+Order of checks (cheap and stateless first, so that hostile input costs
+little and never touches a rate-limit bucket or the dedup window):
+
+1. size: the message (``transport.max_message_bytes``, OCP-413) — the
+   transports enforce it again while reading, before buffering;
+2. strict I-JSON, the schema gate and freshness (:func:`parse_message`,
+   OCP-400), then the payload size (``knowledge.max_payload_bytes``,
+   OCP-413);
+3. who is speaking: over HTTP the D3 ``Authorization`` header, whose agent
+   must be ``sender.agent_id``; over WebSocket the session's agent must be;
+   an unknown sender, a bad header signature or a replayed header is OCP-401;
+4. the envelope signature against the sender's active keys (OCP-401);
+5. trust (OCP §4.2.1): sending needs Level 1 (OCP-403); a direct receiver
+   must be registered (OCP-404) and Level 1; a broadcast goes to the
+   matching agents local to this node;
+6. rate limits per verified sender (OCP §9, OCP-429 with ``Retry-After``);
+7. :meth:`Intake.commit`: dedup by ``message_id`` and one group-commit write
+   (dedup row, the exact bytes, one queue row per receiver, an interactions
+   row); only then is the message accepted (D6), and its rows are handed to
+   the router.
+
+Large messages are parsed and verified in a worker thread so that one 16 MiB
+message does not stall every other connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import trio
+
+from ocpd.logs import get_logger, log_event
+from ocpd.node.store import Accept
+from ocpd.proto.auth import HttpAuth, parse_authorization, verify_authorization
+from ocpd.proto.envelope import (
+    VerifiedMessage,
+    build_error_message,
+    parse_message,
+    sign_message,
+    verify_message_signature,
+)
+from ocpd.proto.errors import (
+    AuthError,
+    ForbiddenError,
+    InternalError,
+    MalformedError,
+    NotFoundError,
+    OcpError,
+    PayloadTooLarge,
+    RateLimited,
+)
+from ocpd.proto.ids import broadcast_did, is_broadcast_did
+from ocpd.proto.ratelimit import RateLimiter
+from ocpd.storage import StorageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ocpd.clock import WallClock
+    from ocpd.config import RateLimitingSection
+    from ocpd.node.directory import AgentDirectory, AgentInfo
+    from ocpd.node.router import Router
+    from ocpd.node.store import MessageStore
+    from ocpd.proto.auth import ReplayWindow
+    from ocpd.proto.crypto import SigningKey
+    from ocpd.web import Metrics
+
+__all__ = ["Attempt", "Checked", "HttpCredentials", "Intake", "MessageLimits", "Outcome"]
+
+#: Messages above this size are parsed and verified off the event loop.
+OFFLOAD_BYTES: Final = 65_536
+#: Dedup ids are kept at least this long (D6: max(ttl, 3600) plus skew).
+MIN_DEDUP_SECONDS: Final = 3600
+MESSAGES_PATH: Final = "/ocp/v1/messages"
+
+log = get_logger("node")
+
+
+@attrs.define
+class Attempt:
+    """What is known about one incoming message so far, for errors, logs and metrics."""
+
+    transport: Literal["http", "ws"]
+    started: float
+    message_id: str | None = None
+    message_type: str | None = None
+    #: The sender once known; before that the agent the request claims to be.
+    sender: str | None = None
+
+
+@attrs.frozen
+class HttpCredentials:
+    authorization: str | None
+    path_and_query: str = MESSAGES_PATH
+
+
+@attrs.frozen
+class Checked:
+    """A message that passed every check before the write, with its rate tokens taken."""
+
+    verified: VerifiedMessage
+    receivers: tuple[AgentInfo, ...]
+    dedup_until: float
+    taken: tuple[RateLimiter, ...]
+
+
+@attrs.frozen
+class Outcome:
+    message_id: str
+    duplicate: bool = False
+
+
+class MessageLimits:
+    """The OCP §9 buckets a message draws from, per verified sender."""
+
+    def __init__(self, section: RateLimitingSection, metrics: Metrics) -> None:
+        self.enabled = section.enabled
+        self._hits = metrics.rate_limit_hits
+        self.messages = RateLimiter(limit=section.messages_per_minute, window=60)
+        self.broadcasts = RateLimiter(limit=section.broadcasts_per_minute, window=60)
+        self.knowledge = RateLimiter(limit=section.knowledge_per_minute, window=60)
+        self.bonds = RateLimiter(limit=section.bond_requests_per_hour, window=3600)
+
+    def take(
+        self, sender: str, message_type: str, *, broadcast: bool, now: float
+    ) -> tuple[RateLimiter, ...]:
+        if not self.enabled:
+            return ()
+        buckets: list[tuple[str, RateLimiter]] = [("messages", self.messages)]
+        if broadcast:
+            buckets.append(("broadcasts", self.broadcasts))
+        if message_type == "knowledge_share":
+            buckets.append(("knowledge", self.knowledge))
+        elif message_type == "bond_request":
+            buckets.append(("bond_requests", self.bonds))
+        taken: list[RateLimiter] = []
+        for operation, limiter in buckets:
+            retry = limiter.take(sender, now=now)
+            if retry is not None:
+                self.refund(sender, taken)
+                self._hits.labels(operation).inc()
+                raise RateLimited(
+                    f"{operation} rate limit reached",
+                    retry_after=retry,
+                    details={"operation": operation},
+                )
+            taken.append(limiter)
+        return tuple(taken)
+
+    @staticmethod
+    def refund(sender: str, taken: Sequence[RateLimiter]) -> None:
+        for limiter in taken:
+            limiter.refund(sender)
+
+
+def _payload_size(message: dict[str, Any]) -> int:
+    payload = message["payload"]
+    if isinstance(payload, str):
+        return len(payload)
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+@attrs.define(eq=False)
+class Intake:
+    directory: AgentDirectory
+    store: MessageStore
+    router: Router
+    limits: MessageLimits
+    replay: ReplayWindow
+    clock: WallClock
+    metrics: Metrics
+    key: SigningKey
+    service_agent: str
+    network: str
+    clock_skew: float
+    max_message_bytes: int
+    max_payload_bytes: int
+    cpu: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
+    broadcast_id: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.broadcast_id = broadcast_did(self.network)
+
+    # --- checks ------------------------------------------------------------------
+
+    def _parse(self, raw: bytes, now: float) -> tuple[dict[str, Any], float, float]:
+        message, sent_at, expires_at = parse_message(
+            raw, now=now, clock_skew=self.clock_skew, max_size=self.max_message_bytes
+        )
+        if len(raw) > self.max_payload_bytes and _payload_size(message) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload exceeds the limit of {self.max_payload_bytes} bytes",
+                details={"limit": self.max_payload_bytes, "field": "payload"},
+            )
+        return message, sent_at, expires_at
+
+    async def check(
+        self,
+        raw: bytes,
+        attempt: Attempt,
+        *,
+        http: HttpCredentials | None = None,
+        session_agent: str | None = None,
+    ) -> Checked:
+        """Steps 1-6; raises the :class:`OcpError` to answer with."""
+        auth: HttpAuth | None = None
+        auth_error: AuthError | None = None
+        if http is not None:
+            try:
+                auth = parse_authorization(http.authorization)
+                attempt.sender = auth.agent_id
+            except AuthError as exc:
+                auth_error = exc
+        if len(raw) > self.max_message_bytes:
+            raise PayloadTooLarge(
+                f"message exceeds the limit of {self.max_message_bytes} bytes",
+                details={"limit": self.max_message_bytes},
+            )
+        now = self.clock.now()
+        if len(raw) > OFFLOAD_BYTES:
+            message, sent_at, expires_at = await trio.to_thread.run_sync(
+                self._parse, raw, now, limiter=self.cpu
+            )
+        else:
+            message, sent_at, expires_at = self._parse(raw, now)
+        sender: str = message["sender"]["agent_id"]
+        attempt.message_id = message["message_id"]
+        attempt.message_type = message["message_type"]
+        if session_agent is not None and sender != session_agent:
+            raise AuthError("sender.agent_id is not the agent of this session")
+        if http is not None:
+            if auth_error is not None:
+                raise auth_error
+            if auth is None or auth.agent_id != sender:
+                raise AuthError("Authorization agent id differs from the message sender")
+        attempt.sender = sender
+        info = await self.directory.lookup(sender)
+        if info is None:
+            raise AuthError("the sender is not a registered agent")
+        if http is not None:
+            verify_authorization(
+                http.authorization,
+                method="POST",
+                path_and_query=http.path_and_query,
+                body=raw,
+                public_keys=info.keys,
+                now=now,
+                replay=self.replay,
+                window=self.clock_skew,
+                expected_agent_id=sender,
+            )
+        if len(raw) > OFFLOAD_BYTES:
+            digest = await trio.to_thread.run_sync(
+                verify_message_signature, message, info.keys, limiter=self.cpu
+            )
+        else:
+            digest = verify_message_signature(message, info.keys)
+        if info.level < 1:
+            raise ForbiddenError(
+                "sending messages needs trust level 1 (an active registration with an endpoint)",
+                details={"trust_level": info.level},
+            )
+        broadcast, receivers = await self._receivers(message, sender)
+        taken = self.limits.take(
+            sender, attempt.message_type or "", broadcast=broadcast, now=trio.current_time()
+        )
+        ttl = expires_at - sent_at
+        verified = VerifiedMessage(
+            message=message,
+            raw=raw,
+            digest=digest,
+            sender=sender,
+            receiver=message["receiver"]["agent_id"],
+            message_type=message["message_type"],
+            message_id=message["message_id"],
+            sent_at=sent_at,
+            expires_at=expires_at,
+        )
+        dedup_until = max(now, sent_at) + max(ttl, MIN_DEDUP_SECONDS) + self.clock_skew
+        return Checked(verified, receivers, dedup_until, taken)
+
+    async def _receivers(
+        self, message: dict[str, Any], sender: str
+    ) -> tuple[bool, tuple[AgentInfo, ...]]:
+        receiver = message["receiver"]
+        receiver_id: str = receiver["agent_id"]
+        flagged = receiver.get("broadcast", False) is True
+        if flagged != is_broadcast_did(receiver_id):
+            raise MalformedError(
+                "receiver.broadcast is true exactly when receiver.agent_id is the broadcast DID",
+                details={"field": "receiver"},
+            )
+        if flagged:
+            if receiver_id != self.broadcast_id:
+                raise MalformedError(
+                    f"this node broadcasts on {self.broadcast_id}", details={"field": "receiver"}
+                )
+            return True, await self._broadcast_receivers(message, sender)
+        info = await self.directory.lookup(receiver_id)
+        if info is None:
+            raise NotFoundError("the receiver is not a registered agent")
+        if info.level < 1:
+            raise ForbiddenError(
+                "the receiver cannot receive direct messages (trust level 0)",
+                details={"receiver_trust_level": info.level},
+            )
+        return False, (info,)
+
+    async def _broadcast_receivers(
+        self, message: dict[str, Any], sender: str
+    ) -> tuple[AgentInfo, ...]:
+        """Active local agents (not the sender) under any of ``metadata.tags``.
+
+        Tags are taxonomy paths or unique leaves; a tag the taxonomy does not
+        know matches nobody. Without tags a broadcast reaches every active
+        local agent.
+        """
+        taxonomy = self.directory.taxonomy
+        raw_tags = message.get("metadata", {}).get("tags", [])
+        tags = [taxonomy.normalise(t) for t in raw_tags if t in taxonomy]
+        if raw_tags and not tags:
+            return ()
+        found: list[AgentInfo] = []
+        for agent_id in sorted(self.router.local):
+            if agent_id == sender:
+                continue
+            info = await self.directory.lookup(agent_id)
+            if info is None or not info.active:
+                continue
+            if not tags or any(d == t or d.startswith(t + ".") for d in info.domains for t in tags):
+                found.append(info)
+        return tuple(found)
+
+    # --- the durable step --------------------------------------------------------------
+
+    async def commit(self, batch: Sequence[Checked]) -> list[Outcome | OcpError]:
+        """Dedup and store ``batch`` in one write; hand new rows to the router.
+
+        Shielded: once the write is on its way its outcome must reach the
+        router and the caller, even if the client went away meanwhile.
+        """
+        now = self.clock.now()
+        items = [
+            Accept(
+                message_id=c.verified.message_id,
+                digest=c.verified.digest,
+                sender=c.verified.sender,
+                receiver=c.verified.receiver,
+                message_type=c.verified.message_type,
+                raw=c.verified.raw,
+                expires_at=c.verified.expires_at,
+                dedup_until=c.dedup_until,
+                recipients=tuple(
+                    (r.agent_id, self.router.placement(r.agent_id)) for r in c.receivers
+                ),
+                at=now,
+            )
+            for c in batch
+        ]
+        out: list[Outcome | OcpError] = []
+        with trio.CancelScope(shield=True):
+            try:
+                results = await self.store.accept(items)
+            except StorageError as exc:
+                log_event(log, "store_failed", level=logging.ERROR, error=str(exc))
+                for c in batch:
+                    self.limits.refund(c.verified.sender, c.taken)
+                return [InternalError("the node could not store the message")] * len(batch)
+        for checked, result in zip(batch, results, strict=True):
+            verified = checked.verified
+            if result.status == "conflict":
+                self.limits.refund(verified.sender, checked.taken)
+                out.append(
+                    MalformedError(
+                        "message_id was already used for a different message",
+                        details={"field": "message_id", "reason": "reused"},
+                    )
+                )
+            elif result.status == "duplicate":
+                out.append(Outcome(verified.message_id, duplicate=True))
+            else:
+                for info, seq in zip(checked.receivers, result.seqs, strict=True):
+                    self.router.notify(info, seq, verified.raw, verified.expires_at)
+                out.append(Outcome(verified.message_id))
+        return out
+
+    # --- answers ---------------------------------------------------------------------
+
+    def error_message(self, error: OcpError, attempt: Attempt) -> dict[str, Any]:
+        """The signed OCPUMF ``error`` message for a rejection (D6).
+
+        Addressed to the sender, or to the agent the request claimed to be;
+        to the broadcast DID when nothing about the request named an agent.
+        """
+        message = build_error_message(
+            error,
+            sender=self.service_agent,
+            receiver=attempt.sender or self.broadcast_id,
+            now=self.clock.now(),
+            reference_message_id=attempt.message_id,
+        )
+        return sign_message(message, self.key)
+
+    def finish(self, attempt: Attempt, result: Outcome | OcpError) -> None:
+        """Count and log one processed message (never its payload)."""
+        if isinstance(result, Outcome):
+            status = "duplicate" if result.duplicate else "accepted"
+            code = None
+        else:
+            status = "rate_limited" if isinstance(result, RateLimited) else "rejected"
+            code = result.code
+        message_type = attempt.message_type or "unknown"
+        self.metrics.messages.labels(message_type, status).inc()
+        log_event(
+            log,
+            "message",
+            transport=attempt.transport,
+            message_id=attempt.message_id,
+            type=message_type,
+            sender=attempt.sender,
+            status=status,
+            error_code=code,
+            duration_ms=round((trio.current_time() - attempt.started) * 1000, 3),
+        )

@@ -1,0 +1,198 @@
+"""The node's durable state: dedup window, message bodies, delivery queues.
+
+Synchronous ``*_txn`` functions run inside the database's group commit
+(:meth:`ocpd.storage.Database.write`) or on its read connection; the
+:class:`MessageStore` facade awaits them. One :func:`accept_txn` call takes
+a whole batch of messages (an HTTP request brings one, a WebSocket session
+as many as arrived while the previous batch was committing) and decides each
+one on its own, so a duplicate in a batch never rolls back its neighbours.
+
+Times in rows are wall-clock epoch seconds (they come from signed
+timestamps); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Literal
+
+import attrs
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Sequence
+
+    from ocpd.storage import Database
+
+__all__ = [
+    "Accept",
+    "Accepted",
+    "MessageStore",
+    "Pending",
+    "SweepCounts",
+    "accept_txn",
+]
+
+#: Rows handed to a session per read when it catches up on its queue.
+PENDING_BATCH: Final = 128
+
+Placement = Literal["local", "remote"]
+
+
+@attrs.frozen
+class Accept:
+    """One verified message to commit, with the receivers it is queued for."""
+
+    message_id: str
+    digest: bytes
+    sender: str
+    receiver: str
+    message_type: str
+    raw: bytes
+    #: When the message itself expires (timestamp + ttl): its queue rows go then.
+    expires_at: float
+    #: When its id may be forgotten (D6: max(ttl, 3600) + clock skew).
+    dedup_until: float
+    recipients: tuple[tuple[str, Placement], ...]
+    at: float
+
+
+@attrs.frozen
+class Accepted:
+    """The outcome of one :class:`Accept`.
+
+    ``status`` is ``accepted`` (new: ``seqs`` are its queue rows, one per
+    recipient in order), ``duplicate`` (same id, same digest: nothing stored)
+    or ``conflict`` (same id, other content).
+    """
+
+    status: Literal["accepted", "duplicate", "conflict"]
+    seqs: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class Pending:
+    seq: int
+    raw: bytes
+    expires_at: float
+
+
+@attrs.frozen
+class SweepCounts:
+    deliveries: int
+    message_ids: int
+    interactions: int
+
+
+def accept_txn(conn: sqlite3.Connection, batch: Sequence[Accept]) -> list[Accepted]:
+    """Dedup, then store each new message of ``batch``; one outcome per item."""
+    out: list[Accepted] = []
+    for item in batch:
+        inserted = conn.execute(
+            "INSERT INTO message_ids (message_id, digest, sender, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (message_id) DO NOTHING",
+            (item.message_id, item.digest, item.sender, item.dedup_until),
+        ).rowcount
+        if not inserted:
+            row = conn.execute(
+                "SELECT digest FROM message_ids WHERE message_id = ?", (item.message_id,)
+            ).fetchone()
+            out.append(Accepted("duplicate" if bytes(row[0]) == item.digest else "conflict"))
+            continue
+        seqs: list[int] = []
+        if item.recipients:
+            conn.execute(
+                "INSERT INTO message_bodies (message_id, raw, expires_at) VALUES (?, ?, ?)",
+                (item.message_id, item.raw, item.expires_at),
+            )
+            for receiver, placement in item.recipients:
+                cursor = conn.execute(
+                    "INSERT INTO deliveries (receiver, message_id, sender, expires_at, state) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (receiver, item.message_id, item.sender, item.expires_at, placement),
+                )
+                seqs.append(int(cursor.lastrowid or 0))
+        conn.execute(
+            "INSERT INTO interactions (sender, receiver, message_type, at) VALUES (?, ?, ?, ?)",
+            (item.sender, item.receiver, item.message_type, item.at),
+        )
+        out.append(Accepted("accepted", tuple(seqs)))
+    return out
+
+
+def pending_txn(conn: sqlite3.Connection, receiver: str, after: int, limit: int) -> list[Pending]:
+    rows = conn.execute(
+        "SELECT d.seq, b.raw, d.expires_at FROM deliveries AS d "
+        "JOIN message_bodies AS b ON b.message_id = d.message_id "
+        "WHERE d.receiver = ? AND d.seq > ? ORDER BY d.seq LIMIT ?",
+        (receiver, after, limit),
+    ).fetchall()
+    return [Pending(int(seq), bytes(raw), float(expires)) for seq, raw, expires in rows]
+
+
+def delivered_txn(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
+    """Drop sent queue rows, and each body no other row needs; returns rows removed."""
+    removed = 0
+    for seq in seqs:
+        row = conn.execute(
+            "DELETE FROM deliveries WHERE seq = ? RETURNING message_id", (seq,)
+        ).fetchone()
+        if row is None:
+            continue
+        removed += 1
+        conn.execute(
+            "DELETE FROM message_bodies WHERE message_id = ?1 "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1)",
+            (row[0],),
+        )
+    return removed
+
+
+def sweep_txn(conn: sqlite3.Connection, now: float, interactions_before: float) -> SweepCounts:
+    deliveries = conn.execute("DELETE FROM deliveries WHERE expires_at < ?", (now,)).rowcount
+    conn.execute("DELETE FROM message_bodies WHERE expires_at < ?", (now,))
+    ids = conn.execute("DELETE FROM message_ids WHERE expires_at < ?", (now,)).rowcount
+    interactions = conn.execute(
+        "DELETE FROM interactions WHERE at < ?", (interactions_before,)
+    ).rowcount
+    return SweepCounts(deliveries, ids, interactions)
+
+
+def touch_local_agent_txn(conn: sqlite3.Connection, agent_id: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO local_agents (agent_id, first_seen, last_seen) VALUES (?, ?, ?) "
+        "ON CONFLICT (agent_id) DO UPDATE SET last_seen = excluded.last_seen",
+        (agent_id, now, now),
+    )
+
+
+def local_agents_txn(conn: sqlite3.Connection) -> list[str]:
+    return [str(row[0]) for row in conn.execute("SELECT agent_id FROM local_agents")]
+
+
+@attrs.define
+class MessageStore:
+    """Async facade over the node database (writes are durable on return)."""
+
+    database: Database
+
+    async def accept(self, batch: Sequence[Accept]) -> list[Accepted]:
+        return await self.database.write(lambda conn: accept_txn(conn, batch))
+
+    async def pending(
+        self, receiver: str, *, after: int, limit: int = PENDING_BATCH
+    ) -> list[Pending]:
+        return await self.database.read(lambda conn: pending_txn(conn, receiver, after, limit))
+
+    async def delivered(self, seqs: Sequence[int]) -> int:
+        if not seqs:
+            return 0
+        return await self.database.write(lambda conn: delivered_txn(conn, seqs))
+
+    async def sweep(self, *, now: float, interactions_before: float) -> SweepCounts:
+        return await self.database.write(lambda conn: sweep_txn(conn, now, interactions_before))
+
+    async def touch_local_agent(self, agent_id: str, *, now: float) -> None:
+        await self.database.write(lambda conn: touch_local_agent_txn(conn, agent_id, now))
+
+    async def local_agents(self) -> list[str]:
+        return await self.database.read(local_agents_txn)

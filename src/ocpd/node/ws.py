@@ -1,0 +1,391 @@
+"""``/ocp/v1/ws``: the WebSocket transport (OCP §3.1.1, D2, D6), raw ASGI.
+
+Theory of operation
+-------------------
+A connection must offer the subprotocol ``ocp.v1`` (otherwise the upgrade
+is refused, HTTP 403). Once accepted it is *pending*: it counts against
+``transport.websocket.max_connections`` and against its address's
+``max_pending_per_ip`` (beyond either: close 1013). Within
+``auth_timeout_seconds`` of the upgrade it must send one valid
+``auth_handshake`` frame; then the node answers::
+
+    {"frame_type": "auth_result", "status": "accepted", "session_id": "sess-<uuid>", "ttl": 86400}
+
+or ``{"frame_type": "auth_result", "status": "rejected", "error_code": …,
+"message": …}`` followed by close 1008 (a bad or replayed handshake, an
+unknown agent, or nothing valid in time: OCP-408).
+
+An authenticated session runs three tasks until the agent leaves, its
+``ttl`` runs out (close 1000: authenticate again) or the daemon stops
+(close 1001). In the last two cases the node first stops reading, then
+commits what it already read and writes those receipts (for at most
+``DRAIN_SECONDS``), then closes:
+
+* the **reader** takes one text frame at a time, runs it through the
+  intake's checks and queues the result (a frame over the size limit ends
+  the session with 1009; hypercorn enforces the same limit while the frame
+  arrives, so it is never buffered whole);
+* the **committer** writes whatever messages are queued in one group commit
+  and answers each, in order, with
+  ``{"frame_type": "receipt", "message_id": …, "status": "accepted"}`` (plus
+  ``"duplicate": true`` for a duplicate) or ``"status": "rejected"`` with
+  ``"error"``: the signed ``error`` message, as over HTTP;
+* the **sender** writes receipts and, while the session owns its agent's
+  delivery, the agent's queued messages (the exact bytes received, one text
+  frame each; see :mod:`ocpd.node.router`).
+
+Hypercorn sends WebSocket pings every ``ping_interval_seconds`` and drops a
+connection that stays silent for two intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import attrs
+import trio
+
+from ocpd.node.intake import Attempt, Checked, Outcome
+from ocpd.node.router import Session
+from ocpd.proto import schema
+from ocpd.proto.auth import verify_ws_auth_handshake
+from ocpd.proto.errors import AuthError, MalformedError, OcpError, RequestTimeout
+from ocpd.proto.strictjson import loads_strict
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from ocpd.clock import WallClock
+    from ocpd.config import WebSocketSection
+    from ocpd.node.directory import AgentDirectory
+    from ocpd.node.intake import Intake
+    from ocpd.node.router import Router
+    from ocpd.proto.auth import ReplayWindow
+    from ocpd.web import Metrics
+
+__all__ = ["SUBPROTOCOL", "WS_PATH", "WebSocketEndpoint"]
+
+WS_PATH: Final = "/ocp/v1/ws"
+SUBPROTOCOL: Final = "ocp.v1"
+HANDSHAKE_MAX: Final = 4096
+#: Checked messages waiting for their write before the reader stops reading.
+PIPELINE: Final = 64
+#: How long a session that is ending may take to answer what it already read.
+DRAIN_SECONDS: Final = 3.0
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_TRY_LATER: Final = 1013
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Item = tuple[Attempt, Checked | OcpError]
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@attrs.define(eq=False)
+class _Ending:
+    """Why a session ends: the close code to send (``None``: the agent left)."""
+
+    code: int | None = CLOSE_NORMAL
+    reason: str = "session ttl reached"
+
+
+@attrs.define(eq=False)
+class WebSocketEndpoint:
+    intake: Intake
+    router: Router
+    directory: AgentDirectory
+    replay: ReplayWindow
+    clock: WallClock
+    metrics: Metrics
+    settings: WebSocketSection
+    max_message_bytes: int
+    clock_skew: float
+    stopping: trio.Event | None = None
+    active: int = 0
+    pending: dict[str, int] = attrs.Factory(dict)
+
+    def install(self, app: QuartTrio) -> None:
+        inner = cast("ASGIApp", app.asgi_app)
+
+        async def front(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "websocket" and scope["path"] == WS_PATH:
+                await self.handle(scope, receive, send)
+            else:
+                await inner(scope, receive, send)
+
+        app.asgi_app = front  # type: ignore[method-assign,assignment]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        opened = trio.current_time()
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if SUBPROTOCOL not in scope.get("subprotocols", ()):
+            await send({"type": "websocket.close", "code": CLOSE_POLICY})
+            return
+        await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL})
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        if self.active >= self.settings.max_connections:
+            await _close(send, CLOSE_TRY_LATER, "too many connections")
+            return
+        if self.pending.get(address, 0) >= self.settings.max_pending_per_ip:
+            await _close(send, CLOSE_TRY_LATER, "too many unauthenticated connections")
+            return
+        self.active += 1
+        self.metrics.active_websockets.set(self.active)
+        self.pending[address] = self.pending.get(address, 0) + 1
+        counted_pending = True
+        try:
+            agent = await self._authenticate(
+                receive, send, opened + self.settings.auth_timeout_seconds
+            )
+            if agent is None:
+                return
+            self._unpend(address)
+            counted_pending = False
+            await self._serve(agent, receive, send)
+        finally:
+            if counted_pending:
+                self._unpend(address)
+            self.active -= 1
+            self.metrics.active_websockets.set(self.active)
+
+    def _unpend(self, address: str) -> None:
+        left = self.pending.get(address, 1) - 1
+        if left > 0:
+            self.pending[address] = left
+        else:
+            self.pending.pop(address, None)
+
+    # --- authentication -------------------------------------------------------------
+
+    async def _authenticate(self, receive: Receive, send: Send, deadline: float) -> str | None:
+        """The agent of a valid handshake, or ``None`` once the connection is closed."""
+        error: OcpError = RequestTimeout(
+            f"no valid auth_handshake within {self.settings.auth_timeout_seconds:g} s"
+        )
+        with trio.move_on_at(deadline):
+            try:
+                event = await receive()
+                if event["type"] == "websocket.disconnect":
+                    return None
+                text = event.get("text")
+                if not isinstance(text, str) or len(text) > HANDSHAKE_MAX:
+                    raise MalformedError("the first frame must be a text auth_handshake")
+                frame = loads_strict(text.encode("utf-8"), max_size=HANDSHAKE_MAX)
+                schema.validate("auth-handshake", frame)
+                if not isinstance(frame, dict):  # pragma: no cover - the schema requires one
+                    raise MalformedError("auth_handshake is an object")
+                info = await self.directory.lookup(frame["agent_id"])
+                if info is None:
+                    raise AuthError("the agent is not registered")
+                return verify_ws_auth_handshake(
+                    frame,
+                    public_keys=info.keys,
+                    now=self.clock.now(),
+                    replay=self.replay,
+                    window=self.clock_skew,
+                )
+            except OcpError as exc:
+                error = exc
+        reply = {
+            "frame_type": "auth_result",
+            "status": "rejected",
+            "error_code": error.code,
+            "message": error.message,
+        }
+        await send({"type": "websocket.send", "text": _dumps(reply)})
+        await _close(send, CLOSE_POLICY, "authentication failed")
+        return None
+
+    # --- the session ----------------------------------------------------------------
+
+    async def _serve(self, agent: str, receive: Receive, send: Send) -> None:
+        async def send_text(text: str) -> None:
+            await send({"type": "websocket.send", "text": text})
+
+        session = Session(agent, f"sess-{uuid.uuid4()}", send_text)
+        ttl = self.settings.session_ttl_seconds
+        await self.router.attach(session)
+        ending = _Ending()
+        try:
+            accepted = {
+                "frame_type": "auth_result",
+                "status": "accepted",
+                "session_id": session.session_id,
+                "ttl": ttl,
+            }
+            await send_text(_dumps(accepted))
+            pipeline_send, pipeline_receive = trio.open_memory_channel[Item](PIPELINE)
+            reading = trio.CancelScope()
+            committed = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    self._reader,
+                    session,
+                    receive,
+                    pipeline_send,
+                    ending,
+                    nursery.cancel_scope,
+                    reading,
+                )
+                nursery.start_soon(self._committer, session, pipeline_receive, committed)
+                nursery.start_soon(self._sender, session)
+                nursery.start_soon(
+                    self._watch_end,
+                    session,
+                    trio.current_time() + ttl,
+                    ending,
+                    reading,
+                    committed,
+                    nursery.cancel_scope,
+                )
+        finally:
+            self.router.detach(session)
+        if ending.code is not None:
+            await _close(send, ending.code, ending.reason)
+
+    async def _watch_end(
+        self,
+        session: Session,
+        deadline: float,
+        ending: _Ending,
+        reading: trio.CancelScope,
+        committed: trio.Event,
+        scope: trio.CancelScope,
+    ) -> None:
+        """At the session's ttl or the daemon's stop: stop reading, drain, then end."""
+        with trio.move_on_at(deadline):
+            if self.stopping is None:
+                await trio.sleep_forever()
+            else:
+                await self.stopping.wait()
+                ending.code, ending.reason = CLOSE_GOING_AWAY, "node stopping"
+        reading.cancel()
+        with trio.move_on_after(DRAIN_SECONDS):
+            await committed.wait()
+            await session.mark_flush()
+            await session.flushed.wait()
+        scope.cancel()
+
+    async def _reader(
+        self,
+        session: Session,
+        receive: Receive,
+        pipeline: trio.MemorySendChannel[Item],
+        ending: _Ending,
+        scope: trio.CancelScope,
+        reading: trio.CancelScope,
+    ) -> None:
+        with reading:
+            await self._read(session, receive, pipeline, ending, scope)
+
+    async def _read(
+        self,
+        session: Session,
+        receive: Receive,
+        pipeline: trio.MemorySendChannel[Item],
+        ending: _Ending,
+        scope: trio.CancelScope,
+    ) -> None:
+        async with pipeline:
+            while True:
+                event = await receive()
+                if event["type"] == "websocket.disconnect":
+                    session.closed = True
+                    ending.code = None
+                    scope.cancel()
+                    return
+                attempt = Attempt("ws", trio.current_time(), sender=session.agent_id)
+                item: Checked | OcpError
+                text = event.get("text")
+                if not isinstance(text, str):
+                    item = MalformedError("OCP messages travel as text frames")
+                else:
+                    raw = text.encode("utf-8")
+                    if len(raw) > self.max_message_bytes:
+                        ending.code, ending.reason = CLOSE_TOO_BIG, "message too big"
+                        scope.cancel()
+                        return
+                    try:
+                        item = await self.intake.check(raw, attempt, session_agent=session.agent_id)
+                    except OcpError as exc:
+                        item = exc
+                await pipeline.send((attempt, item))
+
+    async def _committer(
+        self, session: Session, pipeline: trio.MemoryReceiveChannel[Item], committed: trio.Event
+    ) -> None:
+        await self._commit_all(session, pipeline)
+        committed.set()
+
+    async def _commit_all(
+        self, session: Session, pipeline: trio.MemoryReceiveChannel[Item]
+    ) -> None:
+        async with pipeline:
+            async for first in pipeline:
+                batch = [first]
+                while len(batch) < PIPELINE:
+                    try:
+                        batch.append(pipeline.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                checked = [item for _, item in batch if isinstance(item, Checked)]
+                results = iter(await self.intake.commit(checked) if checked else [])
+                for attempt, item in batch:
+                    result = next(results) if isinstance(item, Checked) else item
+                    self.intake.finish(attempt, result)
+                    await session.send_receipt(_dumps(self._receipt(attempt, result)))
+
+    def _receipt(self, attempt: Attempt, result: Outcome | OcpError) -> dict[str, object]:
+        if isinstance(result, Outcome):
+            receipt: dict[str, object] = {
+                "frame_type": "receipt",
+                "message_id": result.message_id,
+                "status": "accepted",
+            }
+            if result.duplicate:
+                receipt["duplicate"] = True
+            return receipt
+        return {
+            "frame_type": "receipt",
+            "message_id": attempt.message_id,
+            "status": "rejected",
+            "error": self.intake.error_message(result, attempt),
+        }
+
+    async def _sender(self, session: Session) -> None:
+        while True:
+            await session.wait_work()
+            while True:
+                try:
+                    frame = session.receipts_receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if frame is None:
+                    session.flushed.set()
+                else:
+                    await session.send_text(frame)
+            if session.owner:
+                await self.router.deliver(session)
+
+
+async def _close(send: Send, code: int, reason: str) -> None:
+    await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1,0 +1,158 @@
+"""The node's view of a remote registry: answers, checks and the cache on trio's clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from ocpd.client import AgentKey
+from ocpd.node.directory import HttpDirectory, registry_base
+from ocpd.proto.crypto import SigningKey
+from ocpd.proto.errors import Unavailable
+from ocpd.proto.taxonomy import Taxonomy
+
+NETWORK = "testnet"
+ALICE = AgentKey(SigningKey(bytes([1]) * 32), NETWORK)
+BOB = AgentKey(SigningKey(bytes([2]) * 32), NETWORK)
+
+
+def _agent_answer(agent: AgentKey, *, level: int = 1, status: str = "active") -> dict[str, Any]:
+    return {
+        "record": {
+            "agent_id": agent.agent_id,
+            "domains": ["oncology", "finance", "not-a-domain"],
+            "endpoints": [
+                {"transport": "ocp-http", "url": "https://b.example", "priority": 2},
+                {"transport": "ocp-ws", "url": "wss://a.example", "priority": 1},
+            ],
+        },
+        "status": status,
+        "trust_level": level,
+    }
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.documents: dict[str, dict[str, Any]] = {ALICE.agent_id: ALICE.did_document()}
+        self.agents: dict[str, dict[str, Any]] = {ALICE.agent_id: _agent_answer(ALICE)}
+        self.gate: trio.Event | None = None
+        self.down = False
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request.url.path)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise httpx.ConnectError("refused")
+        path = request.url.path.removeprefix("/ocp/v1/registry/agents/")
+        agent_id, _, rest = path.partition("/")
+        store = self.documents if rest == "did.json" else self.agents
+        if agent_id not in store:
+            return httpx.Response(404, json={"error_code": "OCP-404"})
+        return httpx.Response(200, content=json.dumps(store[agent_id]).encode())
+
+    def directory(self, url: str | None = "https://registry.example:8422/ocp/v1") -> HttpDirectory:
+        return HttpDirectory(
+            url,
+            Taxonomy.load_default(),
+            ttl=30,
+            negative_ttl=5,
+            transport=httpx.MockTransport(self.handle),
+        )
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    return MockClock(autojump_threshold=0)
+
+
+def test_registry_base() -> None:
+    assert registry_base("https://r.example:8422/") == "https://r.example:8422"
+    assert registry_base("https://r.example:8422/ocp/v1") == "https://r.example:8422"
+    assert registry_base("https://r.example/ocp/v1/registry") == "https://r.example"
+
+
+async def test_found_agent_and_its_cache(clock: MockClock) -> None:
+    registry = Registry()
+    directory = registry.directory()
+    with trio.fail_after(300):
+        info = await directory.lookup(ALICE.agent_id)
+        assert info is not None
+        assert info.keys == (ALICE.key.public_key,)
+        assert info.level == 1 and info.active
+        assert info.domains == ("healthcare.oncology", "finance")
+        assert [e["priority"] for e in info.endpoints] == [1, 2]
+        assert registry.requests == [
+            f"/ocp/v1/registry/agents/{ALICE.agent_id}",
+            f"/ocp/v1/registry/agents/{ALICE.agent_id}/did.json",
+        ]
+        await trio.sleep(29.999)
+        assert await directory.lookup(ALICE.agent_id) == info
+        assert len(registry.requests) == 2
+        await trio.sleep(0.001)
+        registry.agents[ALICE.agent_id] = _agent_answer(ALICE, level=2, status="inactive")
+        again = await directory.lookup(ALICE.agent_id)
+        assert again is not None and again.level == 2 and not again.active
+        assert len(registry.requests) == 4
+
+
+async def test_unknown_agent_is_remembered_briefly(clock: MockClock) -> None:
+    registry = Registry()
+    directory = registry.directory()
+    with trio.fail_after(300):
+        assert await directory.lookup(BOB.agent_id) is None
+        await trio.sleep(4.9)
+        assert await directory.lookup(BOB.agent_id) is None
+        assert len(registry.requests) == 1
+        await trio.sleep(0.1)
+        registry.agents[BOB.agent_id] = _agent_answer(BOB)
+        registry.documents[BOB.agent_id] = BOB.did_document()
+        assert await directory.lookup(BOB.agent_id) is not None
+
+
+async def test_concurrent_lookups_share_one_request(clock: MockClock) -> None:
+    registry = Registry()
+    registry.gate = trio.Event()
+    directory = registry.directory()
+    results: list[object] = []
+
+    async def look() -> None:
+        results.append(await directory.lookup(ALICE.agent_id))
+
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(look)
+            await trio.testing.wait_all_tasks_blocked()
+            registry.gate.set()
+        assert len(results) == 5 and len({id(r) for r in results}) == 1
+        assert len(registry.requests) == 2
+
+
+async def test_an_unreachable_registry_is_503_and_not_cached(clock: MockClock) -> None:
+    registry = Registry()
+    registry.down = True
+    directory = registry.directory()
+    with trio.fail_after(300):
+        with pytest.raises(Unavailable):
+            await directory.lookup(ALICE.agent_id)
+        registry.down = False
+        assert await directory.lookup(ALICE.agent_id) is not None
+        with pytest.raises(Unavailable, match="no registry configured"):
+            await registry.directory(None).lookup(ALICE.agent_id)
+
+
+async def test_keys_must_belong_to_the_agent(clock: MockClock) -> None:
+    registry = Registry()
+    # the registry answers with Bob's document for Alice's id
+    registry.documents[ALICE.agent_id] = BOB.did_document()
+    directory = registry.directory()
+    with trio.fail_after(300), pytest.raises(Unavailable, match="does not check out"):
+        await directory.lookup(ALICE.agent_id)
