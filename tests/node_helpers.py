@@ -46,6 +46,7 @@ class FakeDirectory:
         self.taxonomy = taxonomy or Taxonomy.load_default()
         self.agents: dict[str, AgentInfo] = {}
         self.lookups = 0
+        self.sessions: list[tuple[str, float, float]] = []
 
     def add(
         self, agent: Agent, *, level: int = 1, active: bool = True, domains: Iterable[str] = ()
@@ -63,6 +64,9 @@ class FakeDirectory:
     async def lookup(self, agent_id: str) -> AgentInfo | None:
         self.lookups += 1
         return self.agents.get(agent_id)
+
+    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
+        self.sessions.append((agent_id, started_at, ended_at))
 
 
 @attrs.define

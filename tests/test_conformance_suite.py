@@ -149,7 +149,8 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
     assert results["OCP-CORE-REG-001"].detail.startswith("mode centralized, network mainnet")
     assert results["OCP-CORE-DID-001"].detail.endswith("(HTTP 401 OCP-401)")
     assert "HTTP 409 E_ADV_STALE_SEQ" in results["NET-ADV-002"].detail
-    assert results["OCP-CORE-RATE-002"].detail.startswith("query 101 of one agent got OCP-429")
+    # 101, or a little later when the bucket refilled while the queries ran
+    assert re.match(r"query 1\d\d of one agent got OCP-429", results["OCP-CORE-RATE-002"].detail)
 
 
 async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(

@@ -12,7 +12,9 @@ import trio.testing
 from trio.testing import MockClock
 
 from ocpd.client import AgentKey
+from ocpd.clock import WallClock
 from ocpd.node.directory import HttpDirectory, registry_base
+from ocpd.proto.auth import ReplayWindow, verify_authorization
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.errors import Unavailable
 from ocpd.proto.taxonomy import Taxonomy
@@ -156,3 +158,48 @@ async def test_keys_must_belong_to_the_agent(clock: MockClock) -> None:
     directory = registry.directory()
     with trio.fail_after(300), pytest.raises(Unavailable, match="does not check out"):
         await directory.lookup(ALICE.agent_id)
+
+
+async def test_session_reports_are_signed_by_the_service_agent(clock: MockClock) -> None:
+    node_key = SigningKey(bytes([9]) * 32)
+    service_agent = AgentKey(node_key, NETWORK).agent_id
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(403 if len(seen) > 1 else 200, json={})
+
+    directory = HttpDirectory(
+        "https://registry.example",
+        Taxonomy.load_default(),
+        transport=httpx.MockTransport(handle),
+        reporter=(service_agent, node_key, WallClock()),
+    )
+    with trio.fail_after(30):
+        await directory.report_session(ALICE.agent_id, 1_775_217_600.0, 1_775_217_660.5)
+        await directory.report_session(ALICE.agent_id, 1_775_217_600.0, 1_775_217_700.0)
+        await directory.report_session(ALICE.agent_id, 1_775_217_600.0, 1_775_217_800.0)
+    request = seen[0]
+    assert request.url.path == "/ocp/v1/registry/sessions"
+    body = request.content
+    assert json.loads(body) == {
+        "sessions": [
+            {
+                "agent_id": ALICE.agent_id,
+                "started_at": "2026-04-03T12:00:00.000Z",
+                "ended_at": "2026-04-03T12:01:00.500Z",
+            }
+        ]
+    }
+    verify_authorization(
+        request.headers["Authorization"],
+        method="POST",
+        path_and_query="/ocp/v1/registry/sessions",
+        body=body,
+        public_keys=[node_key.public_key],
+        now=WallClock().now(),
+        replay=ReplayWindow(window=60),
+        expected_agent_id=service_agent,
+    )
+    # refusals do not disturb anything; they are reported once in the log
+    assert len(seen) == 3

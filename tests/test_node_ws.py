@@ -181,6 +181,25 @@ async def test_session_ends_at_its_ttl(tmp_path: Path, clock: MockClock, alice: 
             assert trio.current_time() == authed_at + 600
 
 
+async def test_session_time_is_reported(tmp_path: Path, clock: MockClock, alice: Agent) -> None:
+    with trio.fail_after(3000):
+        async with running_node(tmp_path) as node, trio.open_nursery() as n:
+            node.directory.add(alice)
+            client = WsClient()
+            await trio.sleep(10)
+            await authenticate(client, node.ws, n, alice, node.clock.now())
+            start = node.clock.now()
+            await trio.sleep(650)
+            # a long session is reported as it goes: [start, now] every 300 s
+            assert node.directory.sessions == [
+                (alice.id, start, start + 300),
+                (alice.id, start, start + 600),
+            ]
+            await client.disconnect()
+            await trio.sleep(1)
+            assert node.directory.sessions[-1] == (alice.id, start, start + 650)
+
+
 async def test_stopping_drains_then_closes_with_1001(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:

@@ -49,6 +49,11 @@ def _directory(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirecto
         ca_file=t.registry_ca_file,
         ttl=t.directory_cache_seconds,
         negative_ttl=t.directory_negative_cache_seconds,
+        reporter=(
+            ctx.identity.service_agent_id(ctx.config.node.network),
+            ctx.identity.key,
+            ctx.clock,
+        ),
     )
     runtime.services.append(directory.run)
     return directory

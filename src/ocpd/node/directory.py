@@ -13,10 +13,19 @@ Two implementations of one small interface (:class:`AgentDirectory`):
   document's initial key, D4), so a registry cannot hand out another
   agent's keys. A registry that cannot be reached is OCP-503, never
   "unknown agent".
+
+Both also take the node's reports of authenticated WebSocket session time
+(D7 uptime): in process through :meth:`RegistryService.report_session`, over
+HTTP as ``POST /ocp/v1/registry/sessions`` signed (D3) by the node's service
+agent, which the registry must know and list in ``registry.session_reporters``.
+A report that cannot be delivered is logged and dropped: uptime is a score
+input, never a reason to disturb message traffic.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -24,7 +33,10 @@ import attrs
 import httpx
 import trio
 
+from ocpd.logs import get_logger, log_event
+from ocpd.proto.auth import build_authorization
 from ocpd.proto.diddoc import parse_did_document
+from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.errors import OcpError, Unavailable
 from ocpd.proto.ids import agent_id_matches_key
 from ocpd.proto.strictjson import loads_strict
@@ -32,6 +44,8 @@ from ocpd.proto.strictjson import loads_strict
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from ocpd.clock import WallClock
+    from ocpd.proto.crypto import SigningKey
     from ocpd.proto.taxonomy import Taxonomy
     from ocpd.registry.service import RegistryService
 
@@ -39,6 +53,8 @@ __all__ = ["AgentDirectory", "AgentInfo", "HttpDirectory", "LedgerDirectory", "r
 
 API: Final = "/ocp/v1/registry"
 MAX_ANSWER: Final = 1_048_576
+
+log = get_logger("node")
 
 
 @attrs.frozen
@@ -60,6 +76,10 @@ class AgentDirectory(Protocol):
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
         """The agent, ``None`` when the registry does not know it; OCP-503 when unsure."""
+        ...
+
+    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
+        """The agent held an authenticated session over ``[started_at, ended_at]`` (epoch s)."""
         ...
 
 
@@ -95,6 +115,12 @@ class LedgerDirectory:
             endpoints=_endpoints(entry.record),
         )
 
+    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
+        try:
+            await self._registry.report_session(agent_id, started_at, ended_at)
+        except OcpError as exc:
+            log_event(log, "session_report_refused", level=logging.DEBUG, error_code=exc.code)
+
 
 def registry_base(url: str) -> str:
     """The registry's base URL, whether configured with or without ``/ocp/v1``."""
@@ -125,8 +151,12 @@ class HttpDirectory:
         timeout: float = 5.0,
         max_entries: int = 100_000,
         transport: httpx.AsyncBaseTransport | None = None,
+        reporter: tuple[str, SigningKey, WallClock] | None = None,
     ) -> None:
         self.url = registry_base(url) if url else None
+        #: The node's service agent, its key and clock, for signed session reports.
+        self._reporter = reporter
+        self._reports_refused = False
         self.taxonomy = taxonomy
         self._ttl = ttl
         self._negative_ttl = negative_ttl
@@ -187,6 +217,45 @@ class HttpDirectory:
         self._cache = {k: v for k, v in self._cache.items() if v.until > now}
         if len(self._cache) >= self._max_entries:
             self._cache.clear()
+
+    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
+        if self.url is None or self._reporter is None:
+            return
+        reporter, key, clock = self._reporter
+        session = {
+            "agent_id": agent_id,
+            "started_at": format_timestamp(started_at, fraction_digits=3),
+            "ended_at": format_timestamp(ended_at, fraction_digits=3),
+        }
+        body = json.dumps({"sessions": [session]}, separators=(",", ":")).encode()
+        path = API + "/sessions"
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": build_authorization(
+                key,
+                agent_id=reporter,
+                method="POST",
+                path_and_query=path,
+                body=body,
+                now=clock.now(),
+            ),
+        }
+        try:
+            response = await self._http.post(path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log_event(log, "session_report_failed", level=logging.DEBUG, reason=type(exc).__name__)
+            return
+        if response.status_code in (401, 403) and not self._reports_refused:
+            self._reports_refused = True
+            log_event(
+                log,
+                "session_reports_refused",
+                level=logging.WARNING,
+                status=response.status_code,
+                detail="register the node's service agent with the registry and list it in "
+                "registry.session_reporters to count agents' session time",
+                service_agent=reporter,
+            )
 
     async def _get(self, path: str) -> Any:
         try:

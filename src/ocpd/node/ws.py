@@ -36,6 +36,10 @@ commits what it already read and writes those receipts (for at most
 
 Hypercorn sends WebSocket pings every ``ping_interval_seconds`` and drops a
 connection that stays silent for two intervals.
+
+Authenticated session time is reported to the registry (D7 uptime) every
+``UPTIME_REPORT_SECONDS`` while a session lasts, as ``[start, now]``, and
+once more when it ends.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ HANDSHAKE_MAX: Final = 4096
 PIPELINE: Final = 64
 #: How long a session that is ending may take to answer what it already read.
 DRAIN_SECONDS: Final = 3.0
+#: How often a long session's time so far is reported to the registry.
+UPTIME_REPORT_SECONDS: Final = 300.0
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
@@ -223,6 +229,7 @@ class WebSocketEndpoint:
 
         session = Session(agent, f"sess-{uuid.uuid4()}", send_text)
         ttl = self.settings.session_ttl_seconds
+        started_at = self.clock.now()
         await self.router.attach(session)
         ending = _Ending()
         try:
@@ -248,6 +255,7 @@ class WebSocketEndpoint:
                 )
                 nursery.start_soon(self._committer, session, pipeline_receive, committed)
                 nursery.start_soon(self._sender, session)
+                nursery.start_soon(self._report_uptime, agent, started_at)
                 nursery.start_soon(
                     self._watch_end,
                     session,
@@ -261,6 +269,13 @@ class WebSocketEndpoint:
             self.router.detach(session)
         if ending.code is not None:
             await _close(send, ending.code, ending.reason)
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
+            await self.directory.report_session(agent, started_at, self.clock.now())
+
+    async def _report_uptime(self, agent: str, started_at: float) -> None:
+        while True:
+            await trio.sleep(UPTIME_REPORT_SECONDS)
+            await self.directory.report_session(agent, started_at, self.clock.now())
 
     async def _watch_end(
         self,
