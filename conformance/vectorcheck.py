@@ -6,8 +6,8 @@ reports them as ``vector`` requirements so that a reader sees that the
 primitives the suite relies on agree with the published bytes before trusting
 its verdict on the target.
 
-Each case is verified from the JSON alone, the way
-``tests/test_conformance_vectors.py`` does it: signatures, digests from the
+Each case is verified from the JSON alone, (``tests/test_conformance_vectors.py`` runs
+these same checks, one test per case): signatures, digests from the
 canonical text, ids from keys, rejection of invalid identifiers, decryption,
 CBOR signing inputs and the session keys. The generator is never used.
 Failures are collected per case (``<file stem>/<case name>: what differed``),
@@ -58,7 +58,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-__all__ = ["VECTOR_CHECKS", "VectorMismatch", "VectorOutcome", "check_manifest"]
+__all__ = [
+    "CASE_CHECKS",
+    "VECTOR_CHECKS",
+    "VectorMismatch",
+    "VectorOutcome",
+    "check_case",
+    "check_manifest",
+]
 
 MANIFEST: Final = "MANIFEST.json"
 MANIFEST_FORMAT: Final = 1
@@ -157,12 +164,16 @@ def _named(data: Json, case_name: str) -> Case:
     return found
 
 
+def _any(_: Case) -> bool:
+    return True
+
+
 def _run_cases(
     directory: Path,
     name: str,
     check: Callable[[Case, Json], None],
     *,
-    select: Callable[[Case], bool] = lambda _: True,
+    select: Callable[[Case], bool] = _any,
 ) -> VectorOutcome:
     """Run ``check(case, file)`` on every selected case of ``name``; collect failures."""
     outcome = VectorOutcome()
@@ -724,12 +735,38 @@ def _not_session(case: Case) -> bool:
     return not _is_session(case)
 
 
+#: Each vector file's case checks, with the cases each one covers.
+CASE_CHECKS: Final[
+    dict[str, tuple[tuple[Callable[[Case, Json], None], Callable[[Case], bool]], ...]]
+] = {
+    "did-ocp.json": ((_did_ocp_case, _any),),
+    "did-document.json": ((_did_document_case, _any),),
+    "message-signing.json": ((_message_case, _any),),
+    "http-authorization.json": ((_http_case, _any),),
+    "ws-auth.json": ((_ws_case, _any),),
+    "payload-encryption.json": ((_encryption_case, _any),),
+    "artifacts.json": ((_artifact_case, _any),),
+    "did-key.json": ((_did_key_case, _any),),
+    "networking.json": ((_net_case, _not_session), (_session_case, _is_session)),
+}
+
+
+def check_case(name: str, case: Case, data: Json) -> None:
+    """Verify one case of vector file ``name`` (its whole JSON is ``data``).
+
+    Raises :class:`VectorMismatch` (or the core's own error) on a mismatch.
+    """
+    checks = [check for check, select in CASE_CHECKS[name] if select(case)]
+    if not checks:
+        raise VectorMismatch(f"{name}: no check covers case {case.get('name')!r}")
+    for check in checks:
+        check(case, data)
+
+
 def _runner(
-    name: str, check: Callable[[Case, Json], None], select: Callable[[Case], bool] | None = None
+    name: str, check: Callable[[Case, Json], None], select: Callable[[Case], bool] = _any
 ) -> Callable[[Path], VectorOutcome]:
     def run(directory: Path) -> VectorOutcome:
-        if select is None:
-            return _run_cases(directory, name, check)
         return _run_cases(directory, name, check, select=select)
 
     return run

@@ -6,13 +6,13 @@ import pytest
 
 from ocpd.client import AgentKey
 from ocpd.client.bonds import (
-    accepted_bond,
     bond_accept,
     bond_confirm,
     bond_negotiate,
     bond_request,
     bond_revoke,
 )
+from ocpd.client.registry import build_bond
 from ocpd.proto import schema
 from ocpd.proto.artifacts import intersect_permissions, verify_bond
 from ocpd.proto.crypto import SigningKey
@@ -54,10 +54,9 @@ def test_the_whole_flow_ends_in_a_bond_both_signed() -> None:
     counter = _sent(B, A, "bond_negotiate", bond_negotiate(COUNTER, duration_days=30))
     agreed = intersect_permissions(request["proposed_permissions"], counter["counter_permissions"])
     assert agreed["task_delegate"]["max_concurrent"] == 2
-    bond = accepted_bond(
-        A.agent_id, B.agent_id, permissions=agreed, now=NOW,
-        duration_days=counter["proposed_duration_days"],
-    )  # fmt: skip
+    bond = build_bond(
+        A.agent_id, B.agent_id, permissions=agreed, now=NOW, days=counter["proposed_duration_days"]
+    )
     accept = _sent(B, A, "bond_accept", bond_accept(bond, B))
     confirm = _sent(
         A,
@@ -76,7 +75,7 @@ def test_the_whole_flow_ends_in_a_bond_both_signed() -> None:
 
 
 def test_a_confirm_is_never_built_for_terms_the_accepter_did_not_sign() -> None:
-    bond = accepted_bond(A.agent_id, B.agent_id, permissions=COUNTER, now=NOW, duration_days=30)
+    bond = build_bond(A.agent_id, B.agent_id, permissions=COUNTER, now=NOW, days=30)
     accept = bond_accept(bond, B)
     widened = dict(accept, agreed_permissions=OFFER)
     with pytest.raises(MalformedError, match="does not match"):
@@ -98,6 +97,6 @@ def test_payloads_are_checked_against_their_schemas() -> None:
     with pytest.raises(MalformedError):
         bond_negotiate(COUNTER, bond_id="not-a-bond-id")
     bad = {"task_delegate": {"enabled": "yes"}}
-    empty = accepted_bond(A.agent_id, B.agent_id, permissions=bad, now=NOW, duration_days=30)
+    empty = build_bond(A.agent_id, B.agent_id, permissions=bad, now=NOW, days=30)
     with pytest.raises(MalformedError):
         bond_accept(empty, B)

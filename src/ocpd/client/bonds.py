@@ -10,7 +10,8 @@ Two agents form a bond by exchanging messages through their nodes::
 
 The registry stores only the final bilateral record
 (:meth:`RegistryClient.submit_bond`) and revocations
-(:meth:`RegistryClient.revoke_bond`). Each builder returns a payload already
+(:meth:`RegistryClient.revoke_bond`); the record itself comes from
+:func:`ocpd.client.registry.build_bond`. Each builder returns a payload already
 checked against its ``payload.<type>`` schema; put it in a message with
 ``message_type`` set to the step's name. Permissions agreed by both sides
 are the intersection of what each offered
@@ -19,7 +20,6 @@ are the intersection of what each offered
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 from ocpd.proto import schema
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOND_MESSAGE_TYPES",
-    "accepted_bond",
     "bond_accept",
     "bond_confirm",
     "bond_negotiate",
@@ -51,7 +50,6 @@ BOND_MESSAGE_TYPES: Final = (
     "bond_confirm",
     "bond_revoke",
 )
-DAY: Final = 86_400
 
 
 def _checked(message_type: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -80,29 +78,6 @@ def bond_negotiate(
     if duration_days is not None:
         payload["proposed_duration_days"] = duration_days
     return _checked("bond_negotiate", payload)
-
-
-def accepted_bond(
-    requester: str,
-    accepter: str,
-    *,
-    permissions: Mapping[str, Any],
-    now: float,
-    duration_days: int,
-    renewal: str = "auto",
-    bond_id: str | None = None,
-) -> dict[str, Any]:
-    """The unsigned bond record both parties will sign (built by the accepter)."""
-    bond = {
-        "bond_id": bond_id or f"bond-{uuid.uuid4()}",
-        "agents": [requester, accepter],
-        "permissions": dict(permissions),
-        "established_at": format_timestamp(now),
-        "expires_at": format_timestamp(now + duration_days * DAY),
-        "renewal": renewal,
-        "signatures": {},
-    }
-    return bond  # checked by its schema once signed (bond_accept, bond_confirm)
 
 
 def bond_accept(bond: Mapping[str, Any], accepter: AgentKey) -> dict[str, Any]:

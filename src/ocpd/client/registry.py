@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from ocpd.client.bonds import bond_revoke
 from ocpd.proto.artifacts import sign_bond, vouch_digest
 from ocpd.proto.auth import build_authorization
 from ocpd.proto.encoding import format_timestamp
@@ -258,16 +259,9 @@ class RegistryClient:
         return result
 
     async def revoke_bond(self, bond_id: str, *, reason: str | None = None) -> dict[str, Any]:
-        revocation: dict[str, Any] = {
-            "revocation_type": "bond",
-            "bond_id": bond_id,
-            "revoked_by": self.agent.agent_id,
-            "revoked_at": format_timestamp(self.agent.now()),
-        }
-        if reason is not None:
-            revocation["reason"] = reason
+        revocation = bond_revoke(bond_id, self.agent, reason=reason)
         result: dict[str, Any] = await self._request(
-            "POST", f"/bonds/{bond_id}/revocations", self.agent.sign(revocation), sign=True
+            "POST", f"/bonds/{bond_id}/revocations", revocation, sign=True
         )
         return result
 
