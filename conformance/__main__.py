@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {SUITE_VERSION}")
     parser.add_argument("--node", required=True, type=_base_url, help="node HTTP base URL")
-    parser.add_argument("--node-ws", type=_base_url, help="node WebSocket port base URL")
+    parser.add_argument(
+        "--node-ws", type=_base_url, help="node WebSocket port base URL (default: --node)"
+    )
     parser.add_argument("--registry", required=True, type=_base_url, help="registry base URL")
     parser.add_argument("--custodian", required=True, type=_base_url, help="custodian base URL")
     parser.add_argument(
@@ -70,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=20.0, metavar="S", help="deadline of one check"
+    )
+    parser.add_argument(
+        "--route-listener",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="registry-mediated routing check: refuse its messages on a plain HTTP listener "
+        "of the suite on 127.0.0.1 (on), use the registry's URL instead (off), or the "
+        "listener when the node's URL is a loopback address (auto, the default)",
     )
     parser.add_argument(
         "--vectors", type=Path, metavar="DIR", help="vector directory (default: the bundled one)"
@@ -92,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         insecure=args.insecure,
         check_timeout=args.timeout,
         vectors_dir=args.vectors or VECTORS_DIR,
+        route_listener=args.route_listener,
     )
     report = trio.run(run_suite, config)
     # Files first: a closed stdout must not cost the reports.

@@ -54,9 +54,16 @@ from ocpd.proto.signing import artifact_digest
 
 __all__ = [
     "CHECKS",
+    "Answer",
     "Component",
     "Outcome",
     "Probe",
+    "ProbeAgent",
+    "RouteListener",
+    "TargetRegistry",
+    "Unexpected",
+    "checked",
+    "compact",
     "health_problems",
     "info_problems",
     "metrics_problems",
@@ -95,6 +102,11 @@ class Component:
     url: str
 
 
+#: Whether the routing check may run its own refusing endpoints on 127.0.0.1 (``auto``:
+#: when the node under test is on a loopback address too).
+RouteListener = Literal["auto", "on", "off"]
+
+
 @dataclass(frozen=True)
 class Probe:
     """What a check needs: the listeners and the TLS context of ordinary requests."""
@@ -102,6 +114,7 @@ class Probe:
     components: tuple[Component, ...]
     context: ssl.SSLContext
     request_timeout: float
+    route_listener: RouteListener = "auto"
 
     async def get(self, component: Component, path: str) -> HttpResponse:
         url = endpoint_url(component.url, path)
@@ -131,6 +144,13 @@ class Probe:
             if component.role == role:
                 return component
         raise LookupError(f"no {role} listener under test")
+
+    def listener(self, label: str) -> Component | None:
+        """The listener labelled ``label`` (``node-ws``...), if there is one."""
+        for component in self.components:
+            if component.label == label:
+                return component
+        return None
 
 
 @dataclass(frozen=True)
@@ -379,7 +399,7 @@ class Unexpected(Exception):
     """The target answered something that ends a check early (its message is the detail)."""
 
 
-def _checked(check: Check) -> Check:
+def checked(check: Check) -> Check:
     """Turn :class:`Unexpected` and unreachable listeners into a ``fail`` outcome."""
 
     @wraps(check)
@@ -394,7 +414,7 @@ def _checked(check: Check) -> Check:
     return run
 
 
-def _compact(value: object) -> bytes:
+def compact(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -552,7 +572,7 @@ class TargetRegistry:
     ) -> Answer:
         """``method`` on ``REGISTRY_API + path`` with ``value`` as JSON, signed by ``agent``."""
         full = REGISTRY_API + path
-        body = None if value is None else _compact(value)
+        body = None if value is None else compact(value)
         headers = {}
         if agent is not None:
             headers["Authorization"] = self.authorization(agent, method, full, body or b"")
@@ -667,7 +687,7 @@ def trust_problems(report: object, agent_id: str) -> list[str]:
 # --- registry: checks ------------------------------------------------------------------------
 
 
-@_checked
+@checked
 async def check_registry_info(probe: Probe) -> Outcome:
     """OCP-CORE-REG-001: a supported mode, the network, published weights, taxonomy version."""
     component = probe.role("registry")
@@ -683,7 +703,7 @@ async def check_registry_info(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_registration(probe: Probe) -> Outcome:
     """OCP-CORE-REG-002: a signed record with its DID document is registered and served back."""
     registry = await TargetRegistry.open(probe)
@@ -712,7 +732,7 @@ async def check_registration(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_registration_rules(probe: Probe) -> Outcome:
     """OCP-CORE-REG-003: invalid agent ids, empty lists and bad signatures are refused."""
     registry = await TargetRegistry.open(probe)
@@ -735,7 +755,7 @@ async def check_registration_rules(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_taxonomy(probe: Probe) -> Outcome:
     """OCP-CORE-REG-004: domains outside the taxonomy are refused."""
     registry = await TargetRegistry.open(probe)
@@ -749,7 +769,7 @@ async def check_taxonomy(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_capability_ids(probe: Probe) -> Outcome:
     """OCP-CORE-REG-005: capability ids are cap:<domain>:<name> or cap:custom:<org>:<name>."""
     registry = await TargetRegistry.open(probe)
@@ -762,13 +782,13 @@ async def check_capability_ids(probe: Probe) -> Outcome:
     return Outcome.of(problems, f"malformed capability ids refused; {custom} accepted")
 
 
-@_checked
+@checked
 async def check_registry_auth(probe: Probe) -> Outcome:
     """OCP-CORE-REG-008: registry writes need a fresh D3 Authorization that is used once."""
     registry = await TargetRegistry.open(probe)
     agent, stranger = registry.agent(), registry.agent()
     path = f"{REGISTRY_API}/agents"
-    body = _compact({"record": agent.record(), "did_document": agent.did_document()})
+    body = compact({"record": agent.record(), "did_document": agent.did_document()})
     problems: list[str] = []
     _expect(problems, "no Authorization", await registry.send("POST", path, body), 401)
     stale = registry.authorization(agent, "POST", path, body, now=time.time() - 900)
@@ -790,7 +810,7 @@ async def check_registry_auth(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_agent_id_derivation(probe: Probe) -> Outcome:
     """OCP-CORE-DID-001: an agent id that does not derive from the initial key is refused."""
     registry = await TargetRegistry.open(probe)
@@ -798,7 +818,7 @@ async def check_agent_id_derivation(probe: Probe) -> Outcome:
     claimed = registry.agent().agent_id  # an id derived from some other key
     document = json.loads(json.dumps(holder.did_document()).replace(holder.agent_id, claimed))
     record = holder.record(agent_id=claimed)
-    body = _compact({"record": record, "did_document": document})
+    body = compact({"record": record, "did_document": document})
     path = f"{REGISTRY_API}/agents"
     impostor = ProbeAgent(registry.network, holder.key, claimed_id=claimed)
     header = {"Authorization": registry.authorization(impostor, "POST", path, body)}
@@ -811,7 +831,7 @@ async def check_agent_id_derivation(probe: Probe) -> Outcome:
     return Outcome.of(problems, f"id not derived from the key refused ({answer.describe()})")
 
 
-@_checked
+@checked
 async def check_did_resolution(probe: Probe) -> Outcome:
     """OCP-CORE-DID-002: the registry serves the registered DID document (did.json)."""
     registry = await TargetRegistry.open(probe)
@@ -829,7 +849,7 @@ async def check_did_resolution(probe: Probe) -> Outcome:
     return Outcome.of(problems, f"did.json of {agent.agent_id} equals the registered document")
 
 
-@_checked
+@checked
 async def check_discovery(probe: Probe) -> Outcome:
     """OCP-CORE-DISC-001: filters, total, limit and offset of POST /discover (OCP §3.2.3)."""
     registry = await TargetRegistry.open(probe)
@@ -883,7 +903,7 @@ async def check_discovery(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_discovery_hierarchy(probe: Probe) -> Outcome:
     """OCP-CORE-DISC-002: an agent in healthcare.oncology is found under healthcare."""
     registry = await TargetRegistry.open(probe)
@@ -901,7 +921,7 @@ async def check_discovery_hierarchy(probe: Probe) -> Outcome:
     return Outcome.of(problems, "found under healthcare and healthcare.oncology, not under finance")
 
 
-@_checked
+@checked
 async def check_trust_levels(probe: Probe) -> Outcome:
     """OCP-CORE-TRUST-001: a fresh agent is Level 1, and Level 2 actions are refused (OCP-403)."""
     registry = await TargetRegistry.open(probe)
@@ -928,7 +948,7 @@ async def check_trust_levels(probe: Probe) -> Outcome:
     return Outcome.of(problems, "fresh agents are Level 1; their vouch and bond get OCP-403")
 
 
-@_checked
+@checked
 async def check_trust_score(probe: Probe) -> Outcome:
     """OCP-CORE-TRUST-002: score and components in [0, 1], the published weights, sum to 1."""
     registry = await TargetRegistry.open(probe)
@@ -958,7 +978,7 @@ async def check_trust_score(probe: Probe) -> Outcome:
     return Outcome.of(problems, f"trust_score {shown} = weighted sum of 5 components in [0, 1]")
 
 
-@_checked
+@checked
 async def check_vouch_level(probe: Probe) -> Outcome:
     """OCP-CORE-VOUCH-001: only Level 2+ agents may vouch."""
     registry = await TargetRegistry.open(probe)
@@ -973,7 +993,7 @@ async def check_vouch_level(probe: Probe) -> Outcome:
     return Outcome.of(problems, "a Level 1 agent's vouch is refused with OCP-403")
 
 
-@_checked
+@checked
 async def check_vouch_rules(probe: Probe) -> Outcome:
     """OCP-CORE-VOUCH-002: self-vouches and vouches over 365 days are invalid (OCP-400)."""
     registry = await TargetRegistry.open(probe)
@@ -991,7 +1011,7 @@ async def check_vouch_rules(probe: Probe) -> Outcome:
     return Outcome.of(problems, "a self-vouch and a 366-day vouch are refused with OCP-400")
 
 
-@_checked
+@checked
 async def check_bond_signatures(probe: Probe) -> Outcome:
     """OCP-CORE-BOND-001: a bond needs both parties' signatures over the same bytes."""
     registry = await TargetRegistry.open(probe)
@@ -1010,7 +1030,7 @@ async def check_bond_signatures(probe: Probe) -> Outcome:
     return Outcome.of(problems, "one-sided and foreign-signed bonds are refused")
 
 
-@_checked
+@checked
 async def check_bond_duration(probe: Probe) -> Outcome:
     """OCP-CORE-BOND-002: a bond may last at most 365 days."""
     registry = await TargetRegistry.open(probe)
@@ -1042,7 +1062,7 @@ def certification(
     return sign(unsigned, key or certifier)
 
 
-@_checked
+@checked
 async def check_certification_authority(probe: Probe) -> Outcome:
     """OCP-CORE-CERT-001: only a configured certifier key's signature can make Level 4.
 
@@ -1074,7 +1094,7 @@ async def check_certification_authority(probe: Probe) -> Outcome:
     return Outcome.of(problems, "unknown-key, forged and 366-day certifications are refused")
 
 
-@_checked
+@checked
 async def check_discovery_rate_limit(probe: Probe) -> Outcome:
     """OCP-CORE-RATE-002: over 100 discovery queries in 60 s get OCP-429 with Retry-After."""
     registry = await TargetRegistry.open(probe)
@@ -1141,7 +1161,7 @@ class SeedDirectory:
     async def put(self, adv: Mapping[str, Any], node_id: str | None = None) -> Answer:
         path = f"/adv/{node_id or adv['node/id']}"
         response = await self.probe.request(
-            self.component, "PUT", path, _compact(adv), {"Content-Type": "application/json"}
+            self.component, "PUT", path, compact(adv), {"Content-Type": "application/json"}
         )
         return Answer.of(response)
 
@@ -1163,7 +1183,7 @@ def _net_refusal(problems: list[str], what: str, answer: Answer, code: str) -> N
         problems.append(f"{what}: error_class {body.get('error_class')!r}, not {NET_CLASSES[code]}")
 
 
-@_checked
+@checked
 async def check_seed_directory(probe: Probe) -> Outcome:
     """NET-DIR-001: PUT /adv/{node-id}, GET /adv/{node-id} and GET /adv?since= on the registry."""
     seeds = SeedDirectory(probe)
@@ -1200,7 +1220,7 @@ async def check_seed_directory(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_seed_stale_sequence(probe: Probe) -> Outcome:
     """NET-ADV-002: a stale or equal sequence/no is refused (E_ADV_STALE_SEQ)."""
     seeds = SeedDirectory(probe)
@@ -1222,7 +1242,7 @@ async def check_seed_stale_sequence(probe: Probe) -> Outcome:
     )
 
 
-@_checked
+@checked
 async def check_seed_invalid_advertisements(probe: Probe) -> Outcome:
     """NET-ADV-003: malformed, expired and badly signed advertisements are refused."""
     seeds = SeedDirectory(probe)

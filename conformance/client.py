@@ -32,7 +32,9 @@ __all__ = [
     "endpoint_url",
     "host_port",
     "http_get",
+    "http_head_only",
     "http_request",
+    "open_stream",
     "path_and_query",
     "suite_ssl_context",
     "tls_handshake",
@@ -62,7 +64,7 @@ def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.hostname is None:
         raise ValueError(f"no host in {url!r}")
-    default = 443 if parts.scheme == "https" else 80
+    default = 443 if parts.scheme in ("https", "wss") else 80
     return parts.hostname, parts.port or default
 
 
@@ -149,6 +151,79 @@ async def http_request(
         partial(_request_blocking, url, method, body, dict(headers or {}), context, socket_timeout),
         abandon_on_cancel=True,
     )
+
+
+#: The most a response head may take before the suite gives up on it.
+MAX_HEAD_BYTES: Final = 65_536
+
+
+async def open_stream(url: str, context: ssl.SSLContext) -> trio.abc.Stream:
+    """A TCP stream to ``url``'s host and port, TLS (handshake done) for https and wss."""
+    host, port = host_port(url)
+    if urlsplit(url).scheme in ("https", "wss"):
+        stream = await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=context, https_compatible=True
+        )
+        await stream.do_handshake()
+        return stream
+    return await trio.open_tcp_stream(host, port)
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise OSError(f"not an HTTP response: {status_line[:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers.setdefault(name.strip().lower(), value.strip())
+    return int(code), headers
+
+
+async def http_head_only(
+    url: str, *, context: ssl.SSLContext, method: str, headers: Mapping[str, str]
+) -> HttpResponse:
+    """Send only the head of a request (HTTP/1.1) and read the answer; no body follows.
+
+    For a request whose ``Content-Length`` announces a body the server must
+    refuse unread: a server that waits for the body never answers, and the
+    caller's cancel scope ends the wait. Raises ``OSError`` when the
+    connection fails or what comes back is not HTTP.
+    """
+    parts = urlsplit(url)
+    host, port = host_port(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"User-Agent: {USER_AGENT}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    try:
+        stream = await open_stream(url, context)
+    except trio.BrokenResourceError as exc:
+        raise OSError(f"cannot connect to {host}:{port}: {exc}") from None
+    try:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = await stream.receive_some(MAX_HEAD_BYTES)
+            if not chunk or len(received) > MAX_HEAD_BYTES:
+                raise OSError("the connection ended before a complete response head")
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        status, found = _parse_head(head)
+        length = found.get("content-length", "")
+        while (not length.isdigit() or len(body) < int(length)) and (
+            chunk := await stream.receive_some(MAX_HEAD_BYTES)
+        ):
+            body += chunk
+        if length.isdigit():
+            body = body[: int(length)]
+        return HttpResponse(status, found, body)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise OSError(f"connection to {host}:{port} failed: {exc}") from None
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 @dataclass(frozen=True)

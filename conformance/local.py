@@ -92,6 +92,8 @@ def ocpd_process(
     if tls is not None:
         env["OCP_TLS_CERT"] = str(tls.cert)
         env["OCP_TLS_KEY"] = str(tls.key)
+        # The node hands messages on to endpoints under the same private CA.
+        env["OCP_DELIVERY_CA_FILE"] = str(tls.ca)
     env.update(extra_env or {})
     command = [sys.executable, "-m", "ocpd", "run", "--component", "all"]
     return ReadyProcess(command=command, env=env, cwd=workdir, name=name)

@@ -2,10 +2,12 @@
 
 Theory of operation: the requirements of the level (and every lower level)
 are taken in the order of :data:`conformance.requirements.REQUIREMENTS`. A
-requirement with a check against the target (:data:`conformance.checks.CHECKS`)
-runs it under its own deadline; a ``vector`` requirement re-verifies the
-published vectors (:data:`conformance.vectorcheck.VECTOR_CHECKS`); anything
-else is ``not_tested``. Checks run one after another, so their traffic never
+requirement with a check against the target (:data:`TARGET_CHECKS`: the
+operations, TLS and registry checks of :mod:`conformance.checks` and the node
+transport checks of :mod:`conformance.transport`) runs it under its own
+deadline; a ``vector`` requirement re-verifies the published vectors
+(:data:`conformance.vectorcheck.VECTOR_CHECKS`); anything else is
+``not_tested``. Checks run one after another, so their traffic never
 overlaps and a report is reproducible.
 
 Verdict: a claim of a level holds only if every MUST requirement of it
@@ -23,7 +25,8 @@ from typing import Any, Final, Literal
 
 import trio
 
-from conformance.checks import CHECKS, Component, Outcome, Probe
+from conformance import checks, transport
+from conformance.checks import Check, Component, Outcome, Probe, RouteListener
 from conformance.client import suite_ssl_context
 from conformance.requirements import Level, Requirement, for_level
 from conformance.vectorcheck import VECTOR_CHECKS
@@ -31,6 +34,7 @@ from conformance.vectorcheck import VECTOR_CHECKS
 __all__ = [
     "SUITE_NAME",
     "SUITE_VERSION",
+    "TARGET_CHECKS",
     "VECTORS_DIR",
     "VECTOR_NOTE",
     "Report",
@@ -48,6 +52,10 @@ VECTOR_NOTE: Final = (
     "with this suite's own crypto (ocpd.proto); they check the vectors and the suite, "
     "not the target node."
 )
+
+#: Requirement id -> the check against the target that covers it.
+TARGET_CHECKS: Final[dict[str, Check]] = {**checks.CHECKS, **transport.CHECKS}
+assert len(TARGET_CHECKS) == len(checks.CHECKS) + len(transport.CHECKS), "one check per id"
 
 Status = Literal["pass", "fail", "not_tested"]
 NOT_IMPLEMENTED: Final = "no check implemented yet"
@@ -90,6 +98,8 @@ class SuiteConfig:
     #: Deadline of one request or handshake.
     request_timeout: float = 5.0
     vectors_dir: Path = VECTORS_DIR
+    #: The routing check's own refusing endpoints on 127.0.0.1 (see ``--route-listener``).
+    route_listener: RouteListener = "auto"
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,7 @@ def _now() -> datetime:
 
 
 async def _run_target_check(requirement: Requirement, probe: Probe, limit: float) -> Outcome:
-    check = CHECKS[requirement.id]
+    check = TARGET_CHECKS[requirement.id]
     try:
         with trio.fail_after(limit):
             return await check(probe)
@@ -204,11 +214,12 @@ async def run_suite(config: SuiteConfig) -> Report:
         components=config.targets.components(),
         context=suite_ssl_context(ca_file=config.ca_file, insecure=config.insecure),
         request_timeout=config.request_timeout,
+        route_listener=config.route_listener,
     )
     report = Report(level=config.level, targets=config.targets, started_at=_now())
     for requirement in for_level(config.level):
         started = trio.current_time()
-        if requirement.id in CHECKS:
+        if requirement.id in TARGET_CHECKS:
             outcome = await _run_target_check(requirement, probe, config.check_timeout)
         elif requirement.id in VECTOR_CHECKS:
             outcome = await _run_vector_check(requirement, config.vectors_dir)

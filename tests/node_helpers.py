@@ -14,6 +14,7 @@ import trio
 from conftest import NETWORK, NOW, Agent
 from ocpd.config import RateLimitingSection, WebSocketSection
 from ocpd.node.directory import AgentInfo
+from ocpd.node.forward import Forwarder, Poster
 from ocpd.node.http import MessagesEndpoint
 from ocpd.node.intake import Intake, MessageLimits
 from ocpd.node.router import Router, Sweeper
@@ -29,6 +30,8 @@ from ocpd.web import Metrics
 
 NODE_KEY = SigningKey(bytes([99]) * 32)
 SERVICE_AGENT = derive_agent_id(NODE_KEY.public_key, NETWORK)
+#: The public URLs of the node :func:`running_node` builds.
+OWN_URLS = ("https://node.test:8420/ocp/v1/messages", "wss://node.test:8421/ocp/v1/ws")
 
 
 class TrioWallClock:
@@ -47,9 +50,17 @@ class FakeDirectory:
         self.agents: dict[str, AgentInfo] = {}
         self.lookups = 0
         self.sessions: list[tuple[str, float, float]] = []
+        self.registrations: list[tuple[bytes, str, str]] = []
 
     def add(
-        self, agent: Agent, *, level: int = 1, active: bool = True, domains: Iterable[str] = ()
+        self,
+        agent: Agent,
+        *,
+        level: int = 1,
+        active: bool = True,
+        domains: Iterable[str] = (),
+        endpoints: Iterable[dict[str, Any]] = (),
+        relay: bool = False,
     ) -> AgentInfo:
         info = AgentInfo(
             agent_id=agent.id,
@@ -57,6 +68,8 @@ class FakeDirectory:
             level=level,
             active=active,
             domains=tuple(self.taxonomy.normalise(d) for d in domains),
+            endpoints=tuple(sorted(endpoints, key=lambda e: e["priority"])),
+            relay=relay,
         )
         self.agents[agent.id] = info
         return info
@@ -67,6 +80,9 @@ class FakeDirectory:
 
     async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
         self.sessions.append((agent_id, started_at, ended_at))
+
+    async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
+        self.registrations.append((raw, authorization, path))
 
 
 @attrs.define
@@ -82,6 +98,7 @@ class Node:
     ws: WebSocketEndpoint
     sweeper: Sweeper
     stopping: trio.Event
+    forwarder: Forwarder | None = None
 
 
 @asynccontextmanager
@@ -94,6 +111,7 @@ async def running_node(
     max_payload_bytes: int = 10_485_760,
     clock: TrioWallClock | None = None,
     database: Database | None = None,
+    poster: Poster | None = None,
 ) -> AsyncIterator[Node]:
     own_database = database is None
     if database is None:
@@ -102,7 +120,22 @@ async def running_node(
     metrics = Metrics()
     directory = FakeDirectory()
     store = MessageStore(database)
-    router = Router(store, clock, metrics)
+    forwarder = None
+    if poster is not None:
+        forwarder = Forwarder(
+            store=store,
+            directory=directory,
+            clock=clock,
+            metrics=metrics,
+            key=NODE_KEY,
+            service_agent=SERVICE_AGENT,
+            own_urls=OWN_URLS,
+            poster=poster,
+        )
+        router = Router(store, clock, metrics, remote=forwarder)
+        forwarder.router = router
+    else:
+        router = Router(store, clock, metrics)
     replay = ReplayWindow(window=60)
     intake = Intake(
         directory=directory,
@@ -138,6 +171,8 @@ async def running_node(
         async with trio.open_nursery() as nursery:
             await nursery.start(database.run)
             await nursery.start(router.run)
+            if forwarder is not None:
+                await nursery.start(forwarder.run)
             yield Node(
                 database,
                 directory,
@@ -150,6 +185,7 @@ async def running_node(
                 ws,
                 sweeper,
                 stopping,
+                forwarder,
             )
             nursery.cancel_scope.cancel()
     finally:

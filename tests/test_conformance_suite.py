@@ -5,10 +5,12 @@ a throwaway trustme CA, every port 0 and a temporary data directory (through
 ``conformance.local``, the same harness as ``make conformance``); the suite
 runs in-process against the URLs of its ``ready`` line. The implemented
 checks must pass (health, metrics, TLS 1.3 and TLS 1.2 refused, the registry,
-trust and seed directory checks, vectors), and every other requirement must be
-reported ``not_tested`` and count against conformance. A plaintext daemon must
-fail the TLS requirements only, and a registry without rate limits must fail
-the discovery rate limit.
+trust and seed directory checks, the node's transport and envelope checks,
+vectors), and every other requirement must be reported ``not_tested`` and
+count against conformance. A plaintext daemon must fail the TLS requirements
+only, and a daemon without rate limits must fail the two rate limit checks.
+The transport checks are also run against a misbehaving fake node in
+``tests/test_conformance_transport.py``.
 
 Unit tests cover the validators, the verdict rules, the JSON and JUnit
 writers, the vector checks on tampered files and the command line.
@@ -58,6 +60,7 @@ from conformance.process import ProcessFailed, ReadyProcess  # noqa: E402
 from conformance.report import format_table, junit_xml, write_json, write_junit  # noqa: E402
 from conformance.requirements import REQUIREMENTS, by_id, for_level  # noqa: E402
 from conformance.suite import (  # noqa: E402
+    TARGET_CHECKS,
     VECTORS_DIR,
     Report,
     Result,
@@ -70,7 +73,7 @@ from conformance.vectorcheck import VECTOR_CHECKS, check_manifest  # noqa: E402
 #: Start-up, one suite run and shutdown of a local daemon, with a wide margin
 #: for a loaded CI machine.
 DAEMON_DEADLINE = 60
-IMPLEMENTED = set(CHECKS) | set(VECTOR_CHECKS)
+IMPLEMENTED = set(TARGET_CHECKS) | set(VECTOR_CHECKS)
 TLS_CHECKED = {"OCP-CORE-TLS-001", "OCP-CORE-TLS-002"}
 #: Registry, trust and seed directory checks: black-box, over the registry URL.
 REGISTRY_CHECKED = {
@@ -96,7 +99,33 @@ REGISTRY_CHECKED = {
     "NET-ADV-002",
     "NET-ADV-003",
 }
-TARGET_CHECKED = {"OCP-CORE-HEALTH-001", "OCP-CORE-METRICS-001"} | TLS_CHECKED | REGISTRY_CHECKED
+#: The node's transports and the envelope rules it enforces (conformance/transport.py).
+TRANSPORT_CHECKED = {
+    "OCP-CORE-WS-001",
+    "OCP-CORE-WS-002",
+    "OCP-CORE-WS-003",
+    "OCP-CORE-WS-004",
+    "OCP-CORE-HTTP-001",
+    "OCP-CORE-HTTP-002",
+    "OCP-CORE-HTTP-003",
+    "OCP-CORE-HTTP-004",
+    "OCP-CORE-DELIV-001",
+    "OCP-CORE-DELIV-003",
+    "OCP-CORE-ROUTE-001",
+    "OCP-CORE-MSG-001",
+    "OCP-CORE-MSG-002",
+    "OCP-CORE-MSG-003",
+    "OCP-CORE-MSG-005",
+    "OCP-CORE-MSG-006",
+    "OCP-CORE-SIZE-001",
+    "OCP-CORE-RATE-001",
+}
+TARGET_CHECKED = (
+    {"OCP-CORE-HEALTH-001", "OCP-CORE-METRICS-001"}
+    | TLS_CHECKED
+    | REGISTRY_CHECKED
+    | TRANSPORT_CHECKED
+)
 
 
 class LocalOcpd:
@@ -145,12 +174,23 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
     assert results["OCP-CORE-TLS-001"].detail == "TLSv1.3 on 4 listener(s)"
     assert results["OCP-CORE-TLS-002"].detail.startswith("refused by 4 listener(s)")
     # Every check that talks to the target is one of these: nothing unchecked slips in.
-    assert set(CHECKS) == TARGET_CHECKED
+    assert set(TARGET_CHECKS) == TARGET_CHECKED
+    assert set(CHECKS) == TARGET_CHECKED - TRANSPORT_CHECKED
     assert results["OCP-CORE-REG-001"].detail.startswith("mode centralized, network mainnet")
     assert results["OCP-CORE-DID-001"].detail.endswith("(HTTP 401 OCP-401)")
     assert "HTTP 409 E_ADV_STALE_SEQ" in results["NET-ADV-002"].detail
     # 101, or a little later when the bucket refilled while the queries ran
     assert re.match(r"query 1\d\d of one agent got OCP-429", results["OCP-CORE-RATE-002"].detail)
+    # The node's transports, as docs/node.md describes them.
+    assert "(HTTP 403, HTTP 403)" in results["OCP-CORE-WS-001"].detail
+    timeout = results["OCP-CORE-WS-002"].detail
+    assert timeout.startswith("auth_result rejected (OCP-408), close 1008"), timeout
+    assert results["OCP-CORE-SIZE-001"].detail.startswith("16777217 bytes declared: OCP-413")
+    assert re.match(r"broadcast [67] of one agent got OCP-429", results["OCP-CORE-RATE-001"].detail)
+    # A loopback node: the suite's own refusing endpoints, tried in priority order.
+    routed = results["OCP-CORE-ROUTE-001"].detail
+    assert re.search(r"; the endpoints got priority 1, priority 2 by did:ocp:mainnet:", routed)
+    assert results["OCP-CORE-ROUTE-001"].duration_seconds < 5, routed
 
 
 async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
@@ -186,7 +226,13 @@ async def test_plaintext_ocpd_fails_the_tls_requirements(tmp_path: Path) -> None
             targets = targets_from_ready(ready)
             assert targets.node.startswith("http://")
             report = await run_suite(SuiteConfig(targets=targets, level="core"))
+            # Plain HTTP on loopback is deliverable: the registry's URLs can refuse instead.
+            routing = await TARGET_CHECKS["OCP-CORE-ROUTE-001"](
+                Probe(targets.components(), suite_ssl_context(), 5.0, route_listener="off")
+            )
             nursery.cancel_scope.cancel()
+    assert routing.status == "pass", routing.detail
+    assert "the registry's URLs as refusing endpoints" in routing.detail
     results = _results(report)
     for rid in TARGET_CHECKED - TLS_CHECKED:
         assert results[rid].status == "pass", (rid, results[rid].detail)
@@ -196,7 +242,7 @@ async def test_plaintext_ocpd_fails_the_tls_requirements(tmp_path: Path) -> None
     assert report.summary()["failed"] == 2
 
 
-async def test_registry_without_rate_limits_fails_the_discovery_limit(tmp_path: Path) -> None:
+async def test_daemon_without_rate_limits_fails_the_rate_limits(tmp_path: Path) -> None:
     tls = write_tls_files(tmp_path / "tls")
     process = ocpd_process(
         tmp_path / "ocpd", tls=tls, extra_env={"OCP_RATE_LIMIT_ENABLED": "false"}
@@ -216,7 +262,15 @@ async def test_registry_without_rate_limits_fails_the_discovery_limit(tmp_path: 
     ), limited.detail
     # A SHOULD: reported, never the reason the level fails.
     assert limited.requirement.strength == "SHOULD"
-    assert [r.requirement.id for r in report.results if r.status == "fail"] == ["OCP-CORE-RATE-002"]
+    messages = results["OCP-CORE-RATE-001"]
+    assert messages.status == "fail"
+    assert re.fullmatch(
+        r"7 broadcasts by one agent in \d+\.\d s, none limited \(OCP §9: 5 per 60 s\)",
+        messages.detail,
+    ), messages.detail
+    assert messages.requirement.strength == "MUST"
+    failed = [r.requirement.id for r in report.results if r.status == "fail"]
+    assert failed == ["OCP-CORE-RATE-001", "OCP-CORE-RATE-002"]
 
 
 async def test_local_ocpd_exits_0_on_sigterm(tmp_path: Path) -> None:
@@ -260,7 +314,7 @@ def test_requirements_are_well_formed() -> None:
     # Every implemented check belongs to a listed requirement.
     assert IMPLEMENTED <= set(ids)
     assert all(by_id(rid).kind == "vector" for rid in VECTOR_CHECKS)
-    assert all(by_id(rid).kind == "target" for rid in CHECKS)
+    assert all(by_id(rid).kind == "target" for rid in TARGET_CHECKS)
 
 
 # --- validators --------------------------------------------------------------------------------
@@ -649,3 +703,22 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not an http(s) base URL" in capsys.readouterr().err
     missing = ["--node", "https://a", "--registry", "https://a", "--custodian", "https://b"]
     assert suite_main([*missing, "--ca-file", "/nonexistent/ca.pem"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        suite_main([*missing, "--route-listener", "maybe"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], "auto"), (["--route-listener", "off"], "off")])
+def test_cli_passes_the_route_listener_setting(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: str
+) -> None:
+    seen: list[SuiteConfig] = []
+
+    async def fake_run_suite(config: SuiteConfig) -> Report:
+        seen.append(config)
+        return Report(level=config.level, targets=config.targets, started_at=datetime.now(UTC))
+
+    monkeypatch.setattr("conformance.__main__.run_suite", fake_run_suite)
+    urls = ["--node", "https://a", "--registry", "https://a", "--custodian", "https://b"]
+    assert suite_main([*urls, *argv]) == 1
+    assert [c.route_listener for c in seen] == [expected]

@@ -75,8 +75,11 @@ class Node:
     def context(self) -> ssl.SSLContext:
         return self.tls.client_context()
 
-    async def register(self, *agents: AgentKey) -> None:
+    async def register(self, *agents: AgentKey, http: bool = False) -> None:
         endpoints = [{"transport": "ocp-ws", "url": self.ws_url(), "priority": 1}]
+        if http:
+            url = self.url("http") + PATH
+            endpoints.append({"transport": "ocp-http", "url": url, "priority": 2})
         for agent in agents:
             async with RegistryClient(self.url("registry"), agent, verify=self.context()) as c:
                 record = c.build_record(
@@ -538,3 +541,79 @@ async def test_pings_keep_an_idle_session_alive(tmp_path: Path, tls: TlsFiles) -
                 assert receipt["status"] == "accepted"
     finally:
         quick.daemon.stop()
+
+
+async def test_two_nodes_hand_messages_on_through_the_registry(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    """Node A (with the registry) and node B (asking A's registry) carry a conversation."""
+    trusted = f"transport:\n  delivery_ca_file: {tls.ca_file}\n  registry_ca_file: {tls.ca_file}\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a_node = Node(tmp_path / "a", tls, trusted)
+    a_node.start()
+    b_node = Node(tmp_path / "b", tls, trusted)
+    try:
+        b_node.daemon.component = "node"
+        b_node.daemon.args = ["run", "--component", "node"]
+        b_node.daemon.env["OCP_REGISTRY_URL"] = a_node.url("registry")
+        b_node.start()
+        b_node.daemon.listeners["registry"] = a_node.url("registry")
+        # each node registered its service agent (in process on A, over HTTPS on B)
+        a_service = a_node.daemon.wait_for("service_agent_registered")["agent_id"]
+        b_service = b_node.daemon.wait_for("service_agent_registered")["agent_id"]
+        alice, bob, dave = _agent(81), _agent(82), _agent(83)
+        with trio.fail_after(60):
+            await a_node.register(alice, http=True)
+            await b_node.register(bob, http=True)
+            # dave's only HTTPS endpoint answers every message with a 404
+            broken = a_node.url("registry") + "/ocp/v1/messages"
+            async with RegistryClient(a_node.url("registry"), dave, verify=a_node.context()) as c:
+                record = c.build_record(
+                    display_name="e2e",
+                    capabilities=CAPS,
+                    domains=["healthcare"],
+                    endpoints=[{"transport": "ocp-http", "url": broken, "priority": 1}],
+                )
+                await c.register(record)
+                nodes = await c.discover(domains=["ocp.node"])
+                assert {a["agent_id"] for a in nodes["results"]} >= {a_service, b_service}
+
+            async with a_node.session(alice) as a_ws, b_node.session(bob) as b_ws:
+                # over WebSocket to A, handed on to B, pushed to bob
+                first = _message(alice, bob.agent_id)
+                await a_ws.send_message(first.decode())
+                receipt = json.loads(await a_ws.get_message())
+                assert receipt["status"] == "accepted", receipt
+                assert (await b_ws.get_message()).encode() == first
+                # bob's answer takes the way back
+                reply = _message(bob, alice.agent_id)
+                await b_ws.send_message(reply.decode())
+                assert json.loads(await b_ws.get_message())["status"] == "accepted"
+                assert (await a_ws.get_message()).encode() == reply
+                # over HTTPS to A as well
+                async with a_node.http() as http:
+                    second = _message(alice, bob.agent_id)
+                    assert (await post(http, alice, second)).status_code == 202
+                    assert (await b_ws.get_message()).encode() == second
+                    # the same message again: B's dedup keeps it from bob
+                    assert (await post(http, alice, second)).status_code == 202
+                # a receiver whose endpoint refuses: alice hears OCP-502 from A
+                lost = _message(alice, dave.agent_id)
+                await a_ws.send_message(lost.decode())
+                assert json.loads(await a_ws.get_message())["status"] == "accepted"
+                error = json.loads(await a_ws.get_message())
+                assert error["message_type"] == "error"
+                assert error["sender"]["agent_id"] == a_service
+                assert error["payload"]["error_code"] == "OCP-502"
+                assert error["payload"]["reference_message_id"] == json.loads(lost)["message_id"]
+                assert await collect(b_ws, quiet=1.0) == []
+        _, metrics, _ = a_node.daemon.get("http", "/metrics")
+        assert 'ocpd_deliveries_total{outcome="forwarded"} 2.0' in metrics.decode()
+        assert 'ocpd_deliveries_total{outcome="failed"} 1.0' in metrics.decode()
+    finally:
+        # Both stop promptly although each holds pooled connections to the other.
+        started = time.monotonic()
+        assert b_node.daemon.stop() == 0
+        assert a_node.daemon.stop() == 0
+        assert time.monotonic() - started < 10

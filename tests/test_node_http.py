@@ -156,7 +156,21 @@ async def test_rejections_carry_their_status(
             assert spoofed.status == 401 and _error(spoofed)["error_code"] == "OCP-401"
             garbage = await post(node.http, b'{"a":NaN}', headers={})
             assert garbage.status == 400
-            assert garbage.json()["receiver"]["agent_id"] == "did:ocp:testnet:broadcast"
+            _error(garbage)  # a valid envelope: broadcast DID, receiver.broadcast true
+            assert garbage.json()["receiver"] == {
+                "agent_id": "did:ocp:testnet:broadcast",
+                "broadcast": True,
+            }
+            # refused before it was verified, a readable message is still named
+            expired = message(alice, bob.id, clock_now=now - 7200)
+            late = await post(node.http, expired, headers=_signed_headers(alice, expired, now))
+            assert late.status == 400
+            assert _error(late)["reference_message_id"] == json.loads(expired)["message_id"]
+            assert late.json()["receiver"] == {"agent_id": alice.id, "broadcast": False}
+            # no Authorization: the error still goes to the message's sender
+            unsigned = await post(node.http, second, headers={"X-OCF-Version": "1.0"})
+            assert unsigned.status == 401
+            assert unsigned.json()["receiver"]["agent_id"] == alice.id
             hits = node.metrics.rate_limit_hits.labels("messages")._value.get()
             assert hits == 1
 

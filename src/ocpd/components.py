@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+import trio
 
 if TYPE_CHECKING:
-    import trio
     from quart_trio import QuartTrio
 
     from ocpd.clock import WallClock
@@ -24,7 +24,13 @@ if TYPE_CHECKING:
     from ocpd.storage import Database
     from ocpd.web import Metrics
 
-__all__ = ["START_ORDER", "ComponentContext", "ComponentRuntime", "build_component"]
+__all__ = [
+    "START_ORDER",
+    "ComponentContext",
+    "ComponentRuntime",
+    "Listening",
+    "build_component",
+]
 
 Service = Callable[..., Awaitable[None]]
 
@@ -32,6 +38,22 @@ Service = Callable[..., Awaitable[None]]
 #: component can use those before it: the node uses the registry in-process
 #: when both run (``--component all``), and the transport starts last.
 START_ORDER: Final = ("registry", "custodian", "node")
+
+
+@attrs.define(eq=False)
+class Listening:
+    """The daemon's bound listeners, by port name (``http``, ``ws``, …), once all are up.
+
+    Services start before the ports are bound; one that needs the actual
+    addresses (port 0 picks a free port) waits for :attr:`ready`.
+    """
+
+    urls: dict[str, str] = attrs.Factory(dict)
+    ready: trio.Event = attrs.Factory(trio.Event)
+
+    def publish(self, urls: Mapping[str, str]) -> None:
+        self.urls.update(urls)
+        self.ready.set()
 
 
 @attrs.define
@@ -48,6 +70,7 @@ class ComponentContext:
     siblings: Mapping[str, ComponentRuntime] = attrs.Factory(dict)
     #: Set when the daemon begins to stop (before listeners drain).
     stopping: trio.Event | None = None
+    listening: Listening = attrs.Factory(Listening)
 
 
 @attrs.define

@@ -177,6 +177,14 @@ class TransportSection:
     interaction_retention_days: int = attrs.field(
         default=30, validator=_range("transport.interaction_retention_days", 1, 3650)
     )
+    public_http_url: str | None = None
+    """Where agents and other nodes reach ``POST /ocp/v1/messages`` on this node."""
+    public_ws_url: str | None = None
+    """Where agents reach ``/ocp/v1/ws`` on this node."""
+    delivery_ca_file: str | None = None
+    """Extra CA certificates trusted when delivering to other nodes and agents."""
+    register_service_agent: bool = True
+    """Register the node's service agent (``ocp.node``) with the registry at start."""
     websocket: WebSocketSection = attrs.Factory(WebSocketSection)
 
 
@@ -305,6 +313,36 @@ class Config:
     def tls_enabled(self) -> bool:
         return self.transport.tls_cert is not None
 
+    def public_urls(self, bound: Mapping[str, str] | None = None) -> tuple[str, str]:
+        """``(messages URL, WebSocket URL)`` of this node as others reach it.
+
+        Configured, or else built from the bound listeners (``bound``, by
+        port name, as the daemon reports them), or else from ``node.host``
+        and the ports: ``https``/``wss`` with TLS here or upstream, plain
+        only on a loopback development node.
+        """
+        t = self.transport
+        bound = bound or {}
+        secure = self.tls_enabled or t.tls_terminated_upstream
+        host = self.node.host
+        if ":" in host:
+            host = f"[{host}]"
+        if "http" in bound:
+            http_base = bound["http"].rstrip("/")
+        else:
+            http_base = f"{'https' if secure else 'http'}://{host}:{t.http_port}"
+        if "ws" in bound:
+            ws_base = bound["ws"].rstrip("/")
+        else:
+            ws_base = f"{'https' if secure else 'http'}://{host}:{t.ws_port}"
+        if t.tls_terminated_upstream:
+            http_base = "https" + http_base.removeprefix("http").removeprefix("s")
+            ws_base = "https" + ws_base.removeprefix("http").removeprefix("s")
+        ws_base = "ws" + ws_base.removeprefix("http")
+        http = t.public_http_url or f"{http_base}/ocp/v1/messages"
+        ws = t.public_ws_url or f"{ws_base}/ocp/v1/ws"
+        return http, ws
+
     def ports(self, component: str) -> dict[str, int]:
         """The ports a component binds, by name."""
         return {
@@ -424,6 +462,9 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "OCP_TLS_UPSTREAM": ("transport.tls_terminated_upstream", "bool"),
     "OCP_REGISTRY_PEERS": ("registry.peers", "list"),
     "OCP_REGISTRY_URL": ("transport.registry_url", "str"),
+    "OCP_PUBLIC_HTTP_URL": ("transport.public_http_url", "str"),
+    "OCP_PUBLIC_WS_URL": ("transport.public_ws_url", "str"),
+    "OCP_DELIVERY_CA_FILE": ("transport.delivery_ca_file", "str"),
     "OCP_REGISTRY_MODE": ("registry.mode", "str"),
     "OCP_MAX_AGENTS": ("registry.max_agents", "int"),
     "OCP_REGISTRY_SESSION_REPORTERS": ("registry.session_reporters", "list"),
@@ -505,15 +546,20 @@ def _check_cross_field(config: Config) -> None:
         parts = urlsplit(t.registry_url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ConfigError("transport.registry_url", "must be an http(s) URL")
-    if t.registry_ca_file is not None:
-        _check_readable("transport.registry_ca_file", t.registry_ca_file)
-        try:
-            ssl.create_default_context().load_verify_locations(t.registry_ca_file)
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-            raise ConfigError(
-                "transport.registry_ca_file", f"cannot load the CA certificates: {reason}"
-            ) from None
+    for key, url, schemes in (
+        ("transport.public_http_url", t.public_http_url, {"http", "https"}),
+        ("transport.public_ws_url", t.public_ws_url, {"ws", "wss"}),
+    ):
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in schemes or not parts.hostname:
+                raise ConfigError(key, f"must be a {'/'.join(sorted(schemes))} URL")
+    for key, path in (
+        ("transport.registry_ca_file", t.registry_ca_file),
+        ("transport.delivery_ca_file", t.delivery_ca_file),
+    ):
+        if path is not None:
+            _check_ca_file(key, path)
     for i, reporter in enumerate(config.registry.session_reporters):
         try:
             network, _ = parse_agent_id(reporter)
@@ -529,14 +575,7 @@ def _check_cross_field(config: Config) -> None:
     if config.registry.mode == "federated" and not config.registry.peers:
         raise ConfigError("registry.peers", "federated mode needs at least one peer")
     if config.registry.peer_ca_file is not None:
-        _check_readable("registry.peer_ca_file", config.registry.peer_ca_file)
-        try:
-            ssl.create_default_context().load_verify_locations(config.registry.peer_ca_file)
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-            raise ConfigError(
-                "registry.peer_ca_file", f"cannot load the CA certificates: {reason}"
-            ) from None
+        _check_ca_file("registry.peer_ca_file", config.registry.peer_ca_file)
     for i, path in enumerate(config.taxonomy.extensions):
         try:
             check_path(path)
@@ -544,6 +583,15 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(f"taxonomy.extensions.{i}", exc.message) from None
     if config.custodian.key_file is not None:
         _check_readable("custodian.key_file", config.custodian.key_file)
+
+
+def _check_ca_file(key: str, path: str) -> None:
+    _check_readable(key, path)
+    try:
+        ssl.create_default_context().load_verify_locations(path)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise ConfigError(key, f"cannot load the CA certificates: {reason}") from None
 
 
 def _check_readable(key: str, path: str) -> None:

@@ -23,7 +23,7 @@ import os
 import signal
 import ssl
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -32,7 +32,13 @@ from hypercorn.trio import serve
 
 import ocpd
 from ocpd.clock import WallClock
-from ocpd.components import START_ORDER, ComponentContext, ComponentRuntime, build_component
+from ocpd.components import (
+    START_ORDER,
+    ComponentContext,
+    ComponentRuntime,
+    Listening,
+    build_component,
+)
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, log_event, log_fields
@@ -135,6 +141,45 @@ def _hypercorn_config(config: Config, port: int, port_name: str = "") -> Hyperco
 class _Stopper:
     stop: trio.Event = attrs.Factory(trio.Event)
     forced: bool = False
+
+
+@attrs.define(eq=False)
+class _InFlight:
+    """HTTP requests and WebSocket sessions being served, across every port.
+
+    Hypercorn's graceful shutdown also waits for idle keep-alive connections,
+    which an HTTP client may hold open indefinitely: one connection pooled by
+    an SDK or a peer node would hold every stop for the whole grace period.
+    The daemon instead waits, up to the grace period, for what is actually
+    being served, then closes the listeners with whatever idle connections
+    are left.
+    """
+
+    active: int = 0
+
+    def wrap(self, app: Any) -> Any:
+        async def tracked(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await app(scope, receive, send)
+                return
+            self.active += 1
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.active -= 1
+
+        return tracked
+
+    async def close_when_drained(
+        self, stop: trio.Event, servers: trio.CancelScope, grace: float
+    ) -> None:
+        await stop.wait()
+        with trio.move_on_after(grace):
+            while self.active:  # noqa: ASYNC110 - counted by every request's task
+                await trio.sleep(0.05)
+        # The last response was handed to its socket; let the bytes leave.
+        await trio.sleep(0.1)
+        servers.cancel()
 
 
 async def _watch_signals(stopper: _Stopper, force: trio.CancelScope, notifier: Notifier) -> None:
@@ -257,6 +302,7 @@ async def _supervise(
 
     ordered = sorted(components, key=START_ORDER.index)
     runtimes: dict[str, ComponentRuntime] = {}
+    listening = Listening()
     for c in ordered:
         runtimes[c] = build_component(
             ComponentContext(
@@ -268,6 +314,7 @@ async def _supervise(
                 clock=clock,
                 siblings=dict(runtimes),
                 stopping=stopper.stop,
+                listening=listening,
             )
         )
 
@@ -280,7 +327,14 @@ async def _supervise(
                 for service in runtimes[c].services:
                     await services.start(service)
             listeners: dict[str, str] = {}
+            in_flight = _InFlight()
             async with trio.open_nursery() as servers:
+                servers.start_soon(
+                    in_flight.close_when_drained,
+                    stopper.stop,
+                    servers.cancel_scope,
+                    config.node.shutdown_grace_seconds,
+                )
                 for c in components:
                     others = [states[o] for o in components if o != c]
                     for port_name, port in config.ports(c).items():
@@ -292,7 +346,7 @@ async def _supervise(
                         urls = await servers.start(
                             partial(
                                 serve,
-                                app,
+                                in_flight.wrap(app),
                                 _hypercorn_config(config, port, port_name),
                                 shutdown_trigger=stopper.stop.wait,
                             )
@@ -303,6 +357,7 @@ async def _supervise(
                 # it out of the collector's full passes (registry ledgers hold
                 # hundreds of thousands of objects).
                 gc.freeze()
+                listening.publish(listeners)
                 log_event(
                     log,
                     "ready",

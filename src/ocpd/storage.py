@@ -96,6 +96,11 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
             last_seen REAL NOT NULL
         ) WITHOUT ROWID;
         """,
+        # v3: rows handed on to other nodes (state 'remote') are found again
+        # at start without scanning the local queues.
+        """
+        CREATE INDEX deliveries_remote ON deliveries (seq) WHERE state = 'remote';
+        """,
     ),
     "registry": (
         """

@@ -106,7 +106,14 @@ class Metrics:
         )
         self.deliveries = Counter(
             "ocpd_deliveries_total",
-            "Queued messages leaving the node's queue: sent to a session, or expired unsent",
+            "Queued messages leaving the node's queue: sent to a session, handed on to "
+            "another node (forwarded), undeliverable (failed), or expired unsent",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.forwards = Counter(
+            "ocpd_forward_attempts_total",
+            "POSTs of messages to other nodes and agents' ocp-http endpoints, by outcome",
             ["outcome"],
             registry=self.registry,
         )

@@ -39,8 +39,8 @@ DEFAULT_REFRESH_AFTER: Final = 10.0
 class DidCache:
     """Checked DID documents by agent id, least recently used out first.
 
-    ``pinned`` documents (e.g. a node's service agent, which no registry
-    lists) never expire and are never resolved.
+    ``pinned`` documents (e.g. the service agent of the agent's own node)
+    never expire and are never resolved.
     """
 
     def __init__(

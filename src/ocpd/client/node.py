@@ -139,9 +139,11 @@ class NodeClient:
     ``RegistryClient.resolve_did``); documents are cached (:class:`DidCache`).
     ``pinned_documents`` are trusted without resolving. ``node_id`` (the
     node's ``node:did:key:z…``, from ``ocpd identity show``) pins the node's
-    service agent, so that its messages (an ``OCP-502`` for a message it
-    could not deliver, task timeouts) are verified rather than dropped: no
-    registry lists that agent.
+    service agent. Its messages (an ``OCP-502`` for a message it could not
+    deliver, task timeouts) verify through the registry anyway, since an
+    ocpd node registers that agent; pinning also lets such an error end a
+    pending :meth:`send` that waits for an ack, which an error from any
+    other agent than the receiver never does.
 
     Use as ``async with NodeClient(...) as node:``; entering connects and
     authenticates (raising :class:`ConnectionFailed` or
@@ -181,7 +183,7 @@ class NodeClient:
         self._wall_clock = wall_clock or agent.now
         pinned = dict(pinned_documents or {})
         if node_id is not None:
-            # The node's service agent shares the node key (D4); no registry lists it.
+            # The node's service agent shares the node key (D4).
             service = build_did_document(parse_node_id(node_id), network=agent.network)
             pinned[service["id"]] = service
         self.documents = DidCache(resolve_did, pinned=pinned)

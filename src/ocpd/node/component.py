@@ -1,4 +1,4 @@
-"""Wires the node component: directory, store, router, intake and both transports.
+"""Wires the node component: directory, store, router, forwarder, intake, transports.
 
 In ``--component all`` the node reads agents straight from the registry
 built before it in the same process; alone (``--component node``) it asks
@@ -7,13 +7,19 @@ the registry at ``transport.registry_url`` over HTTP(S).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import trio
 
 from ocpd.logs import get_logger, log_event
 from ocpd.node.directory import HttpDirectory, LedgerDirectory
+from ocpd.node.forward import Forwarder, HttpPoster
 from ocpd.node.http import MessagesEndpoint
 from ocpd.node.intake import Intake, MessageLimits
+from ocpd.node.presence import ServiceRegistration
 from ocpd.node.router import Router, Sweeper
 from ocpd.node.store import MessageStore
 from ocpd.node.ws import WebSocketEndpoint
@@ -59,12 +65,32 @@ def _directory(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirecto
     return directory
 
 
+def _unspecified(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
     config = ctx.config
     t = config.transport
     directory = _directory(ctx, runtime)
     store = MessageStore(ctx.database)
-    router = Router(store, ctx.clock, ctx.metrics)
+    service_agent = ctx.identity.service_agent_id(config.node.network)
+    forwarder = Forwarder(
+        store=store,
+        directory=directory,
+        clock=ctx.clock,
+        metrics=ctx.metrics,
+        key=ctx.identity.key,
+        service_agent=service_agent,
+        poster=HttpPoster(ca_file=t.delivery_ca_file),
+        clock_skew=t.clock_skew_seconds,
+    )
+    router = Router(store, ctx.clock, ctx.metrics, remote=forwarder)
+    forwarder.router = router
     replay = ReplayWindow(window=t.clock_skew_seconds)
     intake = Intake(
         directory=directory,
@@ -75,7 +101,7 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         clock=ctx.clock,
         metrics=ctx.metrics,
         key=ctx.identity.key,
-        service_agent=ctx.identity.service_agent_id(config.node.network),
+        service_agent=service_agent,
         network=config.node.network,
         clock_skew=t.clock_skew_seconds,
         max_message_bytes=t.max_message_bytes,
@@ -88,7 +114,41 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         interaction_retention=t.interaction_retention_days * 86_400.0,
     )
     runtime.services.append(router.run)
+    runtime.services.append(forwarder.run)
     runtime.services.append(sweeper.run)
+    presence: ServiceRegistration | None = None
+    if t.register_service_agent:
+        presence = ServiceRegistration(
+            directory=directory,
+            key=ctx.identity.key,
+            network=config.node.network,
+            node_id=ctx.identity.node_id,
+            clock=ctx.clock,
+        )
+        runtime.services.append(presence.run)
+        runtime.extra["presence"] = presence
+
+    async def publish_urls(
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Tell the forwarder and the registration where this node is, once bound."""
+        task_status.started()
+        await ctx.listening.ready.wait()
+        urls = config.public_urls(ctx.listening.urls)
+        forwarder.set_own_urls(urls)
+        if presence is not None:
+            presence.set_urls(urls)
+        if any(_unspecified(u) for u in urls):
+            log_event(
+                log,
+                "public_url_unusable",
+                level=logging.WARNING,
+                urls=list(urls),
+                detail="set transport.public_http_url and public_ws_url: other nodes and "
+                "agents cannot reach a wildcard address",
+            )
+
+    runtime.services.append(publish_urls)
     messages = MessagesEndpoint(intake, ctx.metrics, max_message_bytes=t.max_message_bytes)
     websocket = WebSocketEndpoint(
         intake=intake,
@@ -105,5 +165,10 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
     runtime.add_routes("http", messages.install)
     runtime.add_routes("ws", websocket.install)
     runtime.extra.update(
-        directory=directory, store=store, router=router, intake=intake, websocket=websocket
+        directory=directory,
+        store=store,
+        router=router,
+        forwarder=forwarder,
+        intake=intake,
+        websocket=websocket,
     )

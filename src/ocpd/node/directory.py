@@ -34,10 +34,11 @@ import httpx
 import trio
 
 from ocpd.logs import get_logger, log_event
+from ocpd.node.presence import RELAY_CAPABILITY
 from ocpd.proto.auth import build_authorization
 from ocpd.proto.diddoc import parse_did_document
 from ocpd.proto.encoding import format_timestamp
-from ocpd.proto.errors import OcpError, Unavailable
+from ocpd.proto.errors import OCP_ERROR_CODES, OcpError, Unavailable
 from ocpd.proto.ids import agent_id_matches_key
 from ocpd.proto.strictjson import loads_strict
 
@@ -69,6 +70,8 @@ class AgentInfo:
     domains: tuple[str, ...]
     #: The record's endpoints, highest priority (lowest number) first.
     endpoints: tuple[Mapping[str, Any], ...] = ()
+    #: The record declares ``cap:ocp:relay``: a node's service agent.
+    relay: bool = False
 
 
 class AgentDirectory(Protocol):
@@ -81,6 +84,17 @@ class AgentDirectory(Protocol):
     async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
         """The agent held an authenticated session over ``[started_at, ended_at]`` (epoch s)."""
         ...
+
+    async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
+        """Register (or renew) an agent from a signed registration request."""
+        ...
+
+
+def _relays(record: Mapping[str, Any]) -> bool:
+    found = record.get("capabilities", ())
+    return isinstance(found, list) and any(
+        isinstance(c, dict) and c.get("id") == RELAY_CAPABILITY for c in found
+    )
 
 
 def _endpoints(record: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
@@ -113,7 +127,15 @@ class LedgerDirectory:
             active=entry.status == "active",
             domains=entry.domains,
             endpoints=_endpoints(entry.record),
+            relay=_relays(entry.record),
         )
+
+    async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
+        registry = self._registry
+        if not registry.loaded.is_set():
+            await registry.loaded.wait()
+        body = loads_strict(raw, max_size=MAX_ANSWER)
+        await registry.register_signed(raw, body, authorization=authorization, path=path)
 
     async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
         try:
@@ -257,6 +279,32 @@ class HttpDirectory:
                 service_agent=reporter,
             )
 
+    async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
+        if self.url is None:
+            raise Unavailable("this node has no registry configured (transport.registry_url)")
+        headers = {"Content-Type": "application/json", "Authorization": authorization}
+        try:
+            response = await self._http.post(path, content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                "the registry cannot be reached", details={"reason": type(exc).__name__}
+            ) from exc
+        if response.status_code in (200, 201):
+            return
+        try:
+            answer = loads_strict(response.content, max_size=MAX_ANSWER)
+        except OcpError:
+            answer = None
+        if isinstance(answer, dict) and isinstance(answer.get("error_code"), str):
+            code = answer["error_code"]
+            raise OcpError(
+                str(answer.get("message", f"HTTP {response.status_code}")),
+                code=code if code in OCP_ERROR_CODES else "OCP-502",
+            )
+        raise Unavailable(
+            "the registry refused the registration", details={"status": response.status_code}
+        )
+
     async def _get(self, path: str) -> Any:
         try:
             response = await self._http.get(API + path)
@@ -307,6 +355,7 @@ class HttpDirectory:
                 active=agent.get("status") == "active",
                 domains=tuple(domains),
                 endpoints=_endpoints(record),
+                relay=_relays(record),
             )
         except (KeyError, TypeError, ValueError, OcpError) as exc:
             raise Unavailable("the registry's answer about an agent does not check out") from exc

@@ -9,8 +9,11 @@ little and never touches a rate-limit bucket or the dedup window):
    OCP-400), then the payload size (``knowledge.max_payload_bytes``,
    OCP-413);
 3. who is speaking: over HTTP the D3 ``Authorization`` header, whose agent
-   must be ``sender.agent_id``; over WebSocket the session's agent must be;
-   an unknown sender, a bad header signature or a replayed header is OCP-401;
+   must be ``sender.agent_id`` or a node's service agent handing the message
+   on (a registered, active agent declaring ``cap:ocp:relay``; then the
+   receiver must be served here: see :mod:`ocpd.node.forward`); over
+   WebSocket the session's agent must be; an unknown sender, a bad header
+   signature or a replayed header is OCP-401;
 4. the envelope signature against the sender's active keys (OCP-401);
 5. trust (OCP §4.2.1): sending needs Level 1 (OCP-403); a direct receiver
    must be registered (OCP-404) and Level 1; a broadcast goes to the
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -36,6 +40,7 @@ import trio
 
 from ocpd.logs import get_logger, log_event
 from ocpd.node.store import Accept
+from ocpd.proto import schema
 from ocpd.proto.auth import HttpAuth, parse_authorization, verify_authorization
 from ocpd.proto.envelope import (
     VerifiedMessage,
@@ -54,8 +59,9 @@ from ocpd.proto.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from ocpd.proto.ids import broadcast_did, is_broadcast_did
+from ocpd.proto.ids import broadcast_did, is_broadcast_did, parse_agent_id
 from ocpd.proto.ratelimit import RateLimiter
+from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
 
 if TYPE_CHECKING:
@@ -72,6 +78,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempt", "Checked", "HttpCredentials", "Intake", "MessageLimits", "Outcome"]
 
+#: What an ``error`` may refer to when the refused message could not be parsed whole.
+MESSAGE_ID: Final = re.compile(r"msg-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}")
+MESSAGE_TYPES: Final = frozenset(
+    schema.load_schema("envelope")["properties"]["message_type"]["enum"]  # type: ignore[index]
+)
 #: Messages above this size are parsed and verified off the event loop.
 OFFLOAD_BYTES: Final = 65_536
 #: Dedup ids are kept at least this long (D6: max(ttl, 3600) plus skew).
@@ -158,6 +169,35 @@ class MessageLimits:
             limiter.refund(sender)
 
 
+def _identify(raw: bytes, attempt: Attempt, max_size: int) -> None:
+    """Name the message a refusal is about, when it can be read at all (decision 79).
+
+    A message refused for being expired, early, too large in its payload or
+    off-schema still usually carries a readable id, type and sender; the
+    error then refers to it and goes to its sender.
+    """
+    try:
+        message = loads_strict(raw, max_size=max_size)
+    except OcpError:
+        return
+    if not isinstance(message, dict):
+        return
+    message_id = message.get("message_id")
+    if isinstance(message_id, str) and MESSAGE_ID.fullmatch(message_id):
+        attempt.message_id = message_id
+    message_type = message.get("message_type")
+    if isinstance(message_type, str) and message_type in MESSAGE_TYPES:
+        attempt.message_type = message_type
+    sender = message.get("sender")
+    agent_id = sender.get("agent_id") if isinstance(sender, dict) else None
+    if isinstance(agent_id, str):
+        try:
+            parse_agent_id(agent_id)
+        except OcpError:
+            return
+        attempt.sender = agent_id
+
+
 def _payload_size(message: dict[str, Any]) -> int:
     payload = message["payload"]
     if isinstance(payload, str):
@@ -222,37 +262,45 @@ class Intake:
                 details={"limit": self.max_message_bytes},
             )
         now = self.clock.now()
-        if len(raw) > OFFLOAD_BYTES:
-            message, sent_at, expires_at = await trio.to_thread.run_sync(
-                self._parse, raw, now, limiter=self.cpu
-            )
-        else:
-            message, sent_at, expires_at = self._parse(raw, now)
+        try:
+            if len(raw) > OFFLOAD_BYTES:
+                message, sent_at, expires_at = await trio.to_thread.run_sync(
+                    self._parse, raw, now, limiter=self.cpu
+                )
+            else:
+                message, sent_at, expires_at = self._parse(raw, now)
+        except OcpError:
+            _identify(raw, attempt, self.max_message_bytes)
+            raise
         sender: str = message["sender"]["agent_id"]
         attempt.message_id = message["message_id"]
         attempt.message_type = message["message_type"]
+        attempt.sender = sender
         if session_agent is not None and sender != session_agent:
             raise AuthError("sender.agent_id is not the agent of this session")
+        relay: AgentInfo | None = None
         if http is not None:
             if auth_error is not None:
                 raise auth_error
-            if auth is None or auth.agent_id != sender:
-                raise AuthError("Authorization agent id differs from the message sender")
-        attempt.sender = sender
+            if auth is None:  # pragma: no cover - parse_authorization raised instead
+                raise AuthError("no Authorization header")
+            if auth.agent_id != sender:
+                relay = await self._relay(auth.agent_id)
         info = await self.directory.lookup(sender)
         if info is None:
             raise AuthError("the sender is not a registered agent")
         if http is not None:
+            signer = relay if relay is not None else info
             verify_authorization(
                 http.authorization,
                 method="POST",
                 path_and_query=http.path_and_query,
                 body=raw,
-                public_keys=info.keys,
+                public_keys=signer.keys,
                 now=now,
                 replay=self.replay,
                 window=self.clock_skew,
-                expected_agent_id=sender,
+                expected_agent_id=signer.agent_id,
             )
         if len(raw) > OFFLOAD_BYTES:
             digest = await trio.to_thread.run_sync(
@@ -266,6 +314,13 @@ class Intake:
                 details={"trust_level": info.level},
             )
         broadcast, receivers = await self._receivers(message, sender)
+        if relay is not None and (
+            broadcast or any(self.router.placement(r) != "local" for r in receivers)
+        ):
+            # Handing on is one hop: a node passes on only what it delivers.
+            raise NotFoundError(
+                "this node does not serve the receiver", details={"field": "receiver"}
+            )
         taken = self.limits.take(
             sender, attempt.message_type or "", broadcast=broadcast, now=trio.current_time()
         )
@@ -283,6 +338,13 @@ class Intake:
         )
         dedup_until = max(now, sent_at) + max(ttl, MIN_DEDUP_SECONDS) + self.clock_skew
         return Checked(verified, receivers, dedup_until, taken)
+
+    async def _relay(self, agent_id: str) -> AgentInfo:
+        """The node service agent handing on another agent's message (decision 88)."""
+        relay = await self.directory.lookup(agent_id)
+        if relay is None or not relay.relay or not relay.active or relay.level < 1:
+            raise AuthError("Authorization agent id differs from the message sender")
+        return relay
 
     async def _receivers(
         self, message: dict[str, Any], sender: str
@@ -355,9 +417,7 @@ class Intake:
                 raw=c.verified.raw,
                 expires_at=c.verified.expires_at,
                 dedup_until=c.dedup_until,
-                recipients=tuple(
-                    (r.agent_id, self.router.placement(r.agent_id)) for r in c.receivers
-                ),
+                recipients=tuple((r.agent_id, self.router.placement(r)) for r in c.receivers),
                 at=now,
             )
             for c in batch

@@ -27,9 +27,14 @@ in the order the node accepted them (per-sender FIFO, OCP §3.4). Delivery is
 at least once: a row is dropped after its frame was written, so a crash
 between the two sends it again; receivers deduplicate by ``message_id``.
 
-A *remote* receiver (one that never authenticated at this node) is handed to
-a :class:`RemoteDelivery`; the default keeps its rows queued here, so the
-agent gets them if it connects to this node before they expire.
+Which receivers are served here is decided when a message is committed
+(:meth:`Router.placement`): an agent with a session, or one that
+authenticated here before, is local; for any other the
+:class:`RemoteDelivery` decides (:class:`ocpd.node.forward.Forwarder` hands
+rows for agents served by other nodes on to them). Rows of a *remote*
+receiver are handed to it once committed. :class:`HoldForLocal` keeps every
+row here, so the agent gets it if it connects to this node before it
+expires.
 """
 
 from __future__ import annotations
@@ -65,11 +70,18 @@ log = get_logger("node")
 class RemoteDelivery(Protocol):
     """Delivery to agents served by other nodes (OCP §3.3.2)."""
 
+    def placement(self, info: AgentInfo) -> Placement:
+        """Where rows for an agent that never authenticated here are delivered from."""
+        ...
+
     def submit(self, receiver: AgentInfo, seq: int) -> None: ...
 
 
 class HoldForLocal:
-    """Keeps rows for remote receivers queued here until they connect or expire."""
+    """Keeps every row here until its receiver connects or the row expires."""
+
+    def placement(self, info: AgentInfo) -> Placement:
+        return "local"
 
     def submit(self, receiver: AgentInfo, seq: int) -> None:
         return None
@@ -192,14 +204,16 @@ class Router:
 
     # --- routing ---------------------------------------------------------------------
 
-    def placement(self, agent_id: str) -> Placement:
-        return "local" if agent_id in self.local or agent_id in self._sessions else "remote"
+    def placement(self, info: AgentInfo) -> Placement:
+        if info.agent_id in self.local or info.agent_id in self._sessions:
+            return "local"
+        return self.remote.placement(info)
 
     def notify(self, receiver: AgentInfo, seq: int, raw: bytes, expires_at: float) -> None:
-        """A row for ``receiver`` was committed: hand it to its session, if it has one."""
+        """A row for ``receiver`` was committed: hand it to its session, or on."""
         session = self.owner(receiver.agent_id)
         if session is None:
-            if receiver.agent_id not in self.local:
+            if self.placement(receiver) == "remote":
                 self.remote.submit(receiver, seq)
             return
         if session.live:

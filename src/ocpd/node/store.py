@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Accept",
     "Accepted",
+    "Held",
     "MessageStore",
     "Pending",
     "SweepCounts",
@@ -72,6 +73,18 @@ class Accepted:
 @attrs.frozen
 class Pending:
     seq: int
+    raw: bytes
+    expires_at: float
+
+
+@attrs.frozen
+class Held:
+    """A queue row with what handing it on to another node needs."""
+
+    seq: int
+    receiver: str
+    sender: str
+    message_id: str
     raw: bytes
     expires_at: float
 
@@ -147,6 +160,41 @@ def delivered_txn(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
     return removed
 
 
+def remote_rows_txn(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """``(seq, receiver)`` of every row waiting to be handed on, in ``seq`` order."""
+    rows = conn.execute(
+        "SELECT seq, receiver FROM deliveries WHERE state = 'remote' ORDER BY seq"
+    ).fetchall()
+    return [(int(seq), str(receiver)) for seq, receiver in rows]
+
+
+def held_txn(conn: sqlite3.Connection, seq: int) -> Held | None:
+    row = conn.execute(
+        "SELECT d.receiver, d.sender, d.message_id, b.raw, d.expires_at FROM deliveries AS d "
+        "JOIN message_bodies AS b ON b.message_id = d.message_id WHERE d.seq = ?",
+        (seq,),
+    ).fetchone()
+    if row is None:
+        return None
+    receiver, sender, message_id, raw, expires_at = row
+    return Held(seq, str(receiver), str(sender), str(message_id), bytes(raw), float(expires_at))
+
+
+def give_up_txn(
+    conn: sqlite3.Connection, seq: int, notice: Accept | None
+) -> tuple[bool, tuple[int, ...]]:
+    """Drop an undeliverable row and queue ``notice`` (the sender's error) in one step.
+
+    Returns whether the row was still there, and the notice's queue rows
+    (none when the row was gone: someone else delivered it meanwhile).
+    """
+    if not delivered_txn(conn, [seq]):
+        return False, ()
+    if notice is None:
+        return True, ()
+    return True, accept_txn(conn, [notice])[0].seqs
+
+
 def sweep_txn(conn: sqlite3.Connection, now: float, interactions_before: float) -> SweepCounts:
     deliveries = conn.execute("DELETE FROM deliveries WHERE expires_at < ?", (now,)).rowcount
     conn.execute("DELETE FROM message_bodies WHERE expires_at < ?", (now,))
@@ -190,6 +238,15 @@ class MessageStore:
 
     async def sweep(self, *, now: float, interactions_before: float) -> SweepCounts:
         return await self.database.write(lambda conn: sweep_txn(conn, now, interactions_before))
+
+    async def remote_rows(self) -> list[tuple[int, str]]:
+        return await self.database.read(remote_rows_txn)
+
+    async def held(self, seq: int) -> Held | None:
+        return await self.database.read(lambda conn: held_txn(conn, seq))
+
+    async def give_up(self, seq: int, notice: Accept | None) -> tuple[bool, tuple[int, ...]]:
+        return await self.database.write(lambda conn: give_up_txn(conn, seq, notice))
 
     async def touch_local_agent(self, agent_id: str, *, now: float) -> None:
         await self.database.write(lambda conn: touch_local_agent_txn(conn, agent_id, now))

@@ -36,7 +36,7 @@ from ocpd.proto.crypto import (
 )
 from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp, parse_timestamp
 from ocpd.proto.errors import AuthError, MalformedError, OcpError
-from ocpd.proto.ids import new_message_id
+from ocpd.proto.ids import is_broadcast_did, new_message_id
 from ocpd.proto.jcs import canonicalize
 from ocpd.proto.strictjson import loads_strict
 
@@ -340,6 +340,7 @@ def build_error_message(
     return build_message(
         sender=sender,
         receiver=receiver,
+        broadcast=is_broadcast_did(receiver),
         message_type="error",
         payload=payload,
         now=now,

@@ -250,6 +250,20 @@ class RegistryService:
 
     async def register(self) -> Response:
         raw, body = await self._body()
+        outcome = await self.register_signed(
+            raw, body, authorization=request.headers.get("Authorization"), path=self._path()
+        )
+        created = outcome.pop("created")
+        return _json_response(outcome, 201 if created else 200)
+
+    async def register_signed(
+        self, raw: bytes, body: Any, *, authorization: str | None, path: str
+    ) -> dict[str, Any]:
+        """Register or renew from a signed request; also how an in-process node registers.
+
+        The answer carries ``created`` (a first registration) besides what
+        the route returns.
+        """
         if not isinstance(body, dict):
             raise MalformedError("registration must be {record, did_document}")
         now = self.clock.now()
@@ -267,30 +281,36 @@ class RegistryService:
             keys = [document.initial_key]
         else:
             raise AuthError("a first registration is made with the initial key #key-1")
-        self._authenticate(raw, agent_id, keys)
+        if not keys:
+            raise AuthError("no keys are known for the authenticating agent")
+        verify_authorization(
+            authorization,
+            method="POST",
+            path_and_query=path,
+            body=raw,
+            public_keys=keys,
+            now=now,
+            replay=self.replay,
+            window=self.clock_skew,
+            expected_agent_id=agent_id,
+        )
         if existing is None and len(self.ledger.agents) >= self.config.registry.max_agents:
             raise Unavailable(
                 f"the registry holds its maximum of {self.config.registry.max_agents} agents"
             )
-        proof = {
-            "path": self._path(),
-            "authorization": request.headers["Authorization"],
-            "body": raw.decode("utf-8"),
-        }
+        proof = {"path": path, "authorization": authorization, "body": raw.decode("utf-8")}
         await self.store.apply_agent(
             {"record": record, "did_document": document.document, "registration": proof},
             authorized=document,
         )
         entry = self.ledger.agents[agent_id]
-        return _json_response(
-            {
-                "agent_id": agent_id,
-                "status": entry.status,
-                "expires_at": format_timestamp(entry.expires_at),
-                "trust_level": self.ledger.level(agent_id),
-            },
-            201 if existing is None else 200,
-        )
+        return {
+            "agent_id": agent_id,
+            "status": entry.status,
+            "expires_at": format_timestamp(entry.expires_at),
+            "trust_level": self.ledger.level(agent_id),
+            "created": existing is None,
+        }
 
     async def update_did(self, agent_id: str) -> Response:
         raw, update = await self._body()
