@@ -39,6 +39,7 @@ message again, and the receiving node's dedup makes that harmless.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -85,6 +86,7 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 log = get_logger("node")
 
 
+@functools.lru_cache(maxsize=8192)
 def endpoint_key(url: str) -> str:
     """``url`` reduced so that two spellings of one endpoint compare equal."""
     parts = urlsplit(url.strip())
