@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.framework --out bench/results/framework.json
 	$(BIN)/python -m bench.registry --out bench/results/registry.json
 	$(BIN)/python -m bench.federation --out bench/results/federation.json
+	$(BIN)/python -m bench.node --out bench/results/node.json
 
 # The black-box suite against a throwaway local ocpd (TLS from a temporary CA, ports 0).
 # Exits with the suite's status: non-zero while required checks are not implemented.

@@ -310,6 +310,34 @@ async def test_offline_receiver_gets_its_queue_in_order(
             await receiver.disconnect()
 
 
+async def test_a_receiver_catching_up_under_steady_traffic_goes_live(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
+) -> None:
+    with trio.fail_after(60):
+        async with running_node(tmp_path) as node, trio.open_nursery() as n:
+            node.directory.add(alice)
+            node.directory.add(bob)
+
+            async def send_one() -> bytes:
+                raw = message(alice, bob.id, clock_now=node.clock.now())
+                await node.intake.commit([await node.intake.check(raw, Attempt("ws", 0))])
+                return raw
+
+            sent = [await send_one() for _ in range(300)]
+            receiver = WsClient()
+            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            # alice never pauses: the backlog must still end in live delivery
+            live_during_traffic = False
+            for _ in range(300):
+                sent.append(await send_one())
+                session = node.router.owner(bob.id)
+                live_during_traffic |= session is not None and session.live
+            got = [(await receiver.receive_event_text()).encode() for _ in sent]
+            assert got == sent
+            assert live_during_traffic
+            await receiver.disconnect()
+
+
 async def test_live_queue_overflow_falls_back_to_the_database(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:

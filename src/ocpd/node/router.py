@@ -12,14 +12,17 @@ delivery (a reconnecting client's half-dead old session must not swallow
 messages). When the owner closes, the next newest takes over. Each owner
 runs in one of two modes:
 
-* **catch-up**: read the agent's rows from the database in ``seq`` order
-  (``seq > last_seq``), send them, drop them; repeat until a read comes back
-  short and nothing was committed for the agent meanwhile (``dirty``);
-* **live**: after catching up, the intake hands each newly committed row
-  straight to the session (:meth:`Router.notify`): no database read. A row
-  the session already passed (``seq <= last_seq``) is ignored; when the live
-  queue overflows the session drops it and catches up from the database
-  again, which holds every row that was not sent.
+* **catch-up**: start collecting newly committed rows in the session's
+  queue (:meth:`Router.notify`), then read the agent's rows from the
+  database in ``seq`` order (``seq > last_seq``), send them, drop them;
+  repeat until a read comes back short. Every row committed since the read
+  began is then in the queue, so the session goes live without another read
+  (however busy the agent's senders are);
+* **live**: the intake hands each newly committed row straight to the
+  session: no database read. A row the session already passed
+  (``seq <= last_seq``, e.g. one the last catch-up read also returned) is
+  skipped; when the queue overflows the session drops it and catches up
+  from the database again, which holds every row that was not sent.
 
 Both modes send rows in ``seq`` order, and rows are committed in the order
 their messages were accepted, so messages from one sender reach a receiver
@@ -96,7 +99,9 @@ class Session:
     send_text: Callable[[str], Awaitable[None]]
     owner: bool = False
     live: bool = False
-    dirty: bool = False
+    #: Newly committed rows go to :attr:`queue` (live, or catching up with
+    #: nothing lost since the current read began).
+    collecting: bool = False
     closed: bool = False
     last_seq: int = 0
     queue: list[tuple[int, bytes, float]] = attrs.Factory(list)
@@ -122,17 +127,18 @@ class Session:
     def owns(self) -> bool:
         return self.owner
 
-    def clear_dirty(self) -> None:
-        self.dirty = False
+    def start_collecting(self) -> None:
+        self.queue.clear()
+        self.collecting = True
 
     async def wait_work(self) -> None:
         await self._wake.wait()
         self._wake = trio.Event()
 
     def catch_up(self) -> None:
-        """Forget the live queue; the next round reads the database from ``last_seq``."""
+        """Forget the queue; the next round reads the database from ``last_seq``."""
         self.live = False
-        self.dirty = True
+        self.collecting = False
         self.queue.clear()
 
     async def send_receipt(self, frame: str) -> None:
@@ -216,14 +222,11 @@ class Router:
             if self.placement(receiver) == "remote":
                 self.remote.submit(receiver, seq)
             return
-        if session.live:
-            if seq > session.last_seq:
-                if len(session.queue) < LIVE_QUEUE:
-                    bisect.insort(session.queue, (seq, raw, expires_at))
-                else:
-                    session.catch_up()
-        else:
-            session.dirty = True
+        if session.collecting and seq > session.last_seq:
+            if len(session.queue) < LIVE_QUEUE:
+                bisect.insort(session.queue, (seq, raw, expires_at))
+            else:
+                session.catch_up()
         session.wake()
 
     async def deliver(self, session: Session) -> None:
@@ -232,9 +235,11 @@ class Router:
         try:
             while session.owns() and session.live and session.queue:
                 seq, raw, expires_at = session.queue.pop(0)
-                await self._send(session, seq, raw, expires_at, sent)
+                if seq > session.last_seq:
+                    await self._send(session, seq, raw, expires_at, sent)
             while session.owns() and not session.live:
-                session.clear_dirty()
+                if not session.collecting:
+                    session.start_collecting()
                 rows = await self.store.pending(session.agent_id, after=session.last_seq)
                 for row in rows:
                     if not session.owns():
@@ -244,8 +249,11 @@ class Router:
                         continue
                     await self._send(session, row.seq, row.raw, row.expires_at, sent)
                 await self._drop(sent)
-                if session.owns() and len(rows) < PENDING_BATCH and not session.dirty:
+                if session.owns() and len(rows) < PENDING_BATCH and session.collecting:
+                    # Whatever was committed since the read began is queued.
                     session.live = True
+                    if session.queue:
+                        session.wake()
         finally:
             with trio.CancelScope(shield=True):
                 await self._drop(sent)
