@@ -149,14 +149,11 @@ def _databases(config: Config, selection: str) -> dict[str, Path]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ocpd.daemon import run_daemon
-    from ocpd.logs import configure_logging, flush_logs
+    from ocpd.logs import configure_logging
 
     config, source = _load(args)
-    configure_logging(level=config.node.log_level, fmt=config.node.log_format, background=True)
-    try:
-        return trio.run(lambda: run_daemon(config, args.component, config_source=source))
-    finally:
-        flush_logs()
+    configure_logging(level=config.node.log_level, fmt=config.node.log_format)
+    return trio.run(lambda: run_daemon(config, args.component, config_source=source))
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

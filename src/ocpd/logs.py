@@ -8,19 +8,16 @@ are meant for agent DIDs, message ids, error codes and durations.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import queue
 import sys
-import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["configure_logging", "flush_logs", "get_logger", "log_event", "log_fields"]
+__all__ = ["configure_logging", "get_logger", "log_event", "log_fields"]
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -60,98 +57,14 @@ class _TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower():7} {component:9} {event} {extra}".rstrip()
 
 
-class _LineWriter:
-    """Writes formatted lines to a stream from its own thread.
-
-    A busy node logs a line per message; writing (and flushing) each one
-    from the event loop cost a system call per message there. Lines are
-    formatted by the caller, queued, and written in batches, flushed
-    whenever the queue runs empty, so a quiet node's lines appear at once.
-    Lines still queued when the process is killed outright are lost; a
-    normal exit writes them all (:func:`flush_logs`).
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ocpd-log-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, line: str) -> None:
-        self._queue.put(line)
-
-    def _run(self) -> None:
-        while True:
-            line = self._queue.get()
-            lines = [] if line is None else [line]
-            done = line is None
-            while not done:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    done = True
-                else:
-                    lines.append(more)
-            if lines:
-                try:
-                    self._stream.write("\n".join(lines) + "\n")
-                    self._stream.flush()
-                except (OSError, ValueError):
-                    pass  # stdout is gone: nothing left to tell
-            if done:
-                return
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=5)
-
-
-class _QueuedHandler(logging.Handler):
-    def __init__(self, writer: _LineWriter) -> None:
-        super().__init__()
-        self.writer = writer
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.writer.put(self.format(record))
-        except Exception:
-            self.handleError(record)
-
-
-_writer: _LineWriter | None = None
-
-
-def flush_logs() -> None:
-    """Write every queued line and stop the writer (at exit; idempotent)."""
-    global _writer
-    if _writer is not None:
-        _writer.close()
-        _writer = None
-
-
-def configure_logging(*, level: str = "info", fmt: str = "json", background: bool = False) -> None:
-    """Send ocpd's logs to stdout in ``fmt`` at ``level`` (idempotent).
-
-    ``background`` writes them from a thread (the daemon: see
-    :class:`_LineWriter`); otherwise each line is written as it is logged.
-    """
-    global _writer
+def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
+    """Send ocpd's logs to stdout in ``fmt`` at ``level`` (idempotent)."""
     root = logging.getLogger(_ROOT)
     root.setLevel(_LEVELS[level])
     root.propagate = False
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    flush_logs()
-    handler: logging.Handler
-    if background:
-        _writer = _LineWriter(sys.stdout)
-        atexit.register(flush_logs)
-        handler = _QueuedHandler(_writer)
-    else:
-        handler = logging.StreamHandler(sys.stdout)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root.addHandler(handler)
     # Frameworks log through their own loggers; keep their noise at warning.
