@@ -55,11 +55,10 @@ import platform
 import random
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 from collections import deque
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -67,9 +66,10 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import trio
 from conformance.local import write_tls_files
-from conformance.process import ProcessFailed, ReadyProcess
+from conformance.process import ReadyProcess
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.harness import run_and_report
 from ocpd.client import AgentKey, RegistryClient, RegistryError
 from ocpd.proto.crypto import SigningKey
 
@@ -507,27 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.registries < 2:
         raise SystemExit("bench.federation: --registries must be at least 2")
-    result: dict[str, Any] | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="ocpd-bench-federation-") as tmp:
-            result = trio.run(run_bench, args, Path(tmp))
-    except* (
-        ProcessFailed,
-        RegistryError,
-        RuntimeError,
-        httpx.HTTPError,
-        subprocess.CalledProcessError,
-        trio.TooSlowError,
-    ) as group:
-        for exc in group.exceptions:
-            print(f"bench.federation: {type(exc).__name__}: {exc}", file=sys.stderr)
-    if result is None:
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    _print_summary(result)
-    print(f"results: {args.out}")
-    return 0
+    return run_and_report(
+        "bench.federation",
+        partial(run_bench, args),
+        out=args.out,
+        summary=_print_summary,
+        errors=(RegistryError, RuntimeError, httpx.HTTPError),
+    )
 
 
 if __name__ == "__main__":

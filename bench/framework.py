@@ -41,7 +41,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
@@ -51,11 +50,13 @@ from urllib.parse import urlsplit
 
 import trio
 from conformance.local import ocpd_process
-from conformance.process import ProcessFailed, ReadyProcess
+from conformance.process import ReadyProcess
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response
 from quart_trio import QuartTrio
+
+from bench.harness import run_and_report
 
 __all__ = ["bare_app", "main", "parse_wrk", "percentiles"]
 
@@ -447,20 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(load_result))
         return 0
-    result: dict[str, Any] | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="ocpd-bench-") as tmp:
-            result = trio.run(run_bench, args, Path(tmp))
-    except* (ProcessFailed, subprocess.CalledProcessError, trio.TooSlowError) as group:
-        for exc in group.exceptions:
-            print(f"bench.framework: {type(exc).__name__}: {exc}", file=sys.stderr)
-    if result is None:
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    _print_summary(result)
-    print(f"results: {args.out}")
-    return 0
+    return run_and_report(
+        "bench.framework",
+        partial(run_bench, args),
+        out=args.out,
+        summary=_print_summary,
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,7 @@ import shutil
 import signal
 import ssl
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -54,12 +52,13 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 from conformance.local import write_tls_files
-from conformance.process import ProcessFailed, ReadyProcess
+from conformance.process import ReadyProcess
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from bench.harness import run_and_report
 from ocpd.client import AgentKey, NodeError, RegistryClient, RegistryError
 from ocpd.client.session import dumps, open_session
 from ocpd.client.websocket import WebSocketClosed, parse_endpoint, tcp_connector
@@ -1159,28 +1158,13 @@ def main(argv: list[str] | None = None) -> int:
         pool = Path(args.file).read_bytes().split(b"\0")[:-1]
         print(json.dumps(trio.run(python_http_load, args, pool)))
         return 0
-    result: dict[str, Any] | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="ocpd-bench-node-") as tmp:
-            result = trio.run(run_bench, args, Path(tmp))
-    except* (
-        ProcessFailed,
-        RegistryError,
-        NodeError,
-        RuntimeError,
-        httpx.HTTPError,
-        subprocess.CalledProcessError,
-        trio.TooSlowError,
-    ) as group:
-        for exc in group.exceptions:
-            print(f"bench.node: {type(exc).__name__}: {exc}", file=sys.stderr)
-    if result is None:
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    _print_summary(result)
-    print(f"results: {args.out}")
-    return 0
+    return run_and_report(
+        "bench.node",
+        partial(run_bench, args),
+        out=args.out,
+        summary=_print_summary,
+        errors=(RegistryError, NodeError, RuntimeError, httpx.HTTPError),
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ocpd.config import ConfigError, load_config
+from ocpd.config import Config, ConfigError, NodeSection, TransportSection, load_config
 
 
 def _load(tmp_path: Path, text: str | None = None, **env: str):  # type: ignore[no-untyped-def]
@@ -142,3 +142,33 @@ def test_unreadable_or_bad_tls_files_are_one_line_errors(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as directory:
         _load(tmp_path, OCP_TLS_CERT=str(tmp_path), OCP_TLS_KEY=str(key))
     assert "directory" in directory.value.reason
+
+
+def test_public_urls_come_from_settings_then_listeners_then_host_and_ports() -> None:
+    plain = Config()
+    assert plain.public_urls() == (
+        "http://127.0.0.1:8420/ocp/v1/messages",
+        "ws://127.0.0.1:8421/ocp/v1/ws",
+    )
+    bound = {"http": "http://127.0.0.1:41000", "ws": "http://127.0.0.1:41001"}
+    assert plain.public_urls(bound) == (
+        "http://127.0.0.1:41000/ocp/v1/messages",
+        "ws://127.0.0.1:41001/ocp/v1/ws",
+    )
+    proxied = Config(
+        node=NodeSection(host="::1"), transport=TransportSection(tls_terminated_upstream=True)
+    )
+    assert proxied.public_urls() == (
+        "https://[::1]:8420/ocp/v1/messages",
+        "wss://[::1]:8421/ocp/v1/ws",
+    )
+    named = Config(
+        transport=TransportSection(
+            public_http_url="https://node.example/ocp/v1/messages",
+            public_ws_url="wss://node.example/ocp/v1/ws",
+        )
+    )
+    assert named.public_urls(bound) == (
+        "https://node.example/ocp/v1/messages",
+        "wss://node.example/ocp/v1/ws",
+    )

@@ -596,7 +596,7 @@ async def test_two_nodes_hand_messages_on_through_the_registry(
                     second = _message(alice, bob.agent_id)
                     assert (await post(http, alice, second)).status_code == 202
                     assert (await b_ws.get_message()).encode() == second
-                    # the same message again: B's dedup keeps it from bob
+                    # the same message again is acknowledged and not handed on again
                     assert (await post(http, alice, second)).status_code == 202
                 # a receiver whose endpoint refuses: alice hears OCP-502 from A
                 lost = _message(alice, dave.agent_id)

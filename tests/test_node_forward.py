@@ -21,17 +21,19 @@ from node_helpers import (
     NODE_KEY,
     OWN_URLS,
     SERVICE_AGENT,
+    TrioWallClock,
     authorization,
     message,
     post,
     running_node,
 )
 from ocpd.node.forward import BACKOFF, Posted, deliverable, endpoint_key
-from ocpd.node.presence import REGISTER_PATH, service_registration
+from ocpd.node.presence import REGISTER_PATH, ServiceRegistration, service_registration
 from ocpd.node.store import MessageStore
 from ocpd.proto.artifacts import verify_registration
 from ocpd.proto.auth import ReplayWindow, verify_authorization
 from ocpd.proto.envelope import verify_message_signature
+from ocpd.proto.errors import Unavailable
 from ocpd.proto.schema import validate_envelope
 
 BOB_HTTP = "https://bob.example/ocp/v1/messages"
@@ -389,3 +391,40 @@ async def test_the_service_registration_is_a_valid_level_1_record() -> None:
         window=60,
         expected_agent_id=record["agent_id"],
     )
+
+
+@attrs.define
+class FlakyRegistry:
+    """Refuses the first ``failures`` registrations with OCP-503; records when each came."""
+
+    failures: int
+    at: list[float] = attrs.Factory(list)
+
+    async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
+        self.at.append(trio.current_time())
+        assert path == REGISTER_PATH
+        if len(self.at) <= self.failures:
+            raise Unavailable("the registry cannot be reached")
+
+
+async def test_the_service_agent_is_registered_retried_and_renewed(clock: MockClock) -> None:
+    registry = FlakyRegistry(failures=2)
+    presence = ServiceRegistration(
+        directory=registry,  # type: ignore[arg-type]
+        key=NODE_KEY,
+        network="testnet",
+        node_id="z6MkNode",
+        clock=TrioWallClock(),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(presence.run)
+        await trio.sleep(10)
+        assert registry.at == []  # nothing before the node knows where it is
+        presence.set_urls(OWN_URLS)
+        await presence.registered.wait()
+        start = registry.at[0]
+        # refused twice: again after 5 s, then 10 s
+        assert [round(t - start) for t in registry.at] == [0, 5, 15]
+        await trio.sleep(1801)  # renewed at half the record's ttl of 1 hour
+        assert [round(t - start) for t in registry.at] == [0, 5, 15, 1815]
+        nursery.cancel_scope.cancel()

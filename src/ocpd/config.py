@@ -324,23 +324,17 @@ class Config:
         t = self.transport
         bound = bound or {}
         secure = self.tls_enabled or t.tls_terminated_upstream
-        host = self.node.host
-        if ":" in host:
-            host = f"[{host}]"
-        if "http" in bound:
-            http_base = bound["http"].rstrip("/")
-        else:
-            http_base = f"{'https' if secure else 'http'}://{host}:{t.http_port}"
-        if "ws" in bound:
-            ws_base = bound["ws"].rstrip("/")
-        else:
-            ws_base = f"{'https' if secure else 'http'}://{host}:{t.ws_port}"
-        if t.tls_terminated_upstream:
-            http_base = "https" + http_base.removeprefix("http").removeprefix("s")
-            ws_base = "https" + ws_base.removeprefix("http").removeprefix("s")
-        ws_base = "ws" + ws_base.removeprefix("http")
-        http = t.public_http_url or f"{http_base}/ocp/v1/messages"
-        ws = t.public_ws_url or f"{ws_base}/ocp/v1/ws"
+        host = f"[{self.node.host}]" if ":" in self.node.host else self.node.host
+
+        def authority(name: str, port: int) -> str:
+            return urlsplit(bound[name]).netloc if name in bound else f"{host}:{port}"
+
+        http = t.public_http_url or (
+            f"{'https' if secure else 'http'}://{authority('http', t.http_port)}/ocp/v1/messages"
+        )
+        ws = t.public_ws_url or (
+            f"{'wss' if secure else 'ws'}://{authority('ws', t.ws_port)}/ocp/v1/ws"
+        )
         return http, ws
 
     def ports(self, component: str) -> dict[str, int]:

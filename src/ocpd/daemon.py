@@ -17,7 +17,6 @@ that systemd or the container runtime restarts it.
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -42,6 +41,7 @@ from ocpd.components import (
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, log_event, log_fields
+from ocpd.proto.hosts import is_loopback_host
 from ocpd.sdnotify import Notifier
 from ocpd.storage import Database, open_database
 from ocpd.web import ComponentState, Metrics, create_app
@@ -88,18 +88,9 @@ class _TlsConfig(HypercornConfig):
         return context
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(config: Config) -> None:
     """Plaintext only on loopback, unless TLS is declared terminated upstream."""
-    if config.tls_enabled or _is_loopback(config.node.host):
+    if config.tls_enabled or is_loopback_host(config.node.host):
         return
     if not config.transport.tls_terminated_upstream:
         raise ConfigError(

@@ -11,7 +11,6 @@ interleave on the stream.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,8 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from ocpd.proto.hosts import is_loopback_host
 
 if TYPE_CHECKING:
     from wsproto.events import Event
@@ -89,15 +90,6 @@ class Endpoint:
         return f"{scheme}{'s' if self.secure else ''}://{self.authority}{self.path}"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_endpoint(url: str, *, kind: str, default_path: str) -> Endpoint:
     """Parse a node URL for the WebSocket (``kind="ws"``) or HTTPS transport.
 
@@ -114,7 +106,7 @@ def parse_endpoint(url: str, *, kind: str, default_path: str) -> Endpoint:
         wanted = "wss:// (or https://)" if kind == "ws" else "https://"
         raise ValueError(f"{url!r} is not a {wanted} URL")
     secure = parts.scheme in secure_schemes
-    if not secure and not _is_loopback(parts.hostname):
+    if not secure and not is_loopback_host(parts.hostname):
         raise ValueError(f"{url!r}: unencrypted transport is only allowed to loopback hosts")
     if parts.username or parts.password or parts.fragment:
         raise ValueError(f"{url!r} must not carry credentials or a fragment")

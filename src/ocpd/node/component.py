@@ -7,7 +7,6 @@ the registry at ``transport.registry_url`` over HTTP(S).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from ocpd.node.router import Router, Sweeper
 from ocpd.node.store import MessageStore
 from ocpd.node.ws import WebSocketEndpoint
 from ocpd.proto.auth import ReplayWindow
+from ocpd.proto.hosts import is_unspecified_host
 from ocpd.proto.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
@@ -63,14 +63,6 @@ def _directory(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirecto
     )
     runtime.services.append(directory.run)
     return directory
-
-
-def _unspecified(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
@@ -138,7 +130,7 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         forwarder.set_own_urls(urls)
         if presence is not None:
             presence.set_urls(urls)
-        if any(_unspecified(u) for u in urls):
+        if any(is_unspecified_host(urlsplit(u).hostname or "") for u in urls):
             log_event(
                 log,
                 "public_url_unusable",

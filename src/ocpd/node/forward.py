@@ -40,7 +40,6 @@ message again, and the receiving node's dedup makes that harmless.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import logging
 import ssl
@@ -53,10 +52,13 @@ import httpx
 import trio
 
 from ocpd.logs import get_logger, log_event
+from ocpd.node.http import SUPPORTED_VERSION
+from ocpd.node.intake import dedup_until
 from ocpd.node.store import Accept
 from ocpd.proto.auth import build_authorization
 from ocpd.proto.envelope import build_error_message, message_digest, sign_message
 from ocpd.proto.errors import OcpError, UpstreamUnreachable
+from ocpd.proto.hosts import is_loopback_host
 from ocpd.proto.strictjson import loads_strict
 
 if TYPE_CHECKING:
@@ -77,8 +79,6 @@ BACKOFF: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 MAX_IN_FLIGHT: Final = 32
 #: How long an ``error`` notice about an undeliverable message lives.
 NOTICE_TTL: Final = 3600
-MIN_DEDUP_SECONDS: Final = 3600
-OCF_VERSION: Final = "1.0"
 #: 4xx answers that mean "not now" rather than "never": retried like a 5xx.
 _TRANSIENT_4XX: Final = frozenset({408, 425, 429})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -99,15 +99,6 @@ def endpoint_key(url: str) -> str:
     return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def deliverable(endpoint: Mapping[str, Any]) -> str | None:
     """The URL this node may POST to for ``endpoint``, if any.
 
@@ -122,7 +113,7 @@ def deliverable(endpoint: Mapping[str, Any]) -> str | None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return url
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return url
     return None
 
@@ -380,7 +371,7 @@ class Forwarder:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return {
             "Content-Type": "application/json",
-            "X-OCF-Version": OCF_VERSION,
+            "X-OCF-Version": SUPPORTED_VERSION,
             "Authorization": build_authorization(
                 self.key,
                 agent_id=self.service_agent,
@@ -413,8 +404,8 @@ class Forwarder:
             notified=notice is not None,
         )
         if notice is not None and sender is not None and self.router is not None:
-            for seq in seqs:
-                self.router.notify(sender, seq, notice.raw, notice.expires_at)
+            for seq, (_, placement) in zip(seqs, notice.recipients, strict=True):
+                self.router.notify(sender, seq, notice.raw, notice.expires_at, placement)
 
     async def _notice(self, held: Held, result: Posted) -> tuple[Accept | None, AgentInfo | None]:
         if held.sender == self.service_agent or _message_type(held.raw) == "error":
@@ -449,7 +440,7 @@ class Forwarder:
             message_type="error",
             raw=raw,
             expires_at=now + NOTICE_TTL,
-            dedup_until=now + max(NOTICE_TTL, MIN_DEDUP_SECONDS) + self.clock_skew,
+            dedup_until=dedup_until(now, now, NOTICE_TTL, self.clock_skew),
             recipients=((held.sender, self.router.placement(sender)),),
             at=now,
         )

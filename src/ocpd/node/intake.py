@@ -169,6 +169,11 @@ class MessageLimits:
             limiter.refund(sender)
 
 
+def dedup_until(now: float, sent_at: float, ttl: float, clock_skew: float) -> float:
+    """When a message id may be forgotten (D6: ``max(ttl, 3600)`` plus the skew)."""
+    return max(now, sent_at) + max(ttl, MIN_DEDUP_SECONDS) + clock_skew
+
+
 def _identify(raw: bytes, attempt: Attempt, max_size: int) -> None:
     """Name the message a refusal is about, when it can be read at all (decision 79).
 
@@ -336,8 +341,7 @@ class Intake:
             sent_at=sent_at,
             expires_at=expires_at,
         )
-        dedup_until = max(now, sent_at) + max(ttl, MIN_DEDUP_SECONDS) + self.clock_skew
-        return Checked(verified, receivers, dedup_until, taken)
+        return Checked(verified, receivers, dedup_until(now, sent_at, ttl, self.clock_skew), taken)
 
     async def _relay(self, agent_id: str) -> AgentInfo:
         """The node service agent handing on another agent's message (decision 88)."""
@@ -431,7 +435,7 @@ class Intake:
                 for c in batch:
                     self.limits.refund(c.verified.sender, c.taken)
                 return [InternalError("the node could not store the message")] * len(batch)
-        for checked, result in zip(batch, results, strict=True):
+        for checked, item, result in zip(batch, items, results, strict=True):
             verified = checked.verified
             if result.status == "conflict":
                 self.limits.refund(verified.sender, checked.taken)
@@ -444,8 +448,10 @@ class Intake:
             elif result.status == "duplicate":
                 out.append(Outcome(verified.message_id, duplicate=True))
             else:
-                for info, seq in zip(checked.receivers, result.seqs, strict=True):
-                    self.router.notify(info, seq, verified.raw, verified.expires_at)
+                for info, (_, placement), seq in zip(
+                    checked.receivers, item.recipients, result.seqs, strict=True
+                ):
+                    self.router.notify(info, seq, verified.raw, verified.expires_at, placement)
                 out.append(Outcome(verified.message_id))
         return out
 

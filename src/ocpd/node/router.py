@@ -215,11 +215,13 @@ class Router:
             return "local"
         return self.remote.placement(info)
 
-    def notify(self, receiver: AgentInfo, seq: int, raw: bytes, expires_at: float) -> None:
-        """A row for ``receiver`` was committed: hand it to its session, or on."""
+    def notify(
+        self, receiver: AgentInfo, seq: int, raw: bytes, expires_at: float, placement: Placement
+    ) -> None:
+        """A row for ``receiver`` was committed as ``placement``: hand it to its session, or on."""
         session = self.owner(receiver.agent_id)
         if session is None:
-            if self.placement(receiver) == "remote":
+            if placement == "remote":
                 self.remote.submit(receiver, seq)
             return
         if session.collecting and seq > session.last_seq:
