@@ -200,3 +200,13 @@ def test_replay_window_expiry_follows_the_claimed_time() -> None:
     assert not window.seen("k", now=0, at=50)  # timestamp 50 s ahead: kept until 110
     assert window.seen("k", now=100)
     assert not window.seen("k", now=111)
+
+
+def test_an_already_parsed_header_is_checked_the_same(alice: Agent, bob: Agent) -> None:
+    replay = ReplayWindow(window=60)
+    parsed = parse_authorization(_header(alice))
+    _check(parsed, alice, replay)
+    with pytest.raises(AuthError, match="already used"):
+        _check(_header(alice), alice, replay)
+    with pytest.raises(AuthError, match="does not verify"):
+        _check(parse_authorization(_header(alice, now=NOW + 1)), bob, replay)

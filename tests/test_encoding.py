@@ -88,3 +88,18 @@ def test_timestamp_round_trip(seconds: int) -> None:
 
 def test_format_fraction() -> None:
     assert format_timestamp(1775217600.25, fraction_digits=3) == "2026-04-03T12:00:00.250Z"
+
+
+def test_repeated_timestamps_give_the_same_answer_and_name_their_field() -> None:
+    # Parsing is cached by text: answers, errors and field names must not change.
+    for _ in range(3):
+        assert parse_timestamp("1969-12-31T23:59:59Z") == -1.0
+        assert parse_timestamp("2026-04-03T12:00:00.5Z") == 1775217600.5
+        with pytest.raises(MalformedError, match="not a valid date-time") as first:
+            parse_timestamp("2026-02-30T12:00:00Z", field="timestamp")
+        assert first.value.details == {"field": "timestamp"}
+        with pytest.raises(MalformedError, match="expires_at") as second:
+            parse_timestamp("2026-02-30T12:00:00Z", field="expires_at")
+        assert second.value.details == {"field": "expires_at"}
+        with pytest.raises(MalformedError, match="'Z' suffix"):
+            parse_timestamp("2026-04-03T12:00:00+00:00")

@@ -297,7 +297,7 @@ class Intake:
         if http is not None:
             signer = relay if relay is not None else info
             verify_authorization(
-                http.authorization,
+                auth,
                 method="POST",
                 path_and_query=http.path_and_query,
                 body=raw,

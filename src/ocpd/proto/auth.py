@@ -171,12 +171,12 @@ def verify_authorization(
     window: float = DEFAULT_AUTH_WINDOW,
     expected_agent_id: str | None = None,
 ) -> HttpAuth:
-    """Check an ``Authorization`` header; OCP-401 on any failure.
+    """Check an ``Authorization`` header (its text, or as parsed); OCP-401 on any failure.
 
     The replay window records (agent_id, signature) only once the signature
     verifies, so forged headers cannot fill it or block a genuine request.
     """
-    auth = parse_authorization(header)
+    auth = header if isinstance(header, HttpAuth) else parse_authorization(header)
     if expected_agent_id is not None and auth.agent_id != expected_agent_id:
         raise AuthError("Authorization agent id differs from the message sender")
     signed_at = parse_timestamp(auth.timestamp)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Final
@@ -68,22 +69,40 @@ def b64url_decode(text: object, *, field: str = "value", length: int | None = No
     return data
 
 
+_OFF_CALENDAR: Final = float("-inf")
+
+
 def parse_timestamp(text: object, *, field: str = "timestamp") -> float:
     """Seconds since the epoch for a D1 timestamp; OCP-400 for anything else."""
     if not isinstance(text, str):
         raise MalformedError(f"{field} must be an RFC 3339 string", details={"field": field})
-    m = _TIMESTAMP_RE.fullmatch(text)
-    if m is None:
+    seconds = _epoch_seconds(text)
+    if seconds is None:
         raise MalformedError(
             f"{field} must be RFC 3339 UTC with a 'Z' suffix", details={"field": field}
         )
+    if seconds == _OFF_CALENDAR:
+        raise MalformedError(f"{field} is not a valid date-time", details={"field": field})
+    return seconds
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_seconds(text: str) -> float | None:
+    """The value of a D1 timestamp; ``None`` when malformed, ``_OFF_CALENDAR`` for a
+    well-formed date that does not exist.
+
+    Cached: a busy node sees the same second in many messages.
+    """
+    m = _TIMESTAMP_RE.fullmatch(text)
+    if m is None:
+        return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     try:
         # datetime validates the calendar (days per month, leap years) and
         # rejects second 60; the epoch value is computed exactly below.
         datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as exc:
-        raise MalformedError(f"{field} is not a valid date-time", details={"field": field}) from exc
+    except ValueError:
+        return _OFF_CALENDAR
     whole = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     fraction = m.group(7)
     return whole + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
