@@ -27,6 +27,7 @@ from ocpd.proto.ids import derive_agent_id
 from ocpd.proto.taxonomy import Taxonomy
 from ocpd.storage import Database, open_database
 from ocpd.web import Metrics
+from ocpd.wsserve import ACCEPTED_EXTENSION
 
 NODE_KEY = SigningKey(bytes([99]) * 32)
 SERVICE_AGENT = derive_agent_id(NODE_KEY.public_key, NETWORK)
@@ -320,14 +321,17 @@ class WsClient:
         *,
         subprotocols: list[str] | None = None,
         client: str = "127.0.0.1",
+        accepted_at: float | None = None,
     ) -> None:
-        scope = {
+        scope: dict[str, Any] = {
             "type": "websocket",
             "path": "/ocp/v1/ws",
             "subprotocols": ["ocp.v1"] if subprotocols is None else subprotocols,
             "client": (client, 4000),
             "headers": [],
         }
+        if accepted_at is not None:
+            scope["extensions"] = {ACCEPTED_EXTENSION: {"at": accepted_at}}
         nursery.start_soon(endpoint.handle, scope, self.receive, self.send)
         await self._to_app_send.send({"type": "websocket.connect"})
 

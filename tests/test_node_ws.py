@@ -61,6 +61,18 @@ async def test_no_handshake_closes_at_exactly_five_seconds(
             assert trio.current_time() == 5.0
 
 
+async def test_the_five_seconds_run_from_the_tcp_accept(tmp_path: Path, clock: MockClock) -> None:
+    with trio.fail_after(30):
+        async with running_node(tmp_path) as node, trio.open_nursery() as nursery:
+            await trio.sleep(10)
+            client = WsClient()
+            # TLS and the upgrade took 3 s of the 5.
+            await client.connect(node.ws, nursery, accepted_at=trio.current_time() - 3)
+            result = await client.frame()
+            assert result["error_code"] == "OCP-408"
+            assert trio.current_time() == 12.0
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [

@@ -2,12 +2,13 @@
 
 Start order (house style): configuration is already validated; the identity
 and the databases are opened *outside* the nursery; then each database's
-group-commit writer starts; then the HTTP/WS listeners (hypercorn), last.
+group-commit writer starts; then the listeners, last: hypercorn on the HTTP
+ports, :mod:`ocpd.wsserve` on the WebSocket port.
 Readiness is reported once every port is bound: one ``ready`` log event that
 names each listener's URL, and ``READY=1`` to systemd.
 
-Shutdown: the first SIGTERM/SIGINT sets the stop event, which is hypercorn's
-shutdown trigger. Listeners stop accepting, in-flight requests get up to
+Shutdown: the first SIGTERM/SIGINT sets the stop event, which is the
+servers' shutdown trigger. Listeners stop accepting, in-flight requests get up to
 ``node.shutdown_grace_seconds``, then the writers drain and the databases
 close; the exit status is 0. A second signal cancels everything at once
 (exit status 1). An exception in a service brings the daemon down loudly, so
@@ -45,6 +46,7 @@ from ocpd.proto.hosts import is_loopback_host
 from ocpd.sdnotify import Notifier
 from ocpd.storage import Database, open_database
 from ocpd.web import ComponentState, Metrics, create_app
+from ocpd.wsserve import WsServerSettings, serve_ws
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -100,7 +102,7 @@ def check_exposure(config: Config) -> None:
         )
 
 
-def _hypercorn_config(config: Config, port: int, port_name: str = "") -> HypercornConfig:
+def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
     hc = _TlsConfig()
     host = config.node.host
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -111,21 +113,20 @@ def _hypercorn_config(config: Config, port: int, port_name: str = "") -> Hyperco
     if config.tls_enabled:
         hc.certfile = config.transport.tls_cert
         hc.keyfile = config.transport.tls_key
-    if port_name == "ws":
-        ws = config.transport.websocket
-        # Hypercorn closes with 1009 as soon as a message grows past this,
-        # before it is buffered whole; it pings every interval, and a
-        # connection that sends nothing for two intervals (no pong either)
-        # is dropped. A TLS handshake gets the auth timeout, not 60 s.
-        hc.websocket_max_message_size = config.transport.max_message_bytes
-        hc.websocket_ping_interval = ws.ping_interval_seconds
-        hc.read_timeout = int(2 * ws.ping_interval_seconds + ws.auth_timeout_seconds) + 1
-        hc.ssl_handshake_timeout = ws.auth_timeout_seconds
-        # Sessions drain and close themselves when the daemon stops; what is
-        # left are hypercorn's ping tasks of closed connections, which sleep
-        # out their interval before they notice. Do not wait for those.
-        hc.graceful_timeout = min(config.node.shutdown_grace_seconds, 5.0)
+    # The WebSocket port uses only the binding and TLS context of this
+    # configuration (see _ws_settings for the rest).
     return hc
+
+
+def _ws_settings(config: Config) -> WsServerSettings:
+    """A message is refused (1009) as soon as it grows past the limit; a TLS
+    handshake and request head get the authentication timeout."""
+    ws = config.transport.websocket
+    return WsServerSettings(
+        max_message_bytes=config.transport.max_message_bytes,
+        ping_interval=ws.ping_interval_seconds,
+        handshake_timeout=ws.auth_timeout_seconds,
+    )
 
 
 @attrs.define
@@ -334,14 +335,20 @@ async def _supervise(
                             [states[c], *others],
                             installers=runtimes[c].routes.get(port_name, []),
                         )
-                        urls = await servers.start(
-                            partial(
-                                serve,
+                        hc = _hypercorn_config(config, port)
+                        if port_name == "ws":
+                            server = partial(
+                                serve_ws,
                                 in_flight.wrap(app),
-                                _hypercorn_config(config, port, port_name),
+                                hc,
+                                _ws_settings(config),
                                 shutdown_trigger=stopper.stop.wait,
                             )
-                        )
+                        else:
+                            server = partial(
+                                serve, in_flight.wrap(app), hc, shutdown_trigger=stopper.stop.wait
+                            )
+                        urls = await servers.start(server)
                         listeners[port_name] = urls[0]
                     metrics.up.labels(c).set(1)
                 # Everything loaded so far lives as long as the process: keep

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
@@ -36,6 +35,7 @@ from ocpd.proto.errors import MalformedError, OcpError, PayloadTooLarge, RateLim
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
+    from ocpd.asgi import ASGIApp, Receive, Scope, Send
     from ocpd.node.intake import Intake
     from ocpd.web import Metrics
 
@@ -43,10 +43,6 @@ __all__ = ["SUPPORTED_VERSION", "MessagesEndpoint"]
 
 SUPPORTED_VERSION: Final = "1.0"
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON: Final = (b"content-type", b"application/json")
 #: The agent an ``Authorization`` header names (checked properly by the intake).

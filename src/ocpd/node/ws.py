@@ -23,8 +23,8 @@ commits what it already read and writes those receipts (for at most
 
 * the **reader** takes one text frame at a time, runs it through the
   intake's checks and queues the result (a frame over the size limit ends
-  the session with 1009; hypercorn enforces the same limit while the frame
-  arrives, so it is never buffered whole);
+  the session with 1009; the port's server, :mod:`ocpd.wsserve`, enforces
+  the same limit while the frame arrives, so it is never buffered whole);
 * the **committer** writes whatever messages are queued in one group commit
   and answers each, in order, with
   ``{"frame_type": "receipt", "message_id": …, "status": "accepted"}`` (plus
@@ -34,8 +34,10 @@ commits what it already read and writes those receipts (for at most
   delivery, the agent's queued messages (the exact bytes received, one text
   frame each; see :mod:`ocpd.node.router`).
 
-Hypercorn sends WebSocket pings every ``ping_interval_seconds`` and drops a
-connection that stays silent for two intervals.
+The port's server sends a WebSocket ping after ``ping_interval_seconds`` of
+silence and drops a connection that stays silent for another interval. The
+authentication deadline runs from the TCP accept when the server reports it
+(:data:`ocpd.wsserve.ACCEPTED_EXTENSION`), else from the upgrade.
 
 Authenticated session time is reported to the registry (D7 uptime) every
 ``UPTIME_REPORT_SECONDS`` while a session lasts, as ``[start, now]``, and
@@ -46,8 +48,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import attrs
 import trio
@@ -58,10 +59,12 @@ from ocpd.proto import schema
 from ocpd.proto.auth import verify_ws_auth_handshake
 from ocpd.proto.errors import AuthError, MalformedError, OcpError, RequestTimeout
 from ocpd.proto.strictjson import loads_strict
+from ocpd.wsserve import ACCEPTED_EXTENSION
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
+    from ocpd.asgi import ASGIApp, Receive, Scope, Send
     from ocpd.clock import WallClock
     from ocpd.config import WebSocketSection
     from ocpd.node.directory import AgentDirectory
@@ -88,10 +91,6 @@ CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_TRY_LATER: Final = 1013
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Item = tuple[Attempt, Checked | OcpError]
 
@@ -139,7 +138,8 @@ class WebSocketEndpoint:
         app.asgi_app = front  # type: ignore[method-assign,assignment]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        opened = trio.current_time()
+        accepted = scope.get("extensions", {}).get(ACCEPTED_EXTENSION, {})
+        opened = float(accepted.get("at", trio.current_time()))
         if (await receive())["type"] != "websocket.connect":
             return
         if SUBPROTOCOL not in scope.get("subprotocols", ()):

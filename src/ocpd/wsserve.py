@@ -1,0 +1,523 @@
+"""The WebSocket port's server: ASGI over trio, wsproto and h11, without hypercorn.
+
+Hypercorn serves the HTTP ports. The WebSocket port carries long sessions
+with many small frames, where hypercorn's per-frame machinery (an event
+through its stream, protocol and server layers, then one TLS record and one
+``send()`` per frame) was the largest cost after the checks themselves, and
+its per-connection state the largest part of an idle session's memory.
+
+Theory of operation
+-------------------
+Each connection is one task. It reads the request head (TLS handshake and
+head within ``handshake_timeout``, head at most ``MAX_HEAD_BYTES``) and
+then either
+
+* upgrades to WebSocket (wsproto): the app gets an ASGI ``websocket``
+  scope; frames are read by a second task, which feeds ``receive()``,
+  answers pings, and sends a ping of its own after ``ping_interval`` of
+  silence (a connection silent for another interval is dropped). A message
+  that grows past ``max_message_bytes`` is refused with close 1009 as soon
+  as it does, before it is buffered whole. Or
+* serves plain HTTP/1.1 (h11) to the same app (``/health``, ``/metrics``),
+  one request at a time, keep-alive allowed.
+
+``send()`` only queues the frame's bytes; a writer task sends everything
+queued in one ``send_all``: frames produced in the same scheduling round
+leave in one TLS record and one system call. Producers wait only while more
+than ``HIGH_WATER`` bytes are queued.
+
+Once ``shutdown_trigger`` returns the listeners close; connections end on
+their own (the app closes its sessions when the daemon stops) or when the
+caller cancels.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+import attrs
+import h11
+import trio
+from hypercorn.utils import repr_socket_addr
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from ocpd.logs import get_logger, log_event
+
+if TYPE_CHECKING:
+    from ocpd.asgi import ASGIApp
+
+__all__ = ["ACCEPTED_EXTENSION", "WsServerSettings", "serve_ws"]
+
+
+#: The ASGI scope extension that carries the TCP accept time (``{"at": trio time}``).
+ACCEPTED_EXTENSION: Final = "ocpd.accepted"
+MAX_HEAD_BYTES: Final = 16_384
+READ_BYTES: Final = 65_536
+HIGH_WATER: Final = 262_144
+#: Frames read but not yet taken by the app before reading pauses.
+INBOX: Final = 16
+CLOSE_ABNORMAL: Final = 1006
+CLOSE_TOO_BIG: Final = 1009
+_STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+
+log = get_logger("wsserve")
+
+
+@attrs.frozen
+class WsServerSettings:
+    max_message_bytes: int
+    ping_interval: float
+    handshake_timeout: float
+
+
+class _Writer:
+    """Queued outgoing bytes, sent by one task in as few ``send_all`` calls as it can."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.queued: list[bytes] = []
+        self.size = 0
+        self.wake = trio.Event()
+        self.drained = trio.Event()
+        self.broken = False
+        self.sending = False
+
+    async def put(self, data: bytes) -> None:
+        if self.broken:
+            raise trio.BrokenResourceError("connection lost")
+        self.queued.append(data)
+        self.size += len(data)
+        self.wake.set()
+        if self.size > HIGH_WATER:
+            await self.drained.wait()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake = trio.Event()
+                self.sending = True
+                while self.queued:
+                    chunk = b"".join(self.queued)
+                    self.queued.clear()
+                    self.size = 0
+                    await self.stream.send_all(chunk)
+                self.sending = False
+                self.drained.set()
+                self.drained = trio.Event()
+        except _STREAM_ERRORS:
+            self.broken = True
+            self.drained.set()
+
+    async def settle(self) -> None:
+        """Wait until what is queued has been sent (or the connection broke)."""
+        while (self.queued or self.sending) and not self.broken:
+            await self.drained.wait()
+
+
+class _WebSocket:
+    """One upgraded connection as ASGI ``receive``/``send``."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: WSConnection,
+        settings: WsServerSettings,
+    ) -> None:
+        self.stream = stream
+        self.ws = connection
+        self.settings = settings
+        self.writer = _Writer(stream)
+        self.inbox_send, self.inbox = trio.open_memory_channel[MutableMapping[str, Any]](INBOX)
+        self.connected = False
+        self.accepted = False
+        self.closed = False
+        self.reading = trio.Event()
+
+    async def receive(self) -> MutableMapping[str, Any]:
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        try:
+            return await self.inbox.receive()
+        except trio.EndOfChannel:
+            return {"type": "websocket.disconnect", "code": CLOSE_ABNORMAL}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        kind = message["type"]
+        if self.closed:
+            return
+        if kind == "websocket.accept":
+            self.accepted = True
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            data = self.ws.send(
+                AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=headers)
+            )
+            await self.writer.put(data)
+            self.reading.set()
+        elif kind == "websocket.send":
+            text = message.get("text")
+            if isinstance(text, str):
+                data = self.ws.send(TextMessage(data=text))
+            else:
+                data = self.ws.send(BytesMessage(data=bytes(message["bytes"])))
+            await self.writer.put(data)
+        elif kind == "websocket.close":
+            self.closed = True
+            if not self.accepted:
+                # Closing before accepting refuses the upgrade (ASGI): HTTP 403.
+                data = self.ws.send(RejectConnection(status_code=403))
+            else:
+                code = int(message.get("code") or 1000)
+                data = self.ws.send(CloseConnection(code=code, reason=message.get("reason")))
+            await self.writer.put(data)
+        else:
+            raise ValueError(f"unexpected ASGI message {kind!r}")
+
+    async def read(self) -> None:
+        """Frames to the inbox until the connection ends; pings while it is silent."""
+        await self.reading.wait()
+        async with self.inbox_send:
+            code = await self._read_frames()
+            if code is not None:
+                with trio.move_on_after(1):
+                    await self.inbox_send.send({"type": "websocket.disconnect", "code": code})
+
+    async def _read_frames(self) -> int | None:
+        texts: list[str] = []
+        blobs: list[bytes] = []
+        size = 0
+        pinged = False
+        while True:
+            with trio.move_on_after(self.settings.ping_interval) as idle:
+                try:
+                    data = await self.stream.receive_some(READ_BYTES)
+                except _STREAM_ERRORS:
+                    return CLOSE_ABNORMAL
+            if idle.cancelled_caught:
+                if pinged:
+                    return CLOSE_ABNORMAL
+                pinged = True
+                await self._put(self.ws.send(Ping(payload=b"ocpd")))
+                continue
+            pinged = False
+            if not data:
+                return CLOSE_ABNORMAL
+            try:
+                self.ws.receive_data(bytes(data))
+                events = list(self.ws.events())
+            except (RemoteProtocolError, LocalProtocolError):
+                await self._close(1002)
+                return 1002
+            for event in events:
+                if isinstance(event, TextMessage | BytesMessage):
+                    size += len(event.data)
+                    if size > self.settings.max_message_bytes:
+                        await self._close(CLOSE_TOO_BIG)
+                        return CLOSE_TOO_BIG
+                    if isinstance(event, TextMessage):
+                        texts.append(event.data)
+                    else:
+                        blobs.append(bytes(event.data))
+                    if event.message_finished:
+                        frame: dict[str, Any] = {"type": "websocket.receive"}
+                        if isinstance(event, TextMessage):
+                            frame["text"] = "".join(texts)
+                        else:
+                            frame["bytes"] = b"".join(blobs)
+                        texts, blobs, size = [], [], 0
+                        await self.inbox_send.send(frame)
+                elif isinstance(event, Ping):
+                    await self._put(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if not self.closed:
+                        self.closed = True
+                        await self._put(self.ws.send(event.response()))
+                    return event.code
+
+    async def _put(self, data: bytes) -> None:
+        try:
+            await self.writer.put(data)
+        except trio.BrokenResourceError:
+            pass
+
+    async def _close(self, code: int) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._put(self.ws.send(CloseConnection(code=code)))
+
+
+def _scope_base(request: h11.Request, stream: trio.abc.Stream, secure: bool) -> dict[str, Any]:
+    target = request.target
+    path, _, query = target.partition(b"?")
+    client = server = None
+    socket_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(socket_stream, trio.SocketStream):
+        peer, local = socket_stream.socket.getpeername(), socket_stream.socket.getsockname()
+        client, server = (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
+    return {
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "path": unquote(path.decode("ascii", "replace")),
+        "raw_path": path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(bytes(name), bytes(value)) for name, value in request.headers],
+        "client": client,
+        "server": server,
+        "extensions": {},
+        "state": {},
+        "_secure": secure,
+    }
+
+
+async def _read_head(stream: trio.abc.Stream) -> bytes | None:
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        if len(buffer) > MAX_HEAD_BYTES:
+            return None
+        data = await stream.receive_some(READ_BYTES)
+        if not data:
+            return None
+        buffer += data
+    return buffer
+
+
+def _is_upgrade(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"upgrade" and value.lower() == b"websocket":
+            return True
+    return False
+
+
+async def _simple_response(stream: trio.abc.Stream, status: int) -> None:
+    connection = h11.Connection(h11.SERVER)
+    # h11 needs to have seen a request to answer; a minimal one stands in.
+    connection.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    connection.next_event()
+    headers = [("content-length", "0"), ("connection", "close")]
+    data = connection.send(h11.Response(status_code=status, headers=headers))
+    with trio.move_on_after(1):
+        await stream.send_all(data or b"")
+
+
+class _Server:
+    def __init__(self, app: ASGIApp, settings: WsServerSettings, secure: bool) -> None:
+        self.app = app
+        self.settings = settings
+        self.secure = secure
+
+    async def connection(self, stream: trio.abc.Stream) -> None:
+        accepted_at = trio.current_time()
+        head: bytes | None = None
+        request: object = None
+        try:
+            with trio.move_on_after(self.settings.handshake_timeout):
+                head = await _read_head(stream)
+                if head is None:
+                    await _simple_response(stream, 431)
+                    return
+                probe = h11.Connection(h11.SERVER)
+                probe.receive_data(head)
+                try:
+                    request = probe.next_event()
+                except h11.RemoteProtocolError:
+                    await _simple_response(stream, 400)
+                    return
+            if head is None or not isinstance(request, h11.Request):
+                return
+            if _is_upgrade(request):
+                await self._websocket(stream, head, request, accepted_at)
+            else:
+                await self._http(stream, probe, request)
+        except _STREAM_ERRORS:
+            pass
+        except Exception as exc:  # one connection must never end the server
+            log_event(log, "connection_failed", level=logging.ERROR, error=repr(exc))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _websocket(
+        self, stream: trio.abc.Stream, head: bytes, request: h11.Request, accepted_at: float
+    ) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.receive_data(head)
+            upgrade = next(iter(ws.events()), None)
+        except RemoteProtocolError:
+            await _simple_response(stream, 400)
+            return
+        if upgrade is None or not hasattr(upgrade, "subprotocols"):
+            await _simple_response(stream, 400)
+            return
+        scope = _scope_base(request, stream, self.secure)
+        scope.pop("_secure")
+        scope.update(
+            type="websocket",
+            scheme="wss" if self.secure else "ws",
+            subprotocols=list(upgrade.subprotocols),
+        )
+        # When the TCP connection was accepted (trio's clock), for deadlines
+        # that run from there rather than from the upgrade.
+        scope["extensions"][ACCEPTED_EXTENSION] = {"at": accepted_at}
+        session = _WebSocket(stream, ws, self.settings)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.writer.run)
+            nursery.start_soon(session.read)
+            await self.app(scope, session.receive, session.send)
+            if not session.accepted and not session.closed:
+                await session.send({"type": "websocket.close", "code": 1000})
+            # Let what the app queued last (its close frame) leave.
+            with trio.move_on_after(1):
+                await session.writer.settle()
+            nursery.cancel_scope.cancel()
+
+    async def _http(
+        self, stream: trio.abc.Stream, connection: h11.Connection, request: Any
+    ) -> None:
+        while True:
+            if not isinstance(request, h11.Request):
+                return
+            await self._one_request(stream, connection, request)
+            if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
+                return
+            connection.start_next_cycle()
+            request = await self._next_event(stream, connection)
+
+    async def _next_event(self, stream: trio.abc.Stream, connection: h11.Connection) -> Any:
+        while True:
+            event = connection.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            with trio.move_on_after(self.settings.ping_interval) as idle:
+                data = await stream.receive_some(READ_BYTES)
+            if idle.cancelled_caught:
+                return None
+            connection.receive_data(bytes(data))
+
+    async def _one_request(
+        self, stream: trio.abc.Stream, connection: h11.Connection, request: h11.Request
+    ) -> None:
+        scope = _scope_base(request, stream, self.secure)
+        scope.pop("_secure")
+        scope.update(
+            type="http",
+            scheme="https" if self.secure else "http",
+            method=request.method.decode("ascii"),
+        )
+        started = False
+
+        async def receive() -> MutableMapping[str, Any]:
+            event = await self._next_event(stream, connection)
+            if isinstance(event, h11.Data):
+                return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+            if isinstance(event, h11.EndOfMessage):
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+                response = h11.Response(status_code=int(message["status"]), headers=headers)
+                await stream.send_all(connection.send(response) or b"")
+            elif message["type"] == "http.response.body":
+                body = bytes(message.get("body", b""))
+                if body:
+                    await stream.send_all(connection.send(h11.Data(data=body)) or b"")
+                if not message.get("more_body", False):
+                    await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+
+        await self.app(scope, receive, send)
+        if not started:
+            await stream.send_all(
+                connection.send(h11.Response(status_code=500, headers=[("content-length", "0")]))
+                or b""
+            )
+            await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+
+
+async def _lifespan(app: ASGIApp, started: trio.Event, stop: trio.Event) -> None:
+    """Run the app's lifespan protocol: startup now, shutdown once ``stop`` is set."""
+    phase = "startup"
+
+    async def receive() -> MutableMapping[str, Any]:
+        nonlocal phase
+        if phase == "startup":
+            phase = "running"
+            return {"type": "lifespan.startup"}
+        await stop.wait()
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"].startswith("lifespan.startup"):
+            started.set()
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    try:
+        await app(scope, receive, send)
+    finally:
+        started.set()
+
+
+async def serve_ws(
+    app: ASGIApp,
+    config: Any,
+    settings: WsServerSettings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the sockets of a hypercorn ``config`` (binding, TLS) until stopped."""
+    sockets = config.create_sockets()
+    context: ssl.SSLContext | None = config.create_ssl_context()
+    listeners: list[trio.abc.Listener[Any]] = []
+    binds: list[str] = []
+    for sock in sockets.secure_sockets:
+        sock.listen(config.backlog)
+        plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        assert context is not None  # noqa: S101 - hypercorn makes secure sockets only with TLS
+        listeners.append(trio.SSLListener(plain, context, https_compatible=True))
+        binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    server = _Server(app, settings, secure=bool(sockets.secure_sockets))
+    lifespan_started, lifespan_stop = trio.Event(), trio.Event()
+    async with trio.open_nursery() as lifespan:
+        lifespan.start_soon(_lifespan, app, lifespan_started, lifespan_stop)
+        await lifespan_started.wait()
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            server.connection,
+                            listeners,
+                            handler_nursery=connections,
+                        )
+                    )
+                    task_status.started(binds)
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+        finally:
+            lifespan_stop.set()
