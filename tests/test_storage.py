@@ -171,3 +171,34 @@ async def test_backup_is_a_single_file(tmp_path: Path) -> None:
     db.close()
     assert not (tmp_path / "copy.db-wal").exists()
     assert not (tmp_path / "copy.db-shm").exists()
+
+
+async def test_closing_during_a_commit_waits_for_it(tmp_path: Path) -> None:
+    """Closing under a running statement would crash the process; close waits instead."""
+    import threading
+
+    with trio.fail_after(30):
+        db = await open_database(tmp_path / "db.sqlite", "node")
+        in_commit, release = threading.Event(), threading.Event()
+
+        def slow(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO ocpd_meta (key, value) VALUES ('slow', 'v')")
+            in_commit.set()
+            release.wait(10)
+            return str(conn.execute("SELECT value FROM ocpd_meta WHERE key = 'slow'").fetchone()[0])
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(db.run)
+            answer: list[str] = []
+
+            async def write() -> None:
+                answer.append(await db.write(slow))
+
+            nursery.start_soon(write)
+            await trio.to_thread.run_sync(in_commit.wait)
+            db.close()  # while the writer thread is inside ``slow``
+            release.set()
+        assert answer == ["v"]
+        with pytest.raises(sqlite3.ProgrammingError):
+            await db.read(lambda c: c.execute("SELECT 1").fetchone())
+        assert integrity_check(tmp_path / "db.sqlite") == ["ok"]

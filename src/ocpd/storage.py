@@ -320,6 +320,10 @@ class Database:
     _read_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(1))
     commits: int = 0
     writes: int = 0
+    #: Calls running on a worker thread with one of the connections.
+    _busy: int = 0
+    _closing: bool = False
+    _closed: bool = False
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in the next group commit; returns once it is durable."""
@@ -330,7 +334,22 @@ class Database:
         return pending.result.unwrap()  # type: ignore[no-any-return]
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_limiter)
+        return await self._on_thread(fn, self._reader, limiter=self._read_limiter)
+
+    async def _on_thread(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> T:
+        """Run ``fn`` on a worker thread; a :meth:`close` meanwhile waits for it."""
+        self._busy += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            self._busy -= 1
+            if self._closing and not self._busy:
+                self._close_connections()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer service: group commits until its channel is closed."""
@@ -346,7 +365,7 @@ class Database:
                 # Shielded: once a batch is handed to the thread its callers
                 # must learn the outcome, even while the daemon shuts down.
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._commit_batch, batch)
+                    await self._on_thread(self._commit_batch, batch)
                 for pending in batch:
                     pending.done.set()
 
@@ -372,9 +391,22 @@ class Database:
         self.writes += len(batch)
 
     def close(self) -> None:
+        """Stop taking writes and close the connections.
+
+        A commit or read still running on a worker thread keeps its
+        connection open until it returns (closing a SQLite connection under
+        a running statement crashes the process).
+        """
         self._send.close()
-        self._reader.close()
-        self._writer.close()
+        self._closing = True
+        if not self._busy:
+            self._close_connections()
+
+    def _close_connections(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._reader.close()
+            self._writer.close()
 
     def size_bytes(self) -> int:
         total = 0
