@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import attrs
 import trio
+from trio.testing import MockClock
 
 from conftest import NETWORK, NOW, Agent
 from ocpd.config import RateLimitingSection, WebSocketSection
@@ -116,7 +118,18 @@ async def running_node(
 ) -> AsyncIterator[Node]:
     own_database = database is None
     if database is None:
-        database = await open_database(tmp_path / "node.db", "node")
+        # Opening runs migrations on a worker thread, which an autojump
+        # clock counts as idle: on a loaded machine it would jump the test
+        # to its deadline. No jumps while the file is being created.
+        mock = trio.lowlevel.current_clock()
+        threshold = getattr(mock, "autojump_threshold", None)
+        if isinstance(mock, MockClock):
+            mock.autojump_threshold = math.inf
+        try:
+            database = await open_database(tmp_path / "node.db", "node")
+        finally:
+            if isinstance(mock, MockClock) and threshold is not None:
+                mock.autojump_threshold = threshold
     clock = clock or TrioWallClock()
     metrics = Metrics()
     directory = FakeDirectory()

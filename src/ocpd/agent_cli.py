@@ -412,7 +412,8 @@ async def _listen(args: argparse.Namespace) -> int:
             args, agent, registry, ws=True, http=False, auto_ack=not args.no_auto_ack
         )
         async with client, trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            # Handlers in place before "listening": a SIGTERM right after it stops cleanly.
+            await nursery.start(_stop_on_signal, nursery.cancel_scope)
             print(
                 json.dumps({"listening": agent.agent_id, "session_id": client.session_id}),
                 file=sys.stderr,
@@ -428,8 +429,11 @@ async def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+async def _stop_on_signal(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             scope.cancel()
             return
