@@ -29,20 +29,19 @@ import argparse
 import gc
 import itertools
 import json
-import os
 import platform
 import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Any, Final
 
 import rfc8785
 
+from bench.harness import load_average, machine_facts
 from ocpd.proto.crypto import (
     SigningKey,
     aes256gcm_decrypt,
@@ -289,44 +288,9 @@ def build_steps(key: SigningKey, signed: dict[str, Any], raw: bytes) -> dict[str
 # --- reporting ---------------------------------------------------------------------
 
 
-def _cpu_model() -> str | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return platform.processor() or None
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name.strip() in ("model name", "Model", "Hardware"):
-            return value.strip()
-    return platform.processor() or None
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for dist in ("pynacl", "cryptography", "rfc8785", "fastjsonschema"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
-
-
 def machine_info() -> dict[str, object]:
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "libraries": _versions(),
-    }
+    facts = machine_facts(("pynacl", "cryptography", "rfc8785", "fastjsonschema"))
+    return {**facts, "implementation": platform.python_implementation()}
 
 
 def step_record(step: Step, result: Result, repeats: int) -> dict[str, object]:
@@ -368,7 +332,7 @@ def format_table(steps: dict[str, dict[str, Any]]) -> str:
 
 def run(out: Path, *, repeats: int = REPEATS) -> dict[str, Any]:
     started = datetime.now(UTC)
-    load_before = _load_average()
+    load_before = load_average()
     key = SigningKey.generate()
     signed, raw = build_signed_message(key)
     size = len(raw)
@@ -393,7 +357,7 @@ def run(out: Path, *, repeats: int = REPEATS) -> dict[str, Any]:
         "suite": "core",
         "timestamp": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "machine": machine_info(),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "load_average": {"before": load_before, "after": load_average()},
         "method": {
             "timer": "time.perf_counter_ns",
             "gc": "disabled while timing",

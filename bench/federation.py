@@ -51,7 +51,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import socket
 import ssl
@@ -59,7 +58,6 @@ import sys
 from collections import deque
 from datetime import UTC, datetime
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -69,7 +67,7 @@ from conformance.local import write_tls_files
 from conformance.process import ReadyProcess
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import run_and_report
+from bench.harness import load_average, machine_facts, run_and_report
 from ocpd.client import AgentKey, RegistryClient, RegistryError
 from ocpd.proto.crypto import SigningKey
 
@@ -342,43 +340,11 @@ def stored_spreads(
     return spreads
 
 
-def _machine() -> dict[str, Any]:
-    cpu_model = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    libraries: dict[str, str | None] = {}
-    for name in ("trio", "httpx", "hypercorn", "quart-trio", "cryptography", "pynacl"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "libraries": libraries,
-    }
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 # --- orchestration ------------------------------------------------------------------------------
 
 
 async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    load_before = _load_average()
+    load_before = load_average()
     tls = write_tls_files(workdir / "tls")
     ports = [free_port() for _ in range(args.registries)]
     urls = [f"https://127.0.0.1:{port}" for port in ports]
@@ -464,8 +430,10 @@ async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "warmup_agents": len(warmup),
             "seed": args.seed,
         },
-        "machine": _machine(),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "machine": machine_facts(
+            ("trio", "httpx", "hypercorn", "quart-trio", "cryptography", "pynacl")
+        ),
+        "load_average": {"before": load_before, "after": load_average()},
         "last_ms_by_agent": last,
     }
 

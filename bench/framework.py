@@ -33,17 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 from datetime import UTC, datetime
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -56,7 +52,7 @@ from hypercorn.trio import serve
 from quart import Response
 from quart_trio import QuartTrio
 
-from bench.harness import run_and_report
+from bench.harness import load_average, machine_facts, run_and_report, wrk_version
 
 __all__ = ["bare_app", "main", "parse_wrk", "percentiles"]
 
@@ -266,13 +262,6 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
-def _wrk_version(wrk: str) -> str:
-    # `wrk -v` prints its version and usage, and exits with status 1.
-    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)  # noqa: S603
-    first = (done.stdout or done.stderr).splitlines()
-    return first[0].split(" Copyright")[0].strip() if first else "wrk"
-
-
 async def _run_wrk(wrk: str, url: str, connections: int, duration: float) -> dict[str, Any]:
     command = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     command += [f"--timeout={REQUEST_TIMEOUT_S:g}s", url]
@@ -317,47 +306,19 @@ async def _measure(
     return result
 
 
-def _machine(wrk_version: str | None) -> dict[str, Any]:
-    cpu_model = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    libraries: dict[str, str | None] = {}
-    for name in ("hypercorn", "quart", "quart-trio", "trio", "h11"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "libraries": libraries,
-        "load_generator": wrk_version or "python trio client (bench.framework load)",
-    }
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+def _machine(wrk: str | None) -> dict[str, Any]:
+    facts = machine_facts(("hypercorn", "quart", "quart-trio", "trio", "h11"))
+    return {**facts, "load_generator": wrk or "python trio client (bench.framework load)"}
 
 
 async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     wrk = None if args.client == "python" else shutil.which("wrk")
     if args.client == "wrk" and wrk is None:
         raise SystemExit("bench.framework: --client wrk, but wrk is not installed")
-    wrk_version = _wrk_version(wrk) if wrk else None
-    load_before = _load_average()
+    wrk_name = wrk_version(wrk) if wrk else None
+    load_before = load_average()
     print(
-        f"bench.framework: {wrk_version or 'python client'}, {args.connections} connections, "
+        f"bench.framework: {wrk_name or 'python client'}, {args.connections} connections, "
         f"{args.warmup:g} s warm-up + {args.duration:g} s per target",
         flush=True,
     )
@@ -378,7 +339,7 @@ async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ocpd_health_latency_ms": ocpd_result["latency_ms"],
         "method": {
             "client": "wrk" if wrk else "python",
-            "client_version": wrk_version,
+            "client_version": wrk_name,
             "connections": args.connections,
             "client_threads": 1,
             "warmup_s": args.warmup,
@@ -390,8 +351,8 @@ async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "ocpd": "ocpd run --component all, ports 0, temporary data dir, GET /health (node)",
             "rps": "2xx responses per second of the timed run",
         },
-        "machine": _machine(wrk_version),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "machine": _machine(wrk_name),
+        "load_average": {"before": load_before, "after": load_average()},
         "bare": bare_result,
         "ocpd_health": ocpd_result,
     }

@@ -44,7 +44,6 @@ import sys
 import time
 from datetime import UTC, datetime
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -58,7 +57,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from bench.harness import run_and_report
+from bench.harness import load_average, machine_facts, run_and_report, wrk_version
 from ocpd.client import AgentKey, NodeError, RegistryClient, RegistryError
 from ocpd.client.session import dumps, open_session
 from ocpd.client.websocket import WebSocketClosed, parse_endpoint, tcp_connector
@@ -1051,46 +1050,20 @@ class NodeBench:
 # --- running ------------------------------------------------------------------------------------
 
 
-def _machine(wrk_version: str | None) -> dict[str, Any]:
-    cpu_model = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            models = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
-            cpu_model = models[0] if models else cpu_model
-    except OSError:
-        pass
-    libraries: dict[str, str | None] = {}
-    for name in ("trio", "hypercorn", "quart-trio", "wsproto", "h11", "anyio", "pynacl"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
+def _machine(wrk: str | None) -> dict[str, Any]:
+    facts = machine_facts(("trio", "hypercorn", "quart-trio", "wsproto", "h11", "anyio", "pynacl"))
     return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        **facts,
         "openssl": ssl.OPENSSL_VERSION,
-        "libraries": libraries,
-        "http_load_generator": wrk_version or "python -m bench.node http-load",
+        "http_load_generator": wrk or "python -m bench.node http-load",
     }
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     wrk = None if args.client == "python" else shutil.which("wrk")
     if args.client == "wrk" and wrk is None:
         raise SystemExit("bench.node: --client wrk, but wrk is not installed")
-    wrk_version = None
-    if wrk is not None:  # `wrk -v` prints its version and usage, and exits with status 1
-        done = await trio.run_process([wrk, "-v"], capture_stdout=True, check=False)
-        wrk_version = done.stdout.decode().split(" Copyright")[0].strip() or "wrk"
+    wrk_name = wrk_version(wrk) if wrk is not None else None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # the daemon inherits it
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -1098,11 +1071,11 @@ async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if nofile[0] < args.sessions + 1000:
         args.sessions = max(0, nofile[0] - 1000)
         print(f"bench.node: RLIMIT_NOFILE {nofile[0]}: {args.sessions} sessions at most")
-    load_before = _load_average()
+    load_before = load_average()
     bench = NodeBench(args, workdir, wrk)
     print(
         f"bench.node: {os.cpu_count()} CPUs, messages of {bench.message_bytes} bytes, "
-        f"HTTP load from {wrk_version or 'the python client'}",
+        f"HTTP load from {wrk_name or 'the python client'}",
         flush=True,
     )
     started = trio.current_time()
@@ -1128,9 +1101,9 @@ async def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "registered_agents": 2 + HTTP_SENDERS + args.ws_senders + len(bench.idle),
         "profiled": args.profile is not None,
         "durations_s": bench.durations,
-        "machine": _machine(wrk_version),
+        "machine": _machine(wrk_name),
         "rlimit_nofile": list(nofile),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "load_average": {"before": load_before, "after": load_average()},
     }
 
 

@@ -122,14 +122,14 @@ async def running_node(
         # clock counts as idle: on a loaded machine it would jump the test
         # to its deadline. No jumps while the file is being created.
         mock = trio.lowlevel.current_clock()
-        threshold = getattr(mock, "autojump_threshold", None)
         if isinstance(mock, MockClock):
-            mock.autojump_threshold = math.inf
-        try:
-            database = await open_database(tmp_path / "node.db", "node")
-        finally:
-            if isinstance(mock, MockClock) and threshold is not None:
+            threshold, mock.autojump_threshold = mock.autojump_threshold, math.inf
+            try:
+                database = await open_database(tmp_path / "node.db", "node")
+            finally:
                 mock.autojump_threshold = threshold
+        else:
+            database = await open_database(tmp_path / "node.db", "node")
     clock = clock or TrioWallClock()
     metrics = Metrics()
     directory = FakeDirectory()

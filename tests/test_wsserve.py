@@ -199,7 +199,8 @@ async def test_silence_before_the_request_head_ends_the_connection(
     async with served(app) as (client, _):
         started = trio.current_time()
         await client.send_all(b"GET /ocp/v1/ws HTTP/1.1\r\n")  # and then nothing
-        assert await read_all(client) == b""
+        with trio.fail_after(60):
+            assert await read_all(client) == b""
         assert trio.current_time() - started == pytest.approx(SETTINGS.handshake_timeout)
     assert app.scopes == []
 
@@ -269,3 +270,15 @@ async def test_a_malformed_frame_closes_1002() -> None:
         assert isinstance(closing, CloseConnection)
         assert closing.code == 1002
     assert app.events[-1] == {"type": "websocket.disconnect", "code": 1002}
+
+
+async def test_the_limit_counts_utf8_bytes_not_characters() -> None:
+    app = Recorder()
+    async with served(app) as (client_end, _):
+        client = Client(client_end)
+        await client.handshake(["ocp.v1"])
+        # 400 characters, 1,200 bytes: over the 1,000-byte limit.
+        await client.send_text("€" * 400)
+        closing = await client.next_event()
+        assert isinstance(closing, CloseConnection)
+        assert closing.code == 1009

@@ -3,8 +3,7 @@
 Hypercorn serves the HTTP ports. The WebSocket port carries long sessions
 with many small frames, where hypercorn's per-frame machinery (an event
 through its stream, protocol and server layers, then one TLS record and one
-``send()`` per frame) was the largest cost after the checks themselves, and
-its per-connection state the largest part of an idle session's memory.
+``send()`` per frame) was the largest cost after the checks themselves.
 
 Theory of operation
 -------------------
@@ -37,6 +36,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
@@ -51,6 +51,7 @@ from wsproto.events import (
     CloseConnection,
     Ping,
     RejectConnection,
+    Request,
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
@@ -58,6 +59,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from ocpd.logs import get_logger, log_event
 
 if TYPE_CHECKING:
+    from hypercorn.config import Config as HypercornConfig
+
     from ocpd.asgi import ASGIApp
 
 __all__ = ["ACCEPTED_EXTENSION", "WsServerSettings", "serve_ws"]
@@ -225,7 +228,9 @@ class _WebSocket:
                 return 1002
             for event in events:
                 if isinstance(event, TextMessage | BytesMessage):
-                    size += len(event.data)
+                    # The limit is in bytes; wsproto hands text over decoded.
+                    chunk = event.data
+                    size += len(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
                     if size > self.settings.max_message_bytes:
                         await self._close(CLOSE_TOO_BIG)
                         return CLOSE_TOO_BIG
@@ -261,7 +266,7 @@ class _WebSocket:
             await self._put(self.ws.send(CloseConnection(code=code)))
 
 
-def _scope_base(request: h11.Request, stream: trio.abc.Stream, secure: bool) -> dict[str, Any]:
+def _scope_base(request: h11.Request, stream: trio.abc.Stream) -> dict[str, Any]:
     target = request.target
     path, _, query = target.partition(b"?")
     client = server = None
@@ -281,7 +286,6 @@ def _scope_base(request: h11.Request, stream: trio.abc.Stream, secure: bool) -> 
         "server": server,
         "extensions": {},
         "state": {},
-        "_secure": secure,
     }
 
 
@@ -304,15 +308,13 @@ def _is_upgrade(request: h11.Request) -> bool:
     return False
 
 
-async def _simple_response(stream: trio.abc.Stream, status: int) -> None:
-    connection = h11.Connection(h11.SERVER)
-    # h11 needs to have seen a request to answer; a minimal one stands in.
-    connection.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    connection.next_event()
-    headers = [("content-length", "0"), ("connection", "close")]
-    data = connection.send(h11.Response(status_code=status, headers=headers))
+async def _simple_response(stream: trio.abc.Stream, status: HTTPStatus) -> None:
+    """An empty answer, then the connection closes (the request could not be read)."""
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
     with trio.move_on_after(1):
-        await stream.send_all(data or b"")
+        await stream.send_all(head.encode("ascii"))
 
 
 class _Server:
@@ -329,14 +331,14 @@ class _Server:
             with trio.move_on_after(self.settings.handshake_timeout):
                 head = await _read_head(stream)
                 if head is None:
-                    await _simple_response(stream, 431)
+                    await _simple_response(stream, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
                     return
                 probe = h11.Connection(h11.SERVER)
                 probe.receive_data(head)
                 try:
                     request = probe.next_event()
                 except h11.RemoteProtocolError:
-                    await _simple_response(stream, 400)
+                    await _simple_response(stream, HTTPStatus.BAD_REQUEST)
                     return
             if head is None or not isinstance(request, h11.Request):
                 return
@@ -359,13 +361,11 @@ class _Server:
             ws.receive_data(head)
             upgrade = next(iter(ws.events()), None)
         except RemoteProtocolError:
-            await _simple_response(stream, 400)
+            upgrade = None
+        if not isinstance(upgrade, Request):
+            await _simple_response(stream, HTTPStatus.BAD_REQUEST)
             return
-        if upgrade is None or not hasattr(upgrade, "subprotocols"):
-            await _simple_response(stream, 400)
-            return
-        scope = _scope_base(request, stream, self.secure)
-        scope.pop("_secure")
+        scope = _scope_base(request, stream)
         scope.update(
             type="websocket",
             scheme="wss" if self.secure else "ws",
@@ -412,8 +412,7 @@ class _Server:
     async def _one_request(
         self, stream: trio.abc.Stream, connection: h11.Connection, request: h11.Request
     ) -> None:
-        scope = _scope_base(request, stream, self.secure)
-        scope.pop("_secure")
+        scope = _scope_base(request, stream)
         scope.update(
             type="http",
             scheme="https" if self.secure else "http",
@@ -477,7 +476,7 @@ async def _lifespan(app: ASGIApp, started: trio.Event, stop: trio.Event) -> None
 
 async def serve_ws(
     app: ASGIApp,
-    config: Any,
+    config: HypercornConfig,
     settings: WsServerSettings,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
