@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.ids import derive_agent_id
@@ -31,3 +32,16 @@ def bob() -> Agent:
 @pytest.fixture
 def carol() -> Agent:
     return Agent(3)
+
+
+def task_count() -> int:
+    """Every task in this run, from the root task down."""
+    pending = [trio.lowlevel.current_root_task()]
+    count = 0
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        count += 1
+        pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return count

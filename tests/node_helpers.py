@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,8 @@ class FakeDirectory:
         self.lookups += 1
         return self.agents.get(agent_id)
 
-    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
-        self.sessions.append((agent_id, started_at, ended_at))
+    async def report_sessions(self, sessions: Sequence[tuple[str, float, float]]) -> None:
+        self.sessions.extend(sessions)
 
     async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
         self.registrations.append((raw, authorization, path))
@@ -185,6 +185,7 @@ async def running_node(
         async with trio.open_nursery() as nursery:
             await nursery.start(database.run)
             await nursery.start(router.run)
+            await nursery.start(ws.run)
             if forwarder is not None:
                 await nursery.start(forwarder.run)
             yield Node(

@@ -18,6 +18,7 @@ from ocpd.proto.auth import ReplayWindow, verify_authorization
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.errors import Unavailable
 from ocpd.proto.taxonomy import Taxonomy
+from ocpd.registry.uptime import MAX_SESSIONS_PER_REPORT
 
 NETWORK = "testnet"
 ALICE = AgentKey(SigningKey(bytes([1]) * 32), NETWORK)
@@ -176,9 +177,9 @@ async def test_session_reports_are_signed_by_the_service_agent(clock: MockClock)
         reporter=(service_agent, node_key, WallClock()),
     )
     with trio.fail_after(30):
-        await directory.report_session(ALICE.agent_id, 1_775_217_600.0, 1_775_217_660.5)
-        await directory.report_session(ALICE.agent_id, 1_775_217_600.0, 1_775_217_700.0)
-        await directory.report_session(ALICE.agent_id, 1_775_217_600.0, 1_775_217_800.0)
+        await directory.report_sessions([(ALICE.agent_id, 1_775_217_600.0, 1_775_217_660.5)])
+        await directory.report_sessions([(ALICE.agent_id, 1_775_217_600.0, 1_775_217_700.0)])
+        await directory.report_sessions([(ALICE.agent_id, 1_775_217_600.0, 1_775_217_800.0)])
     request = seen[0]
     assert request.url.path == "/ocp/v1/registry/sessions"
     body = request.content
@@ -203,3 +204,26 @@ async def test_session_reports_are_signed_by_the_service_agent(clock: MockClock)
     )
     # refusals do not disturb anything; they are reported once in the log
     assert len(seen) == 3
+
+
+async def test_many_sessions_go_in_reports_of_at_most_a_thousand(clock: MockClock) -> None:
+    node_key = SigningKey(bytes([9]) * 32)
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"counted": 0, "unknown_agents": []})
+
+    directory = HttpDirectory(
+        "https://registry.example",
+        Taxonomy.load_default(),
+        transport=httpx.MockTransport(handle),
+        reporter=(AgentKey(node_key, NETWORK).agent_id, node_key, WallClock()),
+    )
+    spans = [(ALICE.agent_id, 1_775_217_600.0 + i, 1_775_217_900.0) for i in range(1001)]
+    with trio.fail_after(30):
+        await directory.report_sessions(spans)
+    sizes = [len(json.loads(request.content)["sessions"]) for request in seen]
+    assert sizes == [MAX_SESSIONS_PER_REPORT, 1]
+    last = json.loads(seen[1].content)["sessions"][0]
+    assert last["started_at"] == "2026-04-03T12:16:40.000Z"

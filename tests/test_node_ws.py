@@ -13,7 +13,7 @@ import trio.testing
 from trio.testing import MockClock
 
 import ocpd.node.router
-from conftest import NETWORK, Agent
+from conftest import NETWORK, Agent, task_count
 from node_helpers import NODE_KEY, WsClient, authenticate, handshake, message, running_node
 from ocpd.config import WebSocketSection
 from ocpd.node.intake import Attempt
@@ -197,15 +197,16 @@ async def test_session_time_is_reported(tmp_path: Path, clock: MockClock, alice:
     with trio.fail_after(3000):
         async with running_node(tmp_path) as node, trio.open_nursery() as n:
             node.directory.add(alice)
+            began = node.clock.now()
             client = WsClient()
             await trio.sleep(10)
             await authenticate(client, node.ws, n, alice, node.clock.now())
             start = node.clock.now()
             await trio.sleep(650)
-            # a long session is reported as it goes: [start, now] every 300 s
+            # open sessions are reported as they go: [start, now] every 300 s
             assert node.directory.sessions == [
-                (alice.id, start, start + 300),
-                (alice.id, start, start + 600),
+                (alice.id, start, began + 300),
+                (alice.id, start, began + 600),
             ]
             await client.disconnect()
             await trio.sleep(1)
@@ -293,6 +294,29 @@ async def test_messages_receipts_and_live_delivery(
             assert await sender.receive_event_text() == ack.decode()
             await trio.sleep(1)
             assert await node.store.pending(bob.id, after=0) == []
+            await sender.disconnect()
+            await receiver.disconnect()
+
+
+async def test_an_idle_session_is_one_task(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
+) -> None:
+    with trio.fail_after(60):
+        async with running_node(tmp_path) as node, trio.open_nursery() as n:
+            node.directory.add(alice)
+            node.directory.add(bob)
+            before = task_count()
+            sender, receiver = WsClient(), WsClient()
+            await authenticate(sender, node.ws, n, alice, node.clock.now())
+            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            raw = message(alice, bob.id, clock_now=node.clock.now())
+            await sender.send_text(raw.decode())
+            assert (await sender.frame())["status"] == "accepted"
+            assert await receiver.receive_event_text() == raw.decode()
+            await trio.sleep(1)
+            # Each session is its connection's task: the committer and the
+            # writer run only while they have work.
+            assert task_count() == before + 2
             await sender.disconnect()
             await receiver.disconnect()
 

@@ -20,6 +20,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from conftest import task_count
 from ocpd.wsserve import MAX_HEAD_BYTES, WsServerSettings, _Server
 
 SETTINGS = WsServerSettings(max_message_bytes=1000, ping_interval=10.0, handshake_timeout=5.0)
@@ -282,3 +283,19 @@ async def test_the_limit_counts_utf8_bytes_not_characters() -> None:
         closing = await client.next_event()
         assert isinstance(closing, CloseConnection)
         assert closing.code == 1009
+
+
+async def test_an_idle_session_is_one_task() -> None:
+    app = Recorder()
+    before = task_count()
+    async with served(app) as (client_end, _server_end):
+        client = Client(client_end)
+        assert isinstance(await client.handshake(["ocp.v1"]), AcceptConnection)
+        await client.send_text("hello")
+        assert (await client.next_event()).data == "HELLO"
+        await trio.testing.wait_all_tasks_blocked()
+        # The connection's task and nothing else: no reading task, and the
+        # writer's task is gone once it has sent.
+        assert task_count() == before + 1
+        await client_end.send_all(client.ws.send(CloseConnection(code=1000)))
+        assert isinstance(await client.next_event(), CloseConnection)

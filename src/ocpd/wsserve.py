@@ -12,18 +12,21 @@ head within ``handshake_timeout``, head at most ``MAX_HEAD_BYTES``) and
 then either
 
 * upgrades to WebSocket (wsproto): the app gets an ASGI ``websocket``
-  scope; frames are read by a second task, which feeds ``receive()``,
-  answers pings, and sends a ping of its own after ``ping_interval`` of
-  silence (a connection silent for another interval is dropped). A message
-  that grows past ``max_message_bytes`` is refused with close 1009 as soon
-  as it does, before it is buffered whole. Or
+  scope. Its ``receive()`` reads the connection itself (no reading task: an
+  idle session is the app's one waiting task), answers pings, and sends a
+  ping of its own after ``ping_interval`` of silence (a connection silent
+  for another interval is dropped). A message that grows past
+  ``max_message_bytes`` is refused with close 1009 as soon as it does,
+  before it is buffered whole. Or
 * serves plain HTTP/1.1 (h11) to the same app (``/health``, ``/metrics``),
   one request at a time, keep-alive allowed.
 
-``send()`` only queues the frame's bytes; a writer task sends everything
+``send()`` only queues the frame's bytes; a writer task, started when
+something is queued and gone once all of it is sent, sends everything
 queued in one ``send_all``: frames produced in the same scheduling round
 leave in one TLS record and one system call. Producers wait only while more
-than ``HIGH_WATER`` bytes are queued.
+than ``HIGH_WATER`` bytes are queued. Once upgraded, a session keeps only
+wsproto's frame state, not the handshake's HTTP parsing.
 
 Once ``shutdown_trigger`` returns the listeners close; connections end on
 their own (the app closes its sessions when the daemon stops) or when the
@@ -34,17 +37,16 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import unquote
 
 import attrs
 import h11
 import trio
 from hypercorn.utils import repr_socket_addr
-from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionType
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -54,11 +56,14 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ocpd.logs import get_logger, log_event
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
     from hypercorn.config import Config as HypercornConfig
 
     from ocpd.asgi import ASGIApp
@@ -71,8 +76,6 @@ ACCEPTED_EXTENSION: Final = "ocpd.accepted"
 MAX_HEAD_BYTES: Final = 16_384
 READ_BYTES: Final = 65_536
 HIGH_WATER: Final = 262_144
-#: Frames read but not yet taken by the app before reading pauses.
-INBOX: Final = 16
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_TOO_BIG: Final = 1009
 _STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -88,171 +91,221 @@ class WsServerSettings:
 
 
 class _Writer:
-    """Queued outgoing bytes, sent by one task in as few ``send_all`` calls as it can."""
+    """Queued outgoing bytes and the task that sends them, which runs only while there is
+    something to send: frames queued in the same scheduling round leave in one ``send_all``."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    __slots__ = ("broken", "drained", "nursery", "queued", "running", "size", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
         self.stream = stream
+        self.nursery = nursery
         self.queued: list[bytes] = []
         self.size = 0
-        self.wake = trio.Event()
-        self.drained = trio.Event()
+        self.running = False
         self.broken = False
-        self.sending = False
+        self.drained: trio.Event | None = None
 
     async def put(self, data: bytes) -> None:
         if self.broken:
             raise trio.BrokenResourceError("connection lost")
         self.queued.append(data)
         self.size += len(data)
-        self.wake.set()
+        if not self.running:
+            self.running = True
+            self.nursery.start_soon(self._run)
         if self.size > HIGH_WATER:
-            await self.drained.wait()
+            await self.settle()
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         try:
-            while True:
-                await self.wake.wait()
-                self.wake = trio.Event()
-                self.sending = True
-                while self.queued:
-                    chunk = b"".join(self.queued)
-                    self.queued.clear()
-                    self.size = 0
-                    await self.stream.send_all(chunk)
-                self.sending = False
-                self.drained.set()
-                self.drained = trio.Event()
+            while self.queued:
+                chunk = b"".join(self.queued)
+                self.queued.clear()
+                self.size = 0
+                await self.stream.send_all(chunk)
         except _STREAM_ERRORS:
             self.broken = True
-            self.drained.set()
+            self.queued.clear()
+            self.size = 0
+        finally:
+            self.running = False
+            if self.drained is not None:
+                self.drained.set()
+                self.drained = None
 
     async def settle(self) -> None:
         """Wait until what is queued has been sent (or the connection broke)."""
-        while (self.queued or self.sending) and not self.broken:
+        while self.running:
+            if self.drained is None:
+                self.drained = trio.Event()
             await self.drained.wait()
 
 
 class _WebSocket:
-    """One upgraded connection as ASGI ``receive``/``send``."""
+    """One upgraded connection as ASGI ``receive``/``send``.
+
+    There is no reading task: ``receive()`` reads the connection itself, so an
+    idle session costs one waiting task (the app's).
+    """
+
+    __slots__ = (
+        "accepted",
+        "closed",
+        "connected",
+        "connection",
+        "ended",
+        "fresh",
+        "handshake",
+        "parts",
+        "pinged",
+        "ready",
+        "settings",
+        "size",
+        "stream",
+        "writer",
+    )
 
     def __init__(
         self,
         stream: trio.abc.Stream,
-        connection: WSConnection,
+        handshake: H11Handshake,
         settings: WsServerSettings,
+        writer: _Writer,
     ) -> None:
         self.stream = stream
-        self.ws = connection
+        self.handshake: H11Handshake | None = handshake
+        self.connection: Connection | None = None
         self.settings = settings
-        self.writer = _Writer(stream)
-        self.inbox_send, self.inbox = trio.open_memory_channel[MutableMapping[str, Any]](INBOX)
+        self.writer = writer
         self.connected = False
         self.accepted = False
         self.closed = False
-        self.reading = trio.Event()
+        #: Set once the connection ended: the close code ``receive()`` reports.
+        self.ended: int | None = None
+        #: Frames read but not yet taken by the app.
+        self.ready: list[MutableMapping[str, Any]] = []
+        #: The parts of a message still arriving, and its size in bytes so far.
+        self.parts: list[str | bytes | bytearray] = []
+        self.size = 0
+        self.pinged = False
+        #: Accepted, and frames that came with the upgrade request not parsed yet.
+        self.fresh = False
 
     async def receive(self) -> MutableMapping[str, Any]:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
-        try:
-            return await self.inbox.receive()
-        except trio.EndOfChannel:
-            return {"type": "websocket.disconnect", "code": CLOSE_ABNORMAL}
+        if self.connection is None:
+            # Nothing is read before the app accepts (ASGI: it answers the connect first).
+            await trio.sleep_forever()
+        while not self.ready:
+            if self.ended is not None:
+                return {"type": "websocket.disconnect", "code": self.ended}
+            await self._read()
+        return self.ready.pop(0)
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if self.closed:
             return
-        if kind == "websocket.accept":
-            self.accepted = True
-            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
-            data = self.ws.send(
-                AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=headers)
-            )
-            await self.writer.put(data)
-            self.reading.set()
-        elif kind == "websocket.send":
+        if kind == "websocket.send":
+            if self.connection is None:
+                raise LocalProtocolError("websocket.send before websocket.accept")
             text = message.get("text")
             if isinstance(text, str):
-                data = self.ws.send(TextMessage(data=text))
+                data = self.connection.send(TextMessage(data=text))
             else:
-                data = self.ws.send(BytesMessage(data=bytes(message["bytes"])))
+                data = self.connection.send(BytesMessage(data=bytes(message["bytes"])))
+            await self.writer.put(data)
+        elif kind == "websocket.accept":
+            if self.handshake is None:
+                raise LocalProtocolError("websocket.accept sent twice")
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            data = self.handshake.send(
+                AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=headers)
+            )
+            # The handshake (and its h11 connection) is done with: keep only the frames' state.
+            self.connection, self.handshake = self.handshake.connection, None
+            self.accepted = self.fresh = True
             await self.writer.put(data)
         elif kind == "websocket.close":
             self.closed = True
-            if not self.accepted:
+            if self.connection is None:
                 # Closing before accepting refuses the upgrade (ASGI): HTTP 403.
-                data = self.ws.send(RejectConnection(status_code=403))
+                assert self.handshake is not None  # noqa: S101 - one of the two is always set
+                data = self.handshake.send(RejectConnection(status_code=403))
             else:
                 code = int(message.get("code") or 1000)
-                data = self.ws.send(CloseConnection(code=code, reason=message.get("reason")))
+                data = self.connection.send(
+                    CloseConnection(code=code, reason=message.get("reason"))
+                )
             await self.writer.put(data)
         else:
             raise ValueError(f"unexpected ASGI message {kind!r}")
 
-    async def read(self) -> None:
-        """Frames to the inbox until the connection ends; pings while it is silent."""
-        await self.reading.wait()
-        async with self.inbox_send:
-            code = await self._read_frames()
-            if code is not None:
-                with trio.move_on_after(1):
-                    await self.inbox_send.send({"type": "websocket.disconnect", "code": code})
-
-    async def _read_frames(self) -> int | None:
-        texts: list[str] = []
-        blobs: list[bytes] = []
-        size = 0
-        pinged = False
-        while True:
-            with trio.move_on_after(self.settings.ping_interval) as idle:
-                try:
-                    data = await self.stream.receive_some(READ_BYTES)
-                except _STREAM_ERRORS:
-                    return CLOSE_ABNORMAL
-            if idle.cancelled_caught:
-                if pinged:
-                    return CLOSE_ABNORMAL
-                pinged = True
-                await self._put(self.ws.send(Ping(payload=b"ocpd")))
-                continue
-            pinged = False
-            if not data:
-                return CLOSE_ABNORMAL
+    async def _read(self) -> None:
+        """One read from the connection: frames to :attr:`ready`, or :attr:`ended` set."""
+        connection = self.connection
+        assert connection is not None  # noqa: S101 - receive() reads only once accepted
+        if self.fresh:
+            self.fresh = False
+            if await self._absorb(connection):
+                return
+        with trio.move_on_after(self.settings.ping_interval) as idle:
             try:
-                self.ws.receive_data(bytes(data))
-                events = list(self.ws.events())
-            except (RemoteProtocolError, LocalProtocolError):
-                await self._close(1002)
-                return 1002
-            for event in events:
-                if isinstance(event, TextMessage | BytesMessage):
-                    # The limit is in bytes; wsproto hands text over decoded.
-                    chunk = event.data
-                    size += len(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
-                    if size > self.settings.max_message_bytes:
-                        await self._close(CLOSE_TOO_BIG)
-                        return CLOSE_TOO_BIG
+                data = await self.stream.receive_some(READ_BYTES)
+            except _STREAM_ERRORS:
+                self.ended = CLOSE_ABNORMAL
+                return
+        if idle.cancelled_caught:
+            if self.pinged:
+                self.ended = CLOSE_ABNORMAL
+                return
+            self.pinged = True
+            await self._put(connection.send(Ping(payload=b"ocpd")))
+            return
+        self.pinged = False
+        if not data:
+            self.ended = CLOSE_ABNORMAL
+            return
+        connection.receive_data(bytes(data))
+        await self._absorb(connection)
+
+    async def _absorb(self, connection: Connection) -> bool:
+        """Handle the events parsed so far; whether there were any."""
+        try:
+            events = list(connection.events())
+        except (RemoteProtocolError, LocalProtocolError):
+            await self._close(1002)
+            self.ended = 1002
+            return True
+        for event in events:
+            if isinstance(event, TextMessage | BytesMessage):
+                # The limit is in bytes; wsproto hands text over decoded.
+                chunk = event.data
+                self.size += len(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+                if self.size > self.settings.max_message_bytes:
+                    await self._close(CLOSE_TOO_BIG)
+                    self.ended = CLOSE_TOO_BIG
+                    return True
+                self.parts.append(chunk)
+                if event.message_finished:
+                    frame: dict[str, Any] = {"type": "websocket.receive"}
                     if isinstance(event, TextMessage):
-                        texts.append(event.data)
+                        frame["text"] = "".join(cast("list[str]", self.parts))
                     else:
-                        blobs.append(bytes(event.data))
-                    if event.message_finished:
-                        frame: dict[str, Any] = {"type": "websocket.receive"}
-                        if isinstance(event, TextMessage):
-                            frame["text"] = "".join(texts)
-                        else:
-                            frame["bytes"] = b"".join(blobs)
-                        texts, blobs, size = [], [], 0
-                        await self.inbox_send.send(frame)
-                elif isinstance(event, Ping):
-                    await self._put(self.ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    if not self.closed:
-                        self.closed = True
-                        await self._put(self.ws.send(event.response()))
-                    return event.code
+                        frame["bytes"] = b"".join(cast("list[bytes]", self.parts))
+                    self.parts, self.size = [], 0
+                    self.ready.append(frame)
+            elif isinstance(event, Ping):
+                await self._put(connection.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if not self.closed:
+                    self.closed = True
+                    await self._put(connection.send(event.response()))
+                self.ended = event.code
+                return True
+        return bool(events)
 
     async def _put(self, data: bytes) -> None:
         try:
@@ -261,9 +314,9 @@ class _WebSocket:
             pass
 
     async def _close(self, code: int) -> None:
-        if not self.closed:
+        if not self.closed and self.connection is not None:
             self.closed = True
-            await self._put(self.ws.send(CloseConnection(code=code)))
+            await self._put(self.connection.send(CloseConnection(code=code)))
 
 
 def _scope_base(request: h11.Request, stream: trio.abc.Stream) -> dict[str, Any]:
@@ -317,6 +370,15 @@ async def _simple_response(stream: trio.abc.Stream, status: HTTPStatus) -> None:
         await stream.send_all(head.encode("ascii"))
 
 
+@attrs.define(eq=False)
+class _Opening:
+    """A connection's request head, parsed; dropped once the app has its scope."""
+
+    head: bytes
+    request: h11.Request
+    probe: h11.Connection
+
+
 class _Server:
     def __init__(self, app: ASGIApp, settings: WsServerSettings, secure: bool) -> None:
         self.app = app
@@ -325,27 +387,16 @@ class _Server:
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         accepted_at = trio.current_time()
-        head: bytes | None = None
-        request: object = None
         try:
+            opening: _Opening | None = None
             with trio.move_on_after(self.settings.handshake_timeout):
-                head = await _read_head(stream)
-                if head is None:
-                    await _simple_response(stream, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-                    return
-                probe = h11.Connection(h11.SERVER)
-                probe.receive_data(head)
-                try:
-                    request = probe.next_event()
-                except h11.RemoteProtocolError:
-                    await _simple_response(stream, HTTPStatus.BAD_REQUEST)
-                    return
-            if head is None or not isinstance(request, h11.Request):
+                opening = await self._open(stream)
+            if opening is None:
                 return
-            if _is_upgrade(request):
-                await self._websocket(stream, head, request, accepted_at)
+            if _is_upgrade(opening.request):
+                await self._websocket(stream, opening, accepted_at)
             else:
-                await self._http(stream, probe, request)
+                await self._http(stream, opening.probe, opening.request)
         except _STREAM_ERRORS:
             pass
         except Exception as exc:  # one connection must never end the server
@@ -353,37 +404,58 @@ class _Server:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _websocket(
-        self, stream: trio.abc.Stream, head: bytes, request: h11.Request, accepted_at: float
-    ) -> None:
-        ws = WSConnection(ConnectionType.SERVER)
+    @staticmethod
+    async def _open(stream: trio.abc.Stream) -> _Opening | None:
+        """The request head, or ``None`` once an unreadable one was answered."""
+        head = await _read_head(stream)
+        if head is None:
+            await _simple_response(stream, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+            return None
+        probe = h11.Connection(h11.SERVER)
+        probe.receive_data(head)
         try:
-            ws.receive_data(head)
-            upgrade = next(iter(ws.events()), None)
+            request = probe.next_event()
+        except h11.RemoteProtocolError:
+            await _simple_response(stream, HTTPStatus.BAD_REQUEST)
+            return None
+        if not isinstance(request, h11.Request):
+            return None
+        return _Opening(head, request, probe)
+
+    async def _websocket(
+        self, stream: trio.abc.Stream, opening: _Opening, accepted_at: float
+    ) -> None:
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.receive_data(opening.head)
+            upgrade = next(iter(handshake.events()), None)
         except RemoteProtocolError:
             upgrade = None
         if not isinstance(upgrade, Request):
             await _simple_response(stream, HTTPStatus.BAD_REQUEST)
             return
-        scope = _scope_base(request, stream)
+        scope = _scope_base(opening.request, stream)
+        # The session lasts long: keep none of the head's parsing.
+        del opening.head, opening.request, opening.probe
         scope.update(
             type="websocket",
             scheme="wss" if self.secure else "ws",
             subprotocols=list(upgrade.subprotocols),
         )
+        del upgrade
         # When the TCP connection was accepted (trio's clock), for deadlines
         # that run from there rather than from the upgrade.
         scope["extensions"][ACCEPTED_EXTENSION] = {"at": accepted_at}
-        session = _WebSocket(stream, ws, self.settings)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(session.writer.run)
-            nursery.start_soon(session.read)
+            writer = _Writer(stream, nursery)
+            session = _WebSocket(stream, handshake, self.settings, writer)
+            del handshake
             await self.app(scope, session.receive, session.send)
             if not session.accepted and not session.closed:
                 await session.send({"type": "websocket.close", "code": 1000})
             # Let what the app queued last (its close frame) leave.
             with trio.move_on_after(1):
-                await session.writer.settle()
+                await writer.settle()
             nursery.cancel_scope.cancel()
 
     async def _http(

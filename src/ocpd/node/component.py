@@ -154,6 +154,7 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         clock_skew=t.clock_skew_seconds,
         stopping=ctx.stopping,
     )
+    runtime.services.append(websocket.run)
     runtime.add_routes("http", messages.install)
     runtime.add_routes("ws", websocket.install)
     runtime.extra.update(

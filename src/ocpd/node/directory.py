@@ -15,8 +15,9 @@ Two implementations of one small interface (:class:`AgentDirectory`):
   "unknown agent".
 
 Both also take the node's reports of authenticated WebSocket session time
-(D7 uptime): in process through :meth:`RegistryService.report_session`, over
-HTTP as ``POST /ocp/v1/registry/sessions`` signed (D3) by the node's service
+(D7 uptime): in process through :meth:`RegistryService.report_sessions`, over
+HTTP as ``POST /ocp/v1/registry/sessions`` (at most
+``MAX_SESSIONS_PER_REPORT`` sessions a request) signed (D3) by the node's service
 agent, which the registry must know and list in ``registry.session_reporters``.
 A report that cannot be delivered is logged and dropped: uptime is a score
 input, never a reason to disturb message traffic.
@@ -41,16 +42,27 @@ from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.errors import OCP_ERROR_CODES, OcpError, Unavailable
 from ocpd.proto.ids import agent_id_matches_key
 from ocpd.proto.strictjson import loads_strict
+from ocpd.registry.uptime import MAX_SESSIONS_PER_REPORT, SessionReport
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from ocpd.clock import WallClock
     from ocpd.proto.crypto import SigningKey
     from ocpd.proto.taxonomy import Taxonomy
     from ocpd.registry.service import RegistryService
 
-__all__ = ["AgentDirectory", "AgentInfo", "HttpDirectory", "LedgerDirectory", "registry_base"]
+__all__ = [
+    "AgentDirectory",
+    "AgentInfo",
+    "HttpDirectory",
+    "LedgerDirectory",
+    "SessionSpan",
+    "registry_base",
+]
+
+#: ``(agent_id, started_at, ended_at)``: an authenticated session, in epoch seconds.
+SessionSpan = tuple[str, float, float]
 
 API: Final = "/ocp/v1/registry"
 MAX_ANSWER: Final = 1_048_576
@@ -81,8 +93,8 @@ class AgentDirectory(Protocol):
         """The agent, ``None`` when the registry does not know it; OCP-503 when unsure."""
         ...
 
-    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
-        """The agent held an authenticated session over ``[started_at, ended_at]`` (epoch s)."""
+    async def report_sessions(self, sessions: Sequence[SessionSpan]) -> None:
+        """Each agent held an authenticated session over ``[started_at, ended_at]`` (epoch s)."""
         ...
 
     async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
@@ -137,9 +149,10 @@ class LedgerDirectory:
         body = loads_strict(raw, max_size=MAX_ANSWER)
         await registry.register_signed(raw, body, authorization=authorization, path=path)
 
-    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
+    async def report_sessions(self, sessions: Sequence[SessionSpan]) -> None:
+        reports = [SessionReport(agent, started, ended) for agent, started, ended in sessions]
         try:
-            await self._registry.report_session(agent_id, started_at, ended_at)
+            await self._registry.report_sessions(reports)
         except OcpError as exc:
             log_event(log, "session_report_refused", level=logging.DEBUG, error_code=exc.code)
 
@@ -240,16 +253,26 @@ class HttpDirectory:
         if len(self._cache) >= self._max_entries:
             self._cache.clear()
 
-    async def report_session(self, agent_id: str, started_at: float, ended_at: float) -> None:
+    async def report_sessions(self, sessions: Sequence[SessionSpan]) -> None:
         if self.url is None or self._reporter is None:
             return
+        for first in range(0, len(sessions), MAX_SESSIONS_PER_REPORT):
+            if not await self._report(sessions[first : first + MAX_SESSIONS_PER_REPORT]):
+                return
+
+    async def _report(self, sessions: Sequence[SessionSpan]) -> bool:
+        """One ``POST …/sessions``; whether the registry could be asked."""
+        assert self._reporter is not None  # noqa: S101 - checked by report_sessions
         reporter, key, clock = self._reporter
-        session = {
-            "agent_id": agent_id,
-            "started_at": format_timestamp(started_at, fraction_digits=3),
-            "ended_at": format_timestamp(ended_at, fraction_digits=3),
-        }
-        body = json.dumps({"sessions": [session]}, separators=(",", ":")).encode()
+        spans = [
+            {
+                "agent_id": agent_id,
+                "started_at": format_timestamp(started_at, fraction_digits=3),
+                "ended_at": format_timestamp(ended_at, fraction_digits=3),
+            }
+            for agent_id, started_at, ended_at in sessions
+        ]
+        body = json.dumps({"sessions": spans}, separators=(",", ":")).encode()
         path = API + "/sessions"
         headers = {
             "Content-Type": "application/json",
@@ -266,7 +289,7 @@ class HttpDirectory:
             response = await self._http.post(path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             log_event(log, "session_report_failed", level=logging.DEBUG, reason=type(exc).__name__)
-            return
+            return False
         if response.status_code in (401, 403) and not self._reports_refused:
             self._reports_refused = True
             log_event(
@@ -278,6 +301,7 @@ class HttpDirectory:
                 "registry.session_reporters to count agents' session time",
                 service_agent=reporter,
             )
+        return True
 
     async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
         if self.url is None:

@@ -105,20 +105,19 @@ class Session:
     closed: bool = False
     last_seq: int = 0
     queue: list[tuple[int, bytes, float]] = attrs.Factory(list)
-    _wake: trio.Event = attrs.Factory(trio.Event)
-    #: Set once every receipt queued before :meth:`mark_flush` was written.
-    flushed: trio.Event = attrs.Factory(trio.Event)
-    #: Receipt frames to write; ``None`` marks the point :attr:`flushed` waits for.
-    receipts_send: trio.MemorySendChannel[str | None] = attrs.field(init=False)
-    receipts_receive: trio.MemoryReceiveChannel[str | None] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.receipts_send, self.receipts_receive = trio.open_memory_channel[str | None](
-            RECEIPT_BUFFER
-        )
+    #: Receipt frames to write, and the events :meth:`flush` waits on.
+    receipts: list[str | trio.Event] = attrs.Factory(list)
+    #: There is something to write (set by :meth:`wake`, cleared by the writer).
+    woken: bool = False
+    #: Told by :meth:`wake`: the endpoint starts the session's writer.
+    on_wake: Callable[[], None] | None = None
+    #: Set when a receipt was taken, for a :meth:`send_receipt` waiting for room.
+    _room: trio.Event | None = None
 
     def wake(self) -> None:
-        self._wake.set()
+        self.woken = True
+        if self.on_wake is not None and not self.closed:
+            self.on_wake()
 
     def is_closed(self) -> bool:
         # A method, not the attribute: the connection may close during any await.
@@ -131,10 +130,6 @@ class Session:
         self.queue.clear()
         self.collecting = True
 
-    async def wait_work(self) -> None:
-        await self._wake.wait()
-        self._wake = trio.Event()
-
     def catch_up(self) -> None:
         """Forget the queue; the next round reads the database from ``last_seq``."""
         self.live = False
@@ -142,13 +137,32 @@ class Session:
         self.queue.clear()
 
     async def send_receipt(self, frame: str) -> None:
-        await self.receipts_send.send(frame)
+        """Queue a receipt frame; waits while ``RECEIPT_BUFFER`` are waiting to be written."""
+        while len(self.receipts) >= RECEIPT_BUFFER and not self.closed:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+        self.receipts.append(frame)
         self.wake()
 
-    async def mark_flush(self) -> None:
-        """No more receipts will come: set :attr:`flushed` once the queued ones are out."""
-        await self.receipts_send.send(None)
+    def take_receipt(self) -> str | None:
+        """The next receipt frame to write (``None``: none is waiting)."""
+        while self.receipts:
+            frame = self.receipts.pop(0)
+            if self._room is not None:
+                self._room.set()
+                self._room = None
+            if isinstance(frame, str):
+                return frame
+            frame.set()
+        return None
+
+    async def flush(self) -> None:
+        """Wait until every receipt queued so far has been handed to the connection."""
+        written = trio.Event()
+        self.receipts.append(written)
         self.wake()
+        await written.wait()
 
 
 @attrs.define(eq=False)

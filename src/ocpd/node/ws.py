@@ -15,22 +15,24 @@ or ``{"frame_type": "auth_result", "status": "rejected", "error_code": …,
 "message": …}`` followed by close 1008 (a bad or replayed handshake, an
 unknown agent, or nothing valid in time: OCP-408).
 
-An authenticated session runs three tasks until the agent leaves, its
-``ttl`` runs out (close 1000: authenticate again) or the daemon stops
-(close 1001). In the last two cases the node first stops reading, then
-commits what it already read and writes those receipts (for at most
-``DRAIN_SECONDS``), then closes:
+An authenticated session lasts until the agent leaves, its ``ttl`` runs
+out (close 1000: authenticate again) or the daemon stops (close 1001). In
+the last two cases the node first stops reading, then commits what it
+already read and writes those receipts (for at most ``DRAIN_SECONDS``),
+then closes. An idle session is one task, the connection's, waiting for a
+frame; two more run only while they have work:
 
-* the **reader** takes one text frame at a time, runs it through the
-  intake's checks and queues the result (a frame over the size limit ends
-  the session with 1009; the port's server, :mod:`ocpd.wsserve`, enforces
-  the same limit while the frame arrives, so it is never buffered whole);
-* the **committer** writes whatever messages are queued in one group commit
-  and answers each, in order, with
+* the connection's task **reads** one text frame at a time, runs it
+  through the intake's checks and puts the result in the session's
+  pipeline (a frame over the size limit ends the session with 1009; the
+  port's server, :mod:`ocpd.wsserve`, enforces the same limit while the
+  frame arrives, so it is never buffered whole);
+* the **committer** writes whatever messages are waiting in one group
+  commit and queues a receipt for each, in order:
   ``{"frame_type": "receipt", "message_id": …, "status": "accepted"}`` (plus
   ``"duplicate": true`` for a duplicate) or ``"status": "rejected"`` with
   ``"error"``: the signed ``error`` message, as over HTTP;
-* the **sender** writes receipts and, while the session owns its agent's
+* the **writer** writes receipts and, while the session owns its agent's
   delivery, the agent's queued messages (the exact bytes received, one text
   frame each; see :mod:`ocpd.node.router`).
 
@@ -39,8 +41,10 @@ silence and drops a connection that stays silent for another interval. The
 authentication deadline runs from the TCP accept when the server reports it
 (:data:`ocpd.wsserve.ACCEPTED_EXTENSION`), else from the upgrade.
 
-Authenticated session time is reported to the registry (D7 uptime) every
-``UPTIME_REPORT_SECONDS`` while a session lasts, as ``[start, now]``, and
+Authenticated session time is reported to the registry (D7 uptime): every
+``UPTIME_REPORT_SECONDS`` the endpoint's own task (:meth:`WebSocketEndpoint.run`,
+which also ends every session when the daemon stops) reports each session
+that is open as ``[start, now]``, in one report; each session reports itself
 once more when it ends.
 """
 
@@ -95,20 +99,8 @@ CLOSE_TRY_LATER: Final = 1013
 Item = tuple[Attempt, Checked | OcpError]
 
 
-class _Disconnected(Exception):
-    pass
-
-
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-@attrs.define(eq=False)
-class _Ending:
-    """Why a session ends: the close code to send (``None``: the agent left)."""
-
-    code: int | None = CLOSE_NORMAL
-    reason: str = "session ttl reached"
 
 
 @attrs.define(eq=False)
@@ -125,6 +117,7 @@ class WebSocketEndpoint:
     stopping: trio.Event | None = None
     active: int = 0
     pending: dict[str, int] = attrs.Factory(dict)
+    _live: set[_Live] = attrs.Factory(set)
 
     def install(self, app: QuartTrio) -> None:
         inner = cast("ASGIApp", app.asgi_app)
@@ -223,15 +216,35 @@ class WebSocketEndpoint:
 
     # --- the session ----------------------------------------------------------------
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Ends every session when the daemon stops; reports long sessions' time so far."""
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._report_uptime)
+            if self.stopping is not None:
+                await self.stopping.wait()
+                for live in list(self._live):
+                    live.stop()
+
+    async def _report_uptime(self) -> None:
+        while True:
+            await trio.sleep(UPTIME_REPORT_SECONDS)
+            now = self.clock.now()
+            spans = [(live.session.agent_id, live.started_at, now) for live in self._live]
+            if spans:
+                await self.directory.report_sessions(spans)
+
     async def _serve(self, agent: str, receive: Receive, send: Send) -> None:
         async def send_text(text: str) -> None:
             await send({"type": "websocket.send", "text": text})
 
         session = Session(agent, f"sess-{uuid.uuid4()}", send_text)
         ttl = self.settings.session_ttl_seconds
-        started_at = self.clock.now()
+        live = _Live(
+            session, self.clock.now(), trio.CancelScope(deadline=trio.current_time() + ttl)
+        )
         await self.router.attach(session)
-        ending = _Ending()
+        self._live.add(live)
         try:
             accepted = {
                 "frame_type": "auth_result",
@@ -240,134 +253,64 @@ class WebSocketEndpoint:
                 "ttl": ttl,
             }
             await send_text(_dumps(accepted))
-            pipeline_send, pipeline_receive = trio.open_memory_channel[Item](PIPELINE)
-            reading = trio.CancelScope()
-            committed = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    self._reader,
-                    session,
-                    receive,
-                    pipeline_send,
-                    ending,
-                    nursery.cancel_scope,
-                    reading,
-                )
-                nursery.start_soon(self._committer, session, pipeline_receive, committed)
-                nursery.start_soon(self._sender, session)
-                nursery.start_soon(self._report_uptime, agent, started_at)
-                nursery.start_soon(
-                    self._watch_end,
-                    session,
-                    trio.current_time() + ttl,
-                    ending,
-                    reading,
-                    committed,
-                    nursery.cancel_scope,
-                )
+                writer = _SessionWriter(self.router, session, nursery)
+                session.on_wake = writer.wake
+                if session.woken:
+                    writer.wake()
+                pipeline = _Pipeline(self, session, nursery)
+                if self.stopping is not None and self.stopping.is_set():
+                    live.stop()
+                with live.reading:
+                    await self._read(session, receive, pipeline, live)
+                if live.reading.cancelled_caught:
+                    # The ttl or the daemon's stop: answer what was already read, then close.
+                    with trio.move_on_after(DRAIN_SECONDS):
+                        await pipeline.settle()
+                        await session.flush()
+                nursery.cancel_scope.cancel()
         finally:
+            self._live.discard(live)
+            session.on_wake = None
             self.router.detach(session)
-        if ending.code is not None:
-            await _close(send, ending.code, ending.reason)
+        if live.code is not None:
+            await _close(send, live.code, live.reason)
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
-            await self.directory.report_session(agent, started_at, self.clock.now())
-
-    async def _report_uptime(self, agent: str, started_at: float) -> None:
-        while True:
-            await trio.sleep(UPTIME_REPORT_SECONDS)
-            await self.directory.report_session(agent, started_at, self.clock.now())
-
-    async def _watch_end(
-        self,
-        session: Session,
-        deadline: float,
-        ending: _Ending,
-        reading: trio.CancelScope,
-        committed: trio.Event,
-        scope: trio.CancelScope,
-    ) -> None:
-        """At the session's ttl or the daemon's stop: stop reading, drain, then end."""
-        with trio.move_on_at(deadline):
-            if self.stopping is None:
-                await trio.sleep_forever()
-            else:
-                await self.stopping.wait()
-                ending.code, ending.reason = CLOSE_GOING_AWAY, "node stopping"
-        reading.cancel()
-        with trio.move_on_after(DRAIN_SECONDS):
-            await committed.wait()
-            await session.mark_flush()
-            await session.flushed.wait()
-        scope.cancel()
-
-    async def _reader(
-        self,
-        session: Session,
-        receive: Receive,
-        pipeline: trio.MemorySendChannel[Item],
-        ending: _Ending,
-        scope: trio.CancelScope,
-        reading: trio.CancelScope,
-    ) -> None:
-        with reading:
-            await self._read(session, receive, pipeline, ending, scope)
+            await self.directory.report_sessions([(agent, live.started_at, self.clock.now())])
 
     async def _read(
-        self,
-        session: Session,
-        receive: Receive,
-        pipeline: trio.MemorySendChannel[Item],
-        ending: _Ending,
-        scope: trio.CancelScope,
+        self, session: Session, receive: Receive, pipeline: _Pipeline, live: _Live
     ) -> None:
-        async with pipeline:
-            while True:
-                event = await receive()
-                if event["type"] == "websocket.disconnect":
-                    session.closed = True
-                    ending.code = None
-                    scope.cancel()
+        while True:
+            event = await receive()
+            if event["type"] == "websocket.disconnect":
+                session.closed = True
+                live.code = None
+                return
+            attempt = Attempt("ws", trio.current_time(), sender=session.agent_id)
+            item: Checked | OcpError
+            text = event.get("text")
+            if not isinstance(text, str):
+                item = MalformedError("OCP messages travel as text frames")
+            else:
+                raw = text.encode("utf-8")
+                if len(raw) > self.max_message_bytes:
+                    live.code, live.reason = CLOSE_TOO_BIG, "message too big"
                     return
-                attempt = Attempt("ws", trio.current_time(), sender=session.agent_id)
-                item: Checked | OcpError
-                text = event.get("text")
-                if not isinstance(text, str):
-                    item = MalformedError("OCP messages travel as text frames")
-                else:
-                    raw = text.encode("utf-8")
-                    if len(raw) > self.max_message_bytes:
-                        ending.code, ending.reason = CLOSE_TOO_BIG, "message too big"
-                        scope.cancel()
-                        return
-                    try:
-                        item = await self.intake.check(raw, attempt, session_agent=session.agent_id)
-                    except OcpError as exc:
-                        item = exc
-                await pipeline.send((attempt, item))
+                try:
+                    item = await self.intake.check(raw, attempt, session_agent=session.agent_id)
+                except OcpError as exc:
+                    item = exc
+            await pipeline.put((attempt, item))
 
-    async def _committer(
-        self, session: Session, pipeline: trio.MemoryReceiveChannel[Item], committed: trio.Event
-    ) -> None:
-        await self._commit_all(session, pipeline)
-        committed.set()
-
-    async def _commit_all(
-        self, session: Session, pipeline: trio.MemoryReceiveChannel[Item]
-    ) -> None:
-        async with pipeline:
-            async for first in pipeline:
-                batch = [first]
-                while len(batch) < PIPELINE:
-                    try:
-                        batch.append(pipeline.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                checked = [item for _, item in batch if isinstance(item, Checked)]
-                results = iter(await self.intake.commit(checked) if checked else [])
-                for attempt, item in batch:
-                    result = next(results) if isinstance(item, Checked) else item
-                    self.intake.finish(attempt, result)
-                    await session.send_receipt(_dumps(self._receipt(attempt, result)))
+    async def commit_batch(self, session: Session, batch: list[Item]) -> None:
+        """Commit the checked messages of ``batch`` in one write; queue a receipt for each."""
+        checked = [item for _, item in batch if isinstance(item, Checked)]
+        results = iter(await self.intake.commit(checked) if checked else [])
+        for attempt, item in batch:
+            result = next(results) if isinstance(item, Checked) else item
+            self.intake.finish(attempt, result)
+            await session.send_receipt(_dumps(self._receipt(attempt, result)))
 
     def _receipt(self, attempt: Attempt, result: Outcome | OcpError) -> dict[str, object]:
         if isinstance(result, Outcome):
@@ -386,20 +329,105 @@ class WebSocketEndpoint:
             "error": self.intake.error_message(result, attempt),
         }
 
-    async def _sender(self, session: Session) -> None:
-        while True:
-            await session.wait_work()
-            while True:
-                try:
-                    frame = session.receipts_receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if frame is None:
-                    session.flushed.set()
-                else:
+
+@attrs.define(eq=False)
+class _Live:
+    """A session while it lasts: when it began, its reading, and how it is to end."""
+
+    session: Session
+    started_at: float
+    #: Reading frames; its deadline is the session's ttl.
+    reading: trio.CancelScope
+    #: The close code to send (``None``: the agent left).
+    code: int | None = CLOSE_NORMAL
+    reason: str = "session ttl reached"
+
+    def stop(self) -> None:
+        self.code, self.reason = CLOSE_GOING_AWAY, "node stopping"
+        self.reading.cancel()
+
+
+class _Pipeline:
+    """Checked messages on their way to a group commit.
+
+    The committing task runs only while messages are waiting: it takes all
+    of them (at most ``PIPELINE``), commits them in one write and queues
+    their receipts, in order. The reader waits while ``PIPELINE`` are waiting.
+    """
+
+    __slots__ = ("endpoint", "idle", "items", "nursery", "room", "running", "session")
+
+    def __init__(
+        self, endpoint: WebSocketEndpoint, session: Session, nursery: trio.Nursery
+    ) -> None:
+        self.endpoint = endpoint
+        self.session = session
+        self.nursery = nursery
+        self.items: list[Item] = []
+        self.running = False
+        self.room: trio.Event | None = None
+        self.idle: trio.Event | None = None
+
+    async def put(self, item: Item) -> None:
+        while len(self.items) >= PIPELINE:
+            if self.room is None:
+                self.room = trio.Event()
+            await self.room.wait()
+        self.items.append(item)
+        if not self.running:
+            self.running = True
+            self.nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            while self.items:
+                batch, self.items = self.items, []
+                if self.room is not None:
+                    self.room.set()
+                    self.room = None
+                await self.endpoint.commit_batch(self.session, batch)
+        finally:
+            self.running = False
+            if self.idle is not None:
+                self.idle.set()
+                self.idle = None
+
+    async def settle(self) -> None:
+        """Wait until every message put so far is committed and its receipt queued."""
+        while self.running:
+            if self.idle is None:
+                self.idle = trio.Event()
+            await self.idle.wait()
+
+
+class _SessionWriter:
+    """Writes a session's receipts and, while it owns its agent's delivery, the agent's
+    queued messages; its task runs only while :attr:`Session.woken` says there is work."""
+
+    __slots__ = ("nursery", "router", "running", "session")
+
+    def __init__(self, router: Router, session: Session, nursery: trio.Nursery) -> None:
+        self.router = router
+        self.session = session
+        self.nursery = nursery
+        self.running = False
+
+    def wake(self) -> None:
+        if not self.running:
+            self.running = True
+            self.nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        session = self.session
+        try:
+            while session.woken:
+                session.woken = False
+                while (frame := session.take_receipt()) is not None:
                     await session.send_text(frame)
-            if session.owner:
-                await self.router.deliver(session)
+                if session.owner:
+                    await self.router.deliver(session)
+        finally:
+            self.running = False
 
 
 async def _close(send: Send, code: int, reason: str) -> None:
