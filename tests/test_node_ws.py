@@ -321,6 +321,39 @@ async def test_an_idle_session_is_one_task(
             await receiver.disconnect()
 
 
+async def test_a_live_receiver_gets_everything_many_senders_commit_together(
+    tmp_path: Path, clock: MockClock, bob: Agent
+) -> None:
+    # Messages from several sessions share group commits, and their senders'
+    # tasks resume in no particular order: the receiver's rows must still
+    # reach its session in seq order, or the later ones would hide the earlier.
+    senders = [Agent(10 + i) for i in range(8)]
+    with trio.fail_after(120):
+        async with running_node(tmp_path) as node, trio.open_nursery() as n:
+            node.directory.add(bob)
+            receiver = WsClient()
+            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            clients = []
+            for agent in senders:
+                node.directory.add(agent)
+                client = WsClient()
+                await authenticate(client, node.ws, n, agent, node.clock.now())
+                clients.append((agent, client))
+            expected: set[str] = set()
+            for _ in range(15):
+                for agent, client in clients:
+                    raw = message(agent, bob.id, clock_now=node.clock.now())
+                    expected.add(json.loads(raw)["message_id"])
+                    await client.send_text(raw.decode())
+            got: set[str] = set()
+            while got != expected:
+                got.add(json.loads(await receiver.receive_event_text())["message_id"])
+            await trio.sleep(1)
+            assert await node.store.pending(bob.id, after=0) == []
+            for _, client in [*clients, (bob, receiver)]:
+                await client.disconnect()
+
+
 async def test_offline_receiver_gets_its_queue_in_order(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent, carol: Agent
 ) -> None:

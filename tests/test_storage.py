@@ -48,6 +48,42 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
         db.close()
 
 
+async def test_after_commit_hooks_run_in_commit_order(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        db = await open_database(tmp_path / "db.sqlite", "node")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(db.run)
+            seen: list[int] = []
+            resumed: list[int] = []
+            early: list[int] = []
+
+            def hook(rowid: int) -> None:
+                if rowid in resumed:
+                    early.append(rowid)
+                seen.append(rowid)
+
+            def boom(rowid: int) -> None:
+                raise RuntimeError("a broken hook")
+
+            async def writer(i: int) -> None:
+                resumed.append(await db.write(_insert(f"k{i}"), then=boom if i == 7 else hook))
+
+            async with trio.open_nursery() as writers:
+                for i in range(200):
+                    writers.start_soon(writer, i)
+            nursery.cancel_scope.cancel()
+        # Row ids grow in commit order; the hooks saw them in that order, before
+        # every caller resumed (in whatever order the scheduler picked), and a
+        # hook that raised stopped neither the writer nor the other hooks.
+        assert len(seen) == 199
+        assert seen == sorted(seen)
+        assert early == []
+        assert len(resumed) == 200
+        assert set(seen) < set(resumed)
+        assert db.commits < 200
+        db.close()
+
+
 async def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:
     with trio.fail_after(30):
         db = await open_database(tmp_path / "db.sqlite", "node")

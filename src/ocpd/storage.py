@@ -20,6 +20,7 @@ Database files are created with mode 0600.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 import outcome
 import trio
+
+from ocpd.logs import get_logger, log_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,6 +44,8 @@ __all__ = [
     "integrity_check",
     "open_database",
 ]
+
+log = get_logger("storage")
 
 T = TypeVar("T")
 
@@ -303,6 +308,7 @@ def _statements(script: str) -> list[str]:
 @attrs.define(eq=False)
 class _Pending:
     fn: Callable[[sqlite3.Connection], Any]
+    then: Callable[[Any], None] | None = None
     done: trio.Event = attrs.Factory(trio.Event)
     result: outcome.Outcome[Any] | None = None
 
@@ -325,9 +331,20 @@ class Database:
     _closing: bool = False
     _closed: bool = False
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the next group commit; returns once it is durable."""
-        pending = _Pending(fn)
+    async def write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        then: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run ``fn`` in the next group commit; returns once it is durable.
+
+        ``then`` is called with ``fn``'s result once the commit is durable, by
+        the writer itself: the ``then`` of every write runs in commit order,
+        before any caller resumes (callers resume in no particular order). It
+        must not block; an exception it raises is logged and goes no further.
+        """
+        pending = _Pending(fn, then)
         await self._send.send(pending)
         await pending.done.wait()
         assert pending.result is not None  # noqa: S101 - set before done
@@ -367,6 +384,17 @@ class Database:
                 with trio.CancelScope(shield=True):
                     await self._on_thread(self._commit_batch, batch)
                 for pending in batch:
+                    if pending.then is not None and isinstance(pending.result, outcome.Value):
+                        try:
+                            pending.then(pending.result.value)
+                        except Exception as exc:  # one caller's hook must not stop the writer
+                            log_event(
+                                log,
+                                "after_commit_failed",
+                                level=logging.ERROR,
+                                component=self.component,
+                                error=repr(exc),
+                            )
                     pending.done.set()
 
     def _commit_batch(self, batch: list[_Pending]) -> None:

@@ -389,7 +389,15 @@ class Forwarder:
     async def _give_up(self, held: Held, result: Posted) -> None:
         """Replace the row by an OCP-502 notice to its sender (one transaction)."""
         notice, sender = await self._notice(held, result)
-        present, seqs = await self.store.give_up(held.seq, notice)
+
+        def hand_on(given_up: tuple[bool, tuple[int, ...]]) -> None:
+            # In commit order, as the intake's rows (see Intake.commit).
+            present, seqs = given_up
+            if present and notice is not None and sender is not None and self.router is not None:
+                for seq, (_, placement) in zip(seqs, notice.recipients, strict=True):
+                    self.router.notify(sender, seq, notice.raw, notice.expires_at, placement)
+
+        present, _ = await self.store.give_up(held.seq, notice, then=hand_on)
         if not present:
             return
         self.metrics.deliveries.labels("failed").inc()
@@ -403,9 +411,6 @@ class Forwarder:
             detail=result.detail,
             notified=notice is not None,
         )
-        if notice is not None and sender is not None and self.router is not None:
-            for seq, (_, placement) in zip(seqs, notice.recipients, strict=True):
-                self.router.notify(sender, seq, notice.raw, notice.expires_at, placement)
 
     async def _notice(self, held: Held, result: Posted) -> tuple[Accept | None, AgentInfo | None]:
         if held.sender == self.service_agent or _message_type(held.raw) == "error":

@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from ocpd.config import RateLimitingSection
     from ocpd.node.directory import AgentDirectory, AgentInfo
     from ocpd.node.router import Router
-    from ocpd.node.store import MessageStore
+    from ocpd.node.store import Accepted, MessageStore
     from ocpd.proto.auth import ReplayWindow
     from ocpd.proto.crypto import SigningKey
     from ocpd.web import Metrics
@@ -426,16 +426,28 @@ class Intake:
             )
             for c in batch
         ]
+
+        def hand_on(results: list[Accepted]) -> None:
+            # Run by the database writer in commit order, so the router gets
+            # every receiver's rows in ``seq`` order whichever caller resumes first.
+            for checked, item, result in zip(batch, items, results, strict=True):
+                if result.status == "accepted":
+                    verified = checked.verified
+                    for info, (_, placement), seq in zip(
+                        checked.receivers, item.recipients, result.seqs, strict=True
+                    ):
+                        self.router.notify(info, seq, verified.raw, verified.expires_at, placement)
+
         out: list[Outcome | OcpError] = []
         with trio.CancelScope(shield=True):
             try:
-                results = await self.store.accept(items)
+                results = await self.store.accept(items, then=hand_on)
             except StorageError as exc:
                 log_event(log, "store_failed", level=logging.ERROR, error=str(exc))
                 for c in batch:
                     self.limits.refund(c.verified.sender, c.taken)
                 return [InternalError("the node could not store the message")] * len(batch)
-        for checked, item, result in zip(batch, items, results, strict=True):
+        for checked, result in zip(batch, results, strict=True):
             verified = checked.verified
             if result.status == "conflict":
                 self.limits.refund(verified.sender, checked.taken)
@@ -448,10 +460,6 @@ class Intake:
             elif result.status == "duplicate":
                 out.append(Outcome(verified.message_id, duplicate=True))
             else:
-                for info, (_, placement), seq in zip(
-                    checked.receivers, item.recipients, result.seqs, strict=True
-                ):
-                    self.router.notify(info, seq, verified.raw, verified.expires_at, placement)
                 out.append(Outcome(verified.message_id))
         return out
 

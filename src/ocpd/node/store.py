@@ -19,7 +19,7 @@ import attrs
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ocpd.storage import Database
 
@@ -223,8 +223,14 @@ class MessageStore:
 
     database: Database
 
-    async def accept(self, batch: Sequence[Accept]) -> list[Accepted]:
-        return await self.database.write(lambda conn: accept_txn(conn, batch))
+    async def accept(
+        self,
+        batch: Sequence[Accept],
+        *,
+        then: Callable[[list[Accepted]], None] | None = None,
+    ) -> list[Accepted]:
+        """Store ``batch``; ``then`` sees the results in commit order (:meth:`Database.write`)."""
+        return await self.database.write(lambda conn: accept_txn(conn, batch), then=then)
 
     async def pending(
         self, receiver: str, *, after: int, limit: int = PENDING_BATCH
@@ -245,8 +251,14 @@ class MessageStore:
     async def held(self, seq: int) -> Held | None:
         return await self.database.read(lambda conn: held_txn(conn, seq))
 
-    async def give_up(self, seq: int, notice: Accept | None) -> tuple[bool, tuple[int, ...]]:
-        return await self.database.write(lambda conn: give_up_txn(conn, seq, notice))
+    async def give_up(
+        self,
+        seq: int,
+        notice: Accept | None,
+        *,
+        then: Callable[[tuple[bool, tuple[int, ...]]], None] | None = None,
+    ) -> tuple[bool, tuple[int, ...]]:
+        return await self.database.write(lambda conn: give_up_txn(conn, seq, notice), then=then)
 
     async def touch_local_agent(self, agent_id: str, *, now: float) -> None:
         await self.database.write(lambda conn: touch_local_agent_txn(conn, agent_id, now))
