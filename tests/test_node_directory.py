@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -13,11 +14,13 @@ from trio.testing import MockClock
 
 from ocpd.client import AgentKey
 from ocpd.clock import WallClock
-from ocpd.node.directory import HttpDirectory, registry_base
+from ocpd.node.directory import HttpDirectory, LedgerDirectory, registry_base
 from ocpd.proto.auth import ReplayWindow, verify_authorization
 from ocpd.proto.crypto import SigningKey
+from ocpd.proto.diddoc import parse_did_document
 from ocpd.proto.errors import Unavailable
 from ocpd.proto.taxonomy import Taxonomy
+from ocpd.registry.ledger import AgentEntry
 from ocpd.registry.uptime import MAX_SESSIONS_PER_REPORT
 
 NETWORK = "testnet"
@@ -227,3 +230,61 @@ async def test_many_sessions_go_in_reports_of_at_most_a_thousand(clock: MockCloc
     assert sizes == [MAX_SESSIONS_PER_REPORT, 1]
     last = json.loads(seen[1].content)["sessions"][0]
     assert last["started_at"] == "2026-04-03T12:16:40.000Z"
+
+
+@attrs.define
+class _Ledger:
+    """What :class:`LedgerDirectory` reads of the registry's ledger."""
+
+    agents: dict[str, AgentEntry] = attrs.Factory(dict)
+    levels: dict[str, int] = attrs.Factory(dict)
+    taxonomy: Taxonomy = attrs.Factory(Taxonomy.load_default)
+
+    def level(self, agent_id: str) -> int:
+        return self.levels.get(agent_id, 0)
+
+
+@attrs.define
+class _Registry:
+    ledger: _Ledger = attrs.Factory(_Ledger)
+    loaded: trio.Event = attrs.Factory(trio.Event)
+
+
+def _entry(agent: AgentKey, document: dict[str, Any], url: str) -> AgentEntry:
+    record = {"endpoints": [{"transport": "ocp-ws", "url": url, "priority": 1}]}
+    return AgentEntry(
+        agent_id=agent.agent_id,
+        record=record,
+        record_text=json.dumps(record),
+        document=parse_did_document(document),
+        document_text=json.dumps(document),
+        registered_at=1_775_217_600.0,
+        expires_at=1_775_304_000.0,
+        status="active",
+        domains=("finance",),
+        capabilities=frozenset(),
+    )
+
+
+async def test_the_ledger_directory_answers_from_the_current_entry() -> None:
+    registry = _Registry()
+    registry.loaded.set()
+    directory = LedgerDirectory(registry)  # type: ignore[arg-type]
+    assert await directory.lookup(ALICE.agent_id) is None
+    registry.ledger.agents[ALICE.agent_id] = _entry(ALICE, ALICE.did_document(), "wss://a.example")
+    first = await directory.lookup(ALICE.agent_id)
+    assert first is not None
+    assert first.keys == (ALICE.key.public_key,) and first.active and first.level == 0
+    assert await directory.lookup(ALICE.agent_id) is first  # nothing changed: the same answer
+    registry.ledger.levels[ALICE.agent_id] = 2
+    raised = await directory.lookup(ALICE.agent_id)
+    assert raised is not None and raised.level == 2
+    registry.ledger.agents[ALICE.agent_id].status = "revoked"
+    revoked = await directory.lookup(ALICE.agent_id)
+    assert revoked is not None and not revoked.active
+    # a renewal puts a new entry (here: other endpoints and another document)
+    registry.ledger.agents[ALICE.agent_id] = _entry(ALICE, BOB.did_document(), "wss://b.example")
+    renewed = await directory.lookup(ALICE.agent_id)
+    assert renewed is not None
+    assert renewed.endpoints[0]["url"] == "wss://b.example"
+    assert renewed.keys == (BOB.key.public_key,)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,11 +29,23 @@ _LEVELS: Final = {
 _ROOT: Final = "ocpd"
 
 
+_stamp_cache: list[Any] = [-1, ""]
+
+
+def _timestamp(created: float) -> str:
+    """``created`` (epoch s) as UTC with milliseconds; one formatting per millisecond."""
+    millis = int(created * 1000)
+    if millis != _stamp_cache[0]:
+        stamp = datetime.fromtimestamp(created, tz=UTC)
+        text = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+        _stamp_cache[:] = [millis, text]
+    return str(_stamp_cache[1])
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.fromtimestamp(record.created, tz=UTC)
         line: dict[str, Any] = {
-            "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
+            "timestamp": _timestamp(record.created),
             "level": record.levelname.lower(),
             "component": getattr(record, "component", record.name.rpartition(".")[2]),
             "event": getattr(record, "event", "log"),
@@ -64,9 +77,14 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    root.addHandler(handler)
+    if fmt == "json":
+        lines = _JsonLines(sys.stdout)
+        lines.setFormatter(_JsonFormatter())
+        root.addHandler(lines)
+    else:
+        text = logging.StreamHandler(sys.stdout)
+        text.setFormatter(_TextFormatter())
+        root.addHandler(text)
     # Frameworks log through their own loggers; keep their noise at warning.
     for name in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -93,5 +111,47 @@ def log_fields(
     """:func:`log_event` for field names that are not identifiers (``node/self``)."""
     if logger.isEnabledFor(level):
         component = logger.name.rpartition(".")[2]
+        parent = logger.parent
+        if (
+            parent is not None
+            and parent.name == _ROOT
+            and not logger.handlers
+            and logger.propagate
+            and not parent.propagate
+            and len(parent.handlers) == 1
+            and type(parent.handlers[0]) is _JsonLines
+            and level >= parent.handlers[0].level
+        ):
+            # The daemon's own setup (configure_logging): the line the
+            # formatter would make, without a LogRecord on the way.
+            parent.handlers[0].write_event(level, component, event, fields)
+            return
         extra = {"event": event, "component": component, "fields": dict(fields)}
         logger.log(level, event, extra=extra)
+
+
+class _JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The JSON handler; :func:`log_fields` hands it events straight away.
+
+    Building a ``LogRecord`` and passing it through the logging machinery
+    cost three times as much as the line itself, and the node writes one
+    line per message.
+    """
+
+    def write_event(
+        self, level: int, component: str, event: str, fields: Mapping[str, object]
+    ) -> None:
+        line: dict[str, Any] = {
+            "timestamp": _timestamp(time.time()),
+            "level": logging.getLevelName(level).lower(),
+            "component": component,
+            "event": event,
+        }
+        line.update(fields)
+        text = json.dumps(line, ensure_ascii=False, default=str) + self.terminator
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(text)
+                self.flush()
+            except Exception:  # as logging does: a log line never raises
+                self.handleError(logging.makeLogRecord({"msg": event}))

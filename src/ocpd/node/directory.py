@@ -123,6 +123,8 @@ class LedgerDirectory:
     def __init__(self, registry: RegistryService) -> None:
         self._registry = registry
         self.taxonomy = registry.ledger.taxonomy
+        #: Each agent's last answer, with what it was built from.
+        self._built: dict[str, tuple[tuple[object, ...], AgentInfo]] = {}
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
         registry = self._registry
@@ -132,15 +134,27 @@ class LedgerDirectory:
         entry = ledger.agents.get(agent_id)
         if entry is None:
             return None
-        return AgentInfo(
+        level = ledger.level(agent_id)
+        # The ledger replaces an entry's record, document and domains rather
+        # than changing them, and sets its status: the same objects, status
+        # and level make the same answer, without decoding keys again.
+        basis = (entry, entry.record, entry.document, entry.domains, entry.status, level)
+        built = self._built.get(agent_id)
+        if built is not None and _same(built[0], basis):
+            return built[1]
+        info = AgentInfo(
             agent_id=agent_id,
             keys=tuple(entry.document.verification_keys()),
-            level=ledger.level(agent_id),
+            level=level,
             active=entry.status == "active",
             domains=entry.domains,
             endpoints=_endpoints(entry.record),
             relay=_relays(entry.record),
         )
+        if len(self._built) > 2 * len(ledger.agents) + 1024:
+            self._built.clear()
+        self._built[agent_id] = (basis, info)
+        return info
 
     async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
         registry = self._registry
@@ -155,6 +169,11 @@ class LedgerDirectory:
             await self._registry.report_sessions(reports)
         except OcpError as exc:
             log_event(log, "session_report_refused", level=logging.DEBUG, error_code=exc.code)
+
+
+def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
+    """Objects compared by identity, the status and level by value."""
+    return all(a is b for a, b in zip(old[:4], new[:4], strict=True)) and old[4:] == new[4:]
 
 
 def registry_base(url: str) -> str:
