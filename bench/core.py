@@ -112,7 +112,7 @@ STEPS: Final = (
 # --- the message -------------------------------------------------------------------
 
 
-def _insight_payload(source_agent: str) -> dict[str, object]:
+def insight_payload(source_agent: str) -> dict[str, object]:
     """A knowledge_share insight package (payload.knowledge_share, ``insight``)."""
     return {
         "knowledge_type": "insight",
@@ -147,7 +147,7 @@ def build_signed_message(key: SigningKey) -> tuple[dict[str, Any], bytes]:
         sender=sender,
         receiver=receiver,
         message_type="knowledge_share",
-        payload=_insight_payload(sender),
+        payload=insight_payload(sender),
         now=NOW,
         metadata={"language": "en", "requires_ack": True},
     )

@@ -57,6 +57,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from bench.core import insight_payload
 from bench.harness import load_average, machine_facts, run_and_report, wrk_version
 from ocpd.client import AgentKey, NodeError, RegistryClient, RegistryError
 from ocpd.client.session import dumps, open_session
@@ -170,38 +171,13 @@ end
 # --- messages -----------------------------------------------------------------------------------
 
 
-def _insight(source_agent: str) -> dict[str, Any]:
-    """A ``knowledge_share`` insight package (the shape of ``bench.core``'s)."""
-    return {
-        "knowledge_type": "insight",
-        "insight_id": "ins-6f1c2a9e-4b7d-4c21-9e0a-3d5b8f217c44",
-        "topic": "Retry storms after rate limiting",
-        "confidence": 0.87,
-        "evidence_count": 142,
-        "anonymized": True,
-        "payload": {
-            "summary": "Retrying at once after OCP-429 amplifies upstream load; jittered "
-            "backoff capped at 30 s ended the storms.",
-            "findings": [
-                "Median recovery fell from 412 s to 38 s.",
-                "Honouring Retry-After removed 96% of duplicate requests.",
-            ],
-        },
-        "provenance": {
-            "source_agent": source_agent,
-            "timestamp": "2026-01-01T00:00:00Z",
-            "reproducibility_hash": sha3_256(b"bench/node insight v1").hex(),
-        },
-    }
-
-
 def message_text(sender: AgentKey, receiver: str, *, now: float) -> str:
     """One signed message, as the SDK puts it on the wire."""
     unsigned = build_message(
         sender=sender.agent_id,
         receiver=receiver,
         message_type="knowledge_share",
-        payload=_insight(sender.agent_id),
+        payload=insight_payload(sender.agent_id),
         now=now,
         metadata={"language": "en"},
     )

@@ -60,6 +60,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ocpd.logs import get_logger, log_event
+from ocpd.ondemand import OnDemand
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -94,29 +95,25 @@ class _Writer:
     """Queued outgoing bytes and the task that sends them, which runs only while there is
     something to send: frames queued in the same scheduling round leave in one ``send_all``."""
 
-    __slots__ = ("broken", "drained", "nursery", "queued", "running", "size", "stream")
+    __slots__ = ("broken", "queued", "sender", "size", "stream")
 
     def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
         self.stream = stream
-        self.nursery = nursery
         self.queued: list[bytes] = []
         self.size = 0
-        self.running = False
         self.broken = False
-        self.drained: trio.Event | None = None
+        self.sender = OnDemand(nursery, self._send_queued)
 
     async def put(self, data: bytes) -> None:
         if self.broken:
             raise trio.BrokenResourceError("connection lost")
         self.queued.append(data)
         self.size += len(data)
-        if not self.running:
-            self.running = True
-            self.nursery.start_soon(self._run)
+        self.sender.kick()
         if self.size > HIGH_WATER:
             await self.settle()
 
-    async def _run(self) -> None:
+    async def _send_queued(self) -> None:
         try:
             while self.queued:
                 chunk = b"".join(self.queued)
@@ -127,18 +124,10 @@ class _Writer:
             self.broken = True
             self.queued.clear()
             self.size = 0
-        finally:
-            self.running = False
-            if self.drained is not None:
-                self.drained.set()
-                self.drained = None
 
     async def settle(self) -> None:
         """Wait until what is queued has been sent (or the connection broke)."""
-        while self.running:
-            if self.drained is None:
-                self.drained = trio.Event()
-            await self.drained.wait()
+        await self.sender.settle()
 
 
 class _WebSocket:

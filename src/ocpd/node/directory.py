@@ -136,11 +136,12 @@ class LedgerDirectory:
             return None
         level = ledger.level(agent_id)
         # The ledger replaces an entry's record, document and domains rather
-        # than changing them, and sets its status: the same objects, status
-        # and level make the same answer, without decoding keys again.
+        # than changing them, and sets its status: the same objects (compared
+        # by identity first), status and level make the same answer, without
+        # decoding keys again.
         basis = (entry, entry.record, entry.document, entry.domains, entry.status, level)
         built = self._built.get(agent_id)
-        if built is not None and _same(built[0], basis):
+        if built is not None and built[0] == basis:
             return built[1]
         info = AgentInfo(
             agent_id=agent_id,
@@ -169,11 +170,6 @@ class LedgerDirectory:
             await self._registry.report_sessions(reports)
         except OcpError as exc:
             log_event(log, "session_report_refused", level=logging.DEBUG, error_code=exc.code)
-
-
-def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
-    """Objects compared by identity, the status and level by value."""
-    return all(a is b for a, b in zip(old[:4], new[:4], strict=True)) and old[4:] == new[4:]
 
 
 def registry_base(url: str) -> str:

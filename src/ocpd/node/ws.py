@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Final, cast
 
 import attrs
@@ -59,6 +60,7 @@ import trio
 
 from ocpd.node.intake import Attempt, Checked, Outcome
 from ocpd.node.router import Session
+from ocpd.ondemand import OnDemand
 from ocpd.proto import schema
 from ocpd.proto.auth import verify_ws_auth_handshake
 from ocpd.proto.errors import AuthError, MalformedError, OcpError, RequestTimeout
@@ -254,10 +256,10 @@ class WebSocketEndpoint:
             }
             await send_text(_dumps(accepted))
             async with trio.open_nursery() as nursery:
-                writer = _SessionWriter(self.router, session, nursery)
-                session.on_wake = writer.wake
+                writer = OnDemand(nursery, partial(self._write, session))
+                session.on_wake = writer.kick
                 if session.woken:
-                    writer.wake()
+                    writer.kick()
                 pipeline = _Pipeline(self, session, nursery)
                 if self.stopping is not None and self.stopping.is_set():
                     live.stop()
@@ -302,6 +304,16 @@ class WebSocketEndpoint:
                 except OcpError as exc:
                     item = exc
             await pipeline.put((attempt, item))
+
+    async def _write(self, session: Session) -> None:
+        """Receipts and, while the session owns its agent's delivery, the agent's queued
+        messages, until :attr:`Session.woken` says there is nothing more."""
+        while session.woken:
+            session.woken = False
+            while (frame := session.take_receipt()) is not None:
+                await session.send_text(frame)
+            if session.owner:
+                await self.router.deliver(session)
 
     async def commit_batch(self, session: Session, batch: list[Item]) -> None:
         """Commit the checked messages of ``batch`` in one write; queue a receipt for each."""
@@ -355,18 +367,16 @@ class _Pipeline:
     their receipts, in order. The reader waits while ``PIPELINE`` are waiting.
     """
 
-    __slots__ = ("endpoint", "idle", "items", "nursery", "room", "running", "session")
+    __slots__ = ("committer", "endpoint", "items", "room", "session")
 
     def __init__(
         self, endpoint: WebSocketEndpoint, session: Session, nursery: trio.Nursery
     ) -> None:
         self.endpoint = endpoint
         self.session = session
-        self.nursery = nursery
         self.items: list[Item] = []
-        self.running = False
         self.room: trio.Event | None = None
-        self.idle: trio.Event | None = None
+        self.committer = OnDemand(nursery, self._commit_waiting)
 
     async def put(self, item: Item) -> None:
         while len(self.items) >= PIPELINE:
@@ -374,60 +384,19 @@ class _Pipeline:
                 self.room = trio.Event()
             await self.room.wait()
         self.items.append(item)
-        if not self.running:
-            self.running = True
-            self.nursery.start_soon(self._run)
+        self.committer.kick()
 
-    async def _run(self) -> None:
-        try:
-            while self.items:
-                batch, self.items = self.items, []
-                if self.room is not None:
-                    self.room.set()
-                    self.room = None
-                await self.endpoint.commit_batch(self.session, batch)
-        finally:
-            self.running = False
-            if self.idle is not None:
-                self.idle.set()
-                self.idle = None
+    async def _commit_waiting(self) -> None:
+        while self.items:
+            batch, self.items = self.items, []
+            if self.room is not None:
+                self.room.set()
+                self.room = None
+            await self.endpoint.commit_batch(self.session, batch)
 
     async def settle(self) -> None:
         """Wait until every message put so far is committed and its receipt queued."""
-        while self.running:
-            if self.idle is None:
-                self.idle = trio.Event()
-            await self.idle.wait()
-
-
-class _SessionWriter:
-    """Writes a session's receipts and, while it owns its agent's delivery, the agent's
-    queued messages; its task runs only while :attr:`Session.woken` says there is work."""
-
-    __slots__ = ("nursery", "router", "running", "session")
-
-    def __init__(self, router: Router, session: Session, nursery: trio.Nursery) -> None:
-        self.router = router
-        self.session = session
-        self.nursery = nursery
-        self.running = False
-
-    def wake(self) -> None:
-        if not self.running:
-            self.running = True
-            self.nursery.start_soon(self._run)
-
-    async def _run(self) -> None:
-        session = self.session
-        try:
-            while session.woken:
-                session.woken = False
-                while (frame := session.take_receipt()) is not None:
-                    await session.send_text(frame)
-                if session.owner:
-                    await self.router.deliver(session)
-        finally:
-            self.running = False
+        await self.committer.settle()
 
 
 async def _close(send: Send, code: int, reason: str) -> None:
