@@ -27,9 +27,9 @@ from ocpd.proto.crypto import SigningKey
 from ocpd.proto.envelope import build_message, sign_message
 from ocpd.proto.ids import derive_agent_id
 from ocpd.proto.taxonomy import Taxonomy
+from ocpd.server import ACCEPTED_EXTENSION
 from ocpd.storage import Database, open_database
 from ocpd.web import Metrics
-from ocpd.wsserve import ACCEPTED_EXTENSION
 
 NODE_KEY = SigningKey(bytes([99]) * 32)
 SERVICE_AGENT = derive_agent_id(NODE_KEY.public_key, NETWORK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import ssl
 import time
@@ -166,7 +167,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture
 def node(tmp_path: Path, tls: TlsFiles) -> Iterator[Node]:
-    n = Node(tmp_path, tls)
+    # Signatures in the helper process, whatever the machine's CPU count.
+    n = Node(tmp_path, tls, "transport:\n  signature_checks: helper\n")
     n.start()
     yield n
     n.daemon.stop()
@@ -303,6 +305,77 @@ async def test_oversized_body_is_413_before_it_is_read(node: Node) -> None:
             while b"\r\n\r\n" not in data:
                 data += await stream.receive_some(65536)
         assert data.startswith(b"HTTP/1.1 413")
+
+
+async def test_the_http_port_speaks_http_1_1_and_honours_expect_100_continue(
+    node: Node,
+) -> None:
+    host, port = urlsplit(node.url("http")).hostname, urlsplit(node.url("http")).port
+    assert host is not None and port is not None
+    context = node.context()
+    context.set_alpn_protocols(["h2", "http/1.1"])  # as curl and HTTP/2 clients offer
+    with trio.fail_after(30):
+        stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=context)
+        async with stream:
+            await stream.do_handshake()
+            assert stream.selected_alpn_protocol() == "http/1.1"
+            # Refused on its headers: no "100 Continue", the body is never sent.
+            await stream.send_all(
+                (
+                    f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\n"
+                    f"Content-Length: {16 * 1024 * 1024 + 1}\r\n\r\n"
+                ).encode()
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+            assert data.startswith(b"HTTP/1.1 413")
+    async with httpx.AsyncClient(verify=node.context()) as http:
+        health = await http.get(node.url("http") + "/health")
+    assert health.status_code == 200
+    assert "date" in health.headers
+
+
+def _verifier_helpers(daemon_pid: int) -> list[int]:
+    """The daemon's signature helper processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if parent == daemon_pid and b"ocpd.verifier" in command:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_a_killed_signature_helper_costs_no_message(node: Node) -> None:
+    a, b = _agent(41), _agent(42)
+    assert node.daemon.proc is not None
+    with trio.fail_after(60):
+        await node.register(a, b)
+        (helper,) = _verifier_helpers(node.daemon.proc.pid)
+        async with node.http() as http:
+            assert (await post(http, a, _message(a, b.agent_id))).status_code == 202
+            os.kill(helper, signal.SIGKILL)
+            # Checked on the loop until a new helper runs: same answers.
+            for _ in range(20):
+                assert (await post(http, a, _message(a, b.agent_id))).status_code == 202
+            forged = json.loads(_message(a, b.agent_id))
+            forged["ttl"] -= 1  # still a valid message, no longer the signed one
+            response = await post(http, a, json.dumps(forged).encode())
+            assert response.status_code == 401
+            pid = node.daemon.proc.pid
+            for _ in range(300):
+                if _verifier_helpers(pid) not in ([], [helper]):
+                    break
+                await trio.sleep(0.1)
+            assert _verifier_helpers(pid) not in ([], [helper])
+            assert (await post(http, a, _message(a, b.agent_id))).status_code == 202
+            response = await post(http, a, json.dumps(forged).encode())
+            assert response.status_code == 401
+    node.daemon.wait_for("verifier_restart")
 
 
 async def test_websocket_limits(node: Node) -> None:

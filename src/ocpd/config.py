@@ -185,6 +185,12 @@ class TransportSection:
     """Extra CA certificates trusted when delivering to other nodes and agents."""
     register_service_agent: bool = True
     """Register the node's service agent (``ocp.node``) with the registry at start."""
+    signature_checks: str = attrs.field(
+        default="auto",
+        validator=_choice("transport.signature_checks", ("auto", "helper", "loop")),
+    )
+    """Where Ed25519 signatures are verified: a helper process, the event loop, or
+    ``auto`` (the helper when the daemon may use two CPUs or more)."""
     websocket: WebSocketSection = attrs.Factory(WebSocketSection)
 
 
@@ -459,6 +465,7 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "OCP_PUBLIC_HTTP_URL": ("transport.public_http_url", "str"),
     "OCP_PUBLIC_WS_URL": ("transport.public_ws_url", "str"),
     "OCP_DELIVERY_CA_FILE": ("transport.delivery_ca_file", "str"),
+    "OCP_SIGNATURE_CHECKS": ("transport.signature_checks", "str"),
     "OCP_REGISTRY_MODE": ("registry.mode", "str"),
     "OCP_MAX_AGENTS": ("registry.max_agents", "int"),
     "OCP_REGISTRY_SESSION_REPORTERS": ("registry.session_reporters", "list"),

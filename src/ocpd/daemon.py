@@ -2,8 +2,8 @@
 
 Start order (house style): configuration is already validated; the identity
 and the databases are opened *outside* the nursery; then each database's
-group-commit writer starts; then the listeners, last: hypercorn on the HTTP
-ports, :mod:`ocpd.wsserve` on the WebSocket port.
+group-commit writer starts; then the listeners, last: :mod:`ocpd.server` on
+the node's two ports, hypercorn on the registry's and the custodian's.
 Readiness is reported once every port is bound: one ``ready`` log event that
 names each listener's URL, and ``READY=1`` to systemd.
 
@@ -44,9 +44,9 @@ from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, log_event, log_fields
 from ocpd.proto.hosts import is_loopback_host
 from ocpd.sdnotify import Notifier
+from ocpd.server import ServerSettings, serve_asgi
 from ocpd.storage import Database, open_database
 from ocpd.web import ComponentState, Metrics, create_app
-from ocpd.wsserve import WsServerSettings, serve_ws
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,16 +113,17 @@ def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
     if config.tls_enabled:
         hc.certfile = config.transport.tls_cert
         hc.keyfile = config.transport.tls_key
-    # The WebSocket port uses only the binding and TLS context of this
-    # configuration (see _ws_settings for the rest).
+    # The node's ports use only the binding and TLS context of this
+    # configuration (see _server_settings for the rest).
     return hc
 
 
-def _ws_settings(config: Config) -> WsServerSettings:
-    """A message is refused (1009) as soon as it grows past the limit; a TLS
-    handshake and request head get the authentication timeout."""
+def _server_settings(config: Config) -> ServerSettings:
+    """For both node ports: a WebSocket message is refused (1009) as soon as it
+    grows past the limit; a TLS handshake and request head get the
+    authentication timeout; an idle keep-alive connection closes after 5 s."""
     ws = config.transport.websocket
-    return WsServerSettings(
+    return ServerSettings(
         max_message_bytes=config.transport.max_message_bytes,
         ping_interval=ws.ping_interval_seconds,
         handshake_timeout=ws.auth_timeout_seconds,
@@ -336,13 +337,14 @@ async def _supervise(
                             installers=runtimes[c].routes.get(port_name, []),
                         )
                         hc = _hypercorn_config(config, port)
-                        if port_name == "ws":
+                        if c == "node":  # both node ports: see ocpd.server
                             server = partial(
-                                serve_ws,
+                                serve_asgi,
                                 in_flight.wrap(app),
                                 hc,
-                                _ws_settings(config),
+                                _server_settings(config),
                                 shutdown_trigger=stopper.stop.wait,
+                                clock=clock,
                             )
                         else:
                             server = partial(

@@ -25,6 +25,7 @@ from ocpd.node.ws import WebSocketEndpoint
 from ocpd.proto.auth import ReplayWindow
 from ocpd.proto.hosts import is_unspecified_host
 from ocpd.proto.taxonomy import Taxonomy
+from ocpd.verifier import Verifier, helper_wanted
 
 if TYPE_CHECKING:
     from ocpd.components import ComponentContext, ComponentRuntime
@@ -84,6 +85,8 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
     router = Router(store, ctx.clock, ctx.metrics, remote=forwarder)
     forwarder.router = router
     replay = ReplayWindow(window=t.clock_skew_seconds)
+    verifier = Verifier(helper=helper_wanted(t.signature_checks))
+    runtime.services.append(verifier.run)
     intake = Intake(
         directory=directory,
         store=store,
@@ -98,6 +101,7 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         clock_skew=t.clock_skew_seconds,
         max_message_bytes=t.max_message_bytes,
         max_payload_bytes=config.knowledge.max_payload_bytes,
+        verifier=verifier,
     )
     sweeper = Sweeper(
         store,

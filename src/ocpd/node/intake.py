@@ -41,12 +41,20 @@ import trio
 from ocpd.logs import get_logger, log_event
 from ocpd.node.store import Accept
 from ocpd.proto import schema
-from ocpd.proto.auth import HttpAuth, parse_authorization, verify_authorization
+from ocpd.proto.auth import (
+    BAD_AUTHORIZATION_SIGNATURE,
+    HttpAuth,
+    authorization_digest,
+    parse_authorization,
+    record_authorization,
+)
 from ocpd.proto.envelope import (
+    BAD_MESSAGE_SIGNATURE,
     VerifiedMessage,
     build_error_message,
     parse_message,
     sign_message,
+    signed_digest,
     verify_message_signature,
 )
 from ocpd.proto.errors import (
@@ -63,6 +71,7 @@ from ocpd.proto.ids import broadcast_did, is_broadcast_did, parse_agent_id
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
+from ocpd.verifier import SignatureCheck, Verifier
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -226,6 +235,8 @@ class Intake:
     max_message_bytes: int
     max_payload_bytes: int
     cpu: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
+    #: Where signatures are checked; without a helper process, on the loop.
+    verifier: Verifier = attrs.Factory(lambda: Verifier(helper=False))
     broadcast_id: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -294,25 +305,7 @@ class Intake:
         info = await self.directory.lookup(sender)
         if info is None:
             raise AuthError("the sender is not a registered agent")
-        if http is not None:
-            signer = relay if relay is not None else info
-            verify_authorization(
-                auth,
-                method="POST",
-                path_and_query=http.path_and_query,
-                body=raw,
-                public_keys=signer.keys,
-                now=now,
-                replay=self.replay,
-                window=self.clock_skew,
-                expected_agent_id=signer.agent_id,
-            )
-        if len(raw) > OFFLOAD_BYTES:
-            digest = await trio.to_thread.run_sync(
-                verify_message_signature, message, info.keys, limiter=self.cpu
-            )
-        else:
-            digest = verify_message_signature(message, info.keys)
+        digest = await self._verify_signatures(raw, message, info, relay, auth, http, now)
         if info.level < 1:
             raise ForbiddenError(
                 "sending messages needs trust level 1 (an active registration with an endpoint)",
@@ -342,6 +335,58 @@ class Intake:
             expires_at=expires_at,
         )
         return Checked(verified, receivers, dedup_until(now, sent_at, ttl, self.clock_skew), taken)
+
+    async def _verify_signatures(
+        self,
+        raw: bytes,
+        message: dict[str, Any],
+        info: AgentInfo,
+        relay: AgentInfo | None,
+        auth: HttpAuth | None,
+        http: HttpCredentials | None,
+        now: float,
+    ) -> bytes:
+        """Steps 3 and 4's signatures, both in one batch for the verifier; the envelope's digest.
+
+        Errors come in the order of the steps: the header's before the envelope's.
+        """
+        checks: list[SignatureCheck] = []
+        signed_at = 0.0
+        if http is not None and auth is not None:
+            signer = relay if relay is not None else info
+            signed_at, header_digest = authorization_digest(
+                auth,
+                method="POST",
+                path_and_query=http.path_and_query,
+                body=raw,
+                now=now,
+                window=self.clock_skew,
+                expected_agent_id=signer.agent_id,
+            )
+            checks.append(SignatureCheck(signer.keys, header_digest, auth.signature))
+        large = len(raw) > OFFLOAD_BYTES
+        unreadable: OcpError | None = None
+        digest = b""
+        if not large:
+            try:
+                digest, signature = signed_digest(message)
+                checks.append(SignatureCheck(info.keys, digest, signature))
+            except OcpError as exc:
+                unreadable = exc
+        verified = await self.verifier.verify(checks) if checks else []
+        if http is not None and auth is not None:
+            if not verified[0]:
+                raise AuthError(BAD_AUTHORIZATION_SIGNATURE)
+            record_authorization(auth, replay=self.replay, now=now, signed_at=signed_at)
+        if large:
+            return await trio.to_thread.run_sync(
+                verify_message_signature, message, info.keys, limiter=self.cpu
+            )
+        if unreadable is not None:
+            raise unreadable
+        if not verified[-1]:
+            raise AuthError(BAD_MESSAGE_SIGNATURE)
+        return digest
 
     async def _relay(self, agent_id: str) -> AgentInfo:
         """The node service agent handing on another agent's message (decision 88)."""

@@ -25,7 +25,7 @@ frame; two more run only while they have work:
 * the connection's task **reads** one text frame at a time, runs it
   through the intake's checks and puts the result in the session's
   pipeline (a frame over the size limit ends the session with 1009; the
-  port's server, :mod:`ocpd.wsserve`, enforces the same limit while the
+  port's server, :mod:`ocpd.server`, enforces the same limit while the
   frame arrives, so it is never buffered whole);
 * the **committer** writes whatever messages are waiting in one group
   commit and queues a receipt for each, in order:
@@ -39,7 +39,7 @@ frame; two more run only while they have work:
 The port's server sends a WebSocket ping after ``ping_interval_seconds`` of
 silence and drops a connection that stays silent for another interval. The
 authentication deadline runs from the TCP accept when the server reports it
-(:data:`ocpd.wsserve.ACCEPTED_EXTENSION`), else from the upgrade.
+(:data:`ocpd.server.ACCEPTED_EXTENSION`), else from the upgrade.
 
 Authenticated session time is reported to the registry (D7 uptime): every
 ``UPTIME_REPORT_SECONDS`` the endpoint's own task (:meth:`WebSocketEndpoint.run`,
@@ -65,7 +65,7 @@ from ocpd.proto import schema
 from ocpd.proto.auth import verify_ws_auth_handshake
 from ocpd.proto.errors import AuthError, MalformedError, OcpError, RequestTimeout
 from ocpd.proto.strictjson import loads_strict
-from ocpd.wsserve import ACCEPTED_EXTENSION
+from ocpd.server import ACCEPTED_EXTENSION
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio

@@ -33,19 +33,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH_SCHEME",
+    "BAD_AUTHORIZATION_SIGNATURE",
     "DEFAULT_AUTH_WINDOW",
     "HttpAuth",
     "ReplayWindow",
+    "authorization_digest",
     "build_authorization",
     "build_ws_auth_handshake",
     "http_signing_string",
     "parse_authorization",
+    "record_authorization",
     "verify_authorization",
     "verify_ws_auth_handshake",
 ]
 
 AUTH_SCHEME: Final = "OCP-Ed25519"
 DEFAULT_AUTH_WINDOW: Final = 60.0
+BAD_AUTHORIZATION_SIGNATURE: Final = "Authorization signature does not verify"
 _CREDENTIALS_HEAD: Final = re.compile(
     r"(did:ocp:[a-z0-9-]{1,32}:agent-[0-9a-f]{12}):(.+)", re.ASCII
 )
@@ -175,8 +179,36 @@ def verify_authorization(
 
     The replay window records (agent_id, signature) only once the signature
     verifies, so forged headers cannot fill it or block a genuine request.
+    The three steps are also separate functions, for callers that verify
+    signatures elsewhere (:mod:`ocpd.verifier`).
     """
     auth = header if isinstance(header, HttpAuth) else parse_authorization(header)
+    signed_at, digest = authorization_digest(
+        auth,
+        method=method,
+        path_and_query=path_and_query,
+        body=body,
+        now=now,
+        window=window,
+        expected_agent_id=expected_agent_id,
+    )
+    if not any(ed25519_verify(key, digest, auth.signature) for key in public_keys):
+        raise AuthError(BAD_AUTHORIZATION_SIGNATURE)
+    record_authorization(auth, replay=replay, now=now, signed_at=signed_at)
+    return auth
+
+
+def authorization_digest(
+    auth: HttpAuth,
+    *,
+    method: str,
+    path_and_query: str,
+    body: bytes,
+    now: float,
+    window: float = DEFAULT_AUTH_WINDOW,
+    expected_agent_id: str | None = None,
+) -> tuple[float, bytes]:
+    """The checks before the signature's: ``(signed_at, the digest the signature is over)``."""
     if expected_agent_id is not None and auth.agent_id != expected_agent_id:
         raise AuthError("Authorization agent id differs from the message sender")
     signed_at = parse_timestamp(auth.timestamp)
@@ -191,11 +223,15 @@ def verify_authorization(
             body=body,
         )
     )
-    if not any(ed25519_verify(key, digest, auth.signature) for key in public_keys):
-        raise AuthError("Authorization signature does not verify")
+    return signed_at, digest
+
+
+def record_authorization(
+    auth: HttpAuth, *, replay: ReplayWindow, now: float, signed_at: float
+) -> None:
+    """After the signature verified: OCP-401 for a header already used."""
     if replay.seen(("http", auth.agent_id, auth.signature), now=now, at=signed_at):
         raise AuthError("Authorization header was already used")
-    return auth
 
 
 # --- WebSocket auth_handshake (D2) ----------------------------------------------------

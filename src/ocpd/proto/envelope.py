@@ -41,6 +41,7 @@ from ocpd.proto.jcs import canonicalize
 from ocpd.proto.strictjson import loads_strict
 
 __all__ = [
+    "BAD_MESSAGE_SIGNATURE",
     "DEFAULT_TTL",
     "MAX_MESSAGE_SIZE",
     "MAX_PAYLOAD_SIZE",
@@ -57,6 +58,7 @@ __all__ = [
     "message_digest",
     "parse_message",
     "sign_message",
+    "signed_digest",
     "verify_message",
     "verify_message_signature",
 ]
@@ -67,6 +69,7 @@ MAX_TTL: Final = 86_400
 MAX_MESSAGE_SIZE: Final = 16_777_216
 MAX_PAYLOAD_SIZE: Final = 10_485_760
 DEFAULT_CLOCK_SKEW: Final = 60.0
+BAD_MESSAGE_SIGNATURE: Final = "message signature does not verify"
 PAYLOAD_INFO: Final = b"OCP-1.0 payload AES-256-GCM"
 
 Message = dict[str, Any]
@@ -132,15 +135,20 @@ def verify_message_signature(message: Mapping[str, Any], public_keys: Sequence[b
 
     Returns the digest. OCP-401 when no key verifies.
     """
+    digest, signature = signed_digest(message)
+    for key in public_keys:
+        if ed25519_verify(key, digest, signature):
+            return digest
+    raise AuthError(BAD_MESSAGE_SIGNATURE)
+
+
+def signed_digest(message: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """``(digest, signature)``: what ``sender.signature`` must verify; OCP-400 if unreadable."""
     sender = message.get("sender")
     if not isinstance(sender, Mapping):
         raise MalformedError("message has no sender object")
     signature = b64url_decode(sender.get("signature"), field="sender.signature", length=64)
-    digest = message_digest(message)
-    for key in public_keys:
-        if ed25519_verify(key, digest, signature):
-            return digest
-    raise AuthError("message signature does not verify")
+    return message_digest(message), signature
 
 
 def check_freshness(

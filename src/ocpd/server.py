@@ -1,9 +1,11 @@
-"""The WebSocket port's server: ASGI over trio, wsproto and h11, without hypercorn.
+"""The node's server: ASGI over trio, h11 and wsproto, without hypercorn.
 
-Hypercorn serves the HTTP ports. The WebSocket port carries long sessions
-with many small frames, where hypercorn's per-frame machinery (an event
-through its stream, protocol and server layers, then one TLS record and one
-``send()`` per frame) was the largest cost after the checks themselves.
+It serves both of the node's ports: ``POST /ocp/v1/messages`` on the HTTP
+port and the sessions on the WebSocket port. Hypercorn serves the other
+components' ports. On both node ports hypercorn's per-event machinery (each
+event through its stream, protocol and server layers, then one TLS record
+and one ``send()`` per event) cost more than the messages' own checks; see
+decisions 95 and 99.
 
 Theory of operation
 -------------------
@@ -18,8 +20,14 @@ then either
   for another interval is dropped). A message that grows past
   ``max_message_bytes`` is refused with close 1009 as soon as it does,
   before it is buffered whole. Or
-* serves plain HTTP/1.1 (h11) to the same app (``/health``, ``/metrics``),
-  one request at a time, keep-alive allowed.
+* serves HTTP/1.1 (h11) to the same app, one request at a time on a
+  keep-alive connection: the next request's first byte must come within
+  ``keep_alive_timeout`` and its head within ``handshake_timeout`` after
+  that; a body that stalls for ``keep_alive_timeout`` is abandoned. ``Expect:
+  100-continue`` is answered when the app first reads the body, so a request
+  refused on its headers never sends its body. An answer's head leaves with
+  its body's first part. A request the app fails on gets 500. TLS offers
+  only ``http/1.1`` in ALPN.
 
 ``send()`` only queues the frame's bytes; a writer task, started when
 something is queued and gone once all of it is sent, sends everything
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -59,6 +68,7 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ocpd.clock import WallClock
 from ocpd.logs import get_logger, log_event
 from ocpd.ondemand import OnDemand
 
@@ -69,7 +79,7 @@ if TYPE_CHECKING:
 
     from ocpd.asgi import ASGIApp
 
-__all__ = ["ACCEPTED_EXTENSION", "WsServerSettings", "serve_ws"]
+__all__ = ["ACCEPTED_EXTENSION", "ServerSettings", "serve_asgi"]
 
 
 #: The ASGI scope extension that carries the TCP accept time (``{"at": trio time}``).
@@ -81,14 +91,15 @@ CLOSE_ABNORMAL: Final = 1006
 CLOSE_TOO_BIG: Final = 1009
 _STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
-log = get_logger("wsserve")
+log = get_logger("server")
 
 
 @attrs.frozen
-class WsServerSettings:
+class ServerSettings:
     max_message_bytes: int
     ping_interval: float
     handshake_timeout: float
+    keep_alive_timeout: float = 5.0
 
 
 class _Writer:
@@ -158,7 +169,7 @@ class _WebSocket:
         self,
         stream: trio.abc.Stream,
         handshake: H11Handshake,
-        settings: WsServerSettings,
+        settings: ServerSettings,
         writer: _Writer,
     ) -> None:
         self.stream = stream
@@ -369,10 +380,15 @@ class _Opening:
 
 
 class _Server:
-    def __init__(self, app: ASGIApp, settings: WsServerSettings, secure: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: ServerSettings, secure: bool, clock: WallClock | None = None
+    ) -> None:
         self.app = app
         self.settings = settings
         self.secure = secure
+        self.clock = clock if clock is not None else WallClock()
+        self._date_at = -1
+        self._date_value = b""
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         accepted_at = trio.current_time()
@@ -450,25 +466,50 @@ class _Server:
     async def _http(
         self, stream: trio.abc.Stream, connection: h11.Connection, request: Any
     ) -> None:
-        while True:
-            if not isinstance(request, h11.Request):
-                return
+        """Requests one at a time on a keep-alive connection (pipelined ones wait their turn)."""
+        while isinstance(request, h11.Request):
             await self._one_request(stream, connection, request)
             if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                 return
             connection.start_next_cycle()
-            request = await self._next_event(stream, connection)
+            try:
+                request = await self._next_request(stream, connection)
+            except h11.RemoteProtocolError:
+                await _simple_response(stream, HTTPStatus.BAD_REQUEST)
+                return
+
+    async def _next_request(self, stream: trio.abc.Stream, connection: h11.Connection) -> Any:
+        """The next request on the connection, or ``None`` when it closes or times out.
+
+        Its first byte must come within ``keep_alive_timeout`` of the last
+        answer, and the rest of its head within ``handshake_timeout`` after that.
+        """
+        event = connection.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        if not await self._read_more(stream, connection):
+            return None
+        with trio.move_on_after(self.settings.handshake_timeout):
+            return await self._next_event(stream, connection)
+        return None
 
     async def _next_event(self, stream: trio.abc.Stream, connection: h11.Connection) -> Any:
+        """The next h11 event; ``None`` after ``keep_alive_timeout`` without a byte."""
         while True:
             event = connection.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            with trio.move_on_after(self.settings.ping_interval) as idle:
-                data = await stream.receive_some(READ_BYTES)
-            if idle.cancelled_caught:
+            if not await self._read_more(stream, connection):
                 return None
-            connection.receive_data(bytes(data))
+
+    async def _read_more(self, stream: trio.abc.Stream, connection: h11.Connection) -> bool:
+        """Feed h11 what arrives within ``keep_alive_timeout``; false if nothing did."""
+        with trio.move_on_after(self.settings.keep_alive_timeout) as idle:
+            data = await stream.receive_some(READ_BYTES)
+        if idle.cancelled_caught:
+            return False
+        connection.receive_data(bytes(data))
+        return True
 
     async def _one_request(
         self, stream: trio.abc.Stream, connection: h11.Connection, request: h11.Request
@@ -478,38 +519,78 @@ class _Server:
             type="http",
             scheme="https" if self.secure else "http",
             method=request.method.decode("ascii"),
+            http_version=request.http_version.decode("ascii"),
         )
-        started = False
+        head_only = request.method == b"HEAD"
+        started = gone = False
+        held = b""
 
         async def receive() -> MutableMapping[str, Any]:
-            event = await self._next_event(stream, connection)
+            nonlocal gone
+            if gone:
+                return {"type": "http.disconnect"}
+            if connection.they_are_waiting_for_100_continue:
+                # The client holds its body back until told to send it.
+                await stream.send_all(
+                    connection.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                )
+            try:
+                event = await self._next_event(stream, connection)
+            except h11.RemoteProtocolError:
+                event = None
             if isinstance(event, h11.Data):
                 return {"type": "http.request", "body": bytes(event.data), "more_body": True}
             if isinstance(event, h11.EndOfMessage):
                 return {"type": "http.request", "body": b"", "more_body": False}
+            gone = True
             return {"type": "http.disconnect"}
 
         async def send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
+            nonlocal started, held
             if message["type"] == "http.response.start":
                 started = True
                 headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+                headers.append((b"date", self._date()))
                 response = h11.Response(status_code=int(message["status"]), headers=headers)
-                await stream.send_all(connection.send(response) or b"")
+                # Held back to leave with the body's first part (one TLS record, one send).
+                held = connection.send(response) or b""
             elif message["type"] == "http.response.body":
-                body = bytes(message.get("body", b""))
-                if body:
-                    await stream.send_all(connection.send(h11.Data(data=body)) or b"")
+                body = b"" if head_only else bytes(message.get("body", b""))
+                chunk = (connection.send(h11.Data(data=body)) or b"") if body else b""
+                out = [held, chunk]
+                held = b""
                 if not message.get("more_body", False):
-                    await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+                    out.append(connection.send(h11.EndOfMessage()) or b"")
+                await stream.send_all(b"".join(out))
 
-        await self.app(scope, receive, send)
-        if not started:
-            await stream.send_all(
-                connection.send(h11.Response(status_code=500, headers=[("content-length", "0")]))
-                or b""
+        failed = False
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            failed = True
+            log_event(
+                log, "request_failed", level=logging.ERROR, path=scope["path"], error=repr(exc)
             )
-            await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+        complete = started and not held and connection.our_state is h11.DONE
+        if gone or complete:
+            return
+        if not started or held:
+            # Nothing of an answer has left: a 500, and the connection closes
+            # (h11 is left mid-message, so it cannot be reused).
+            date = self._date().decode("ascii")
+            await stream.send_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n"
+                + f"connection: close\r\ndate: {date}\r\n\r\n".encode("ascii")
+            )
+        elif not failed:
+            log_event(log, "response_unfinished", level=logging.ERROR, path=scope["path"])
+
+    def _date(self) -> bytes:
+        """The ``Date`` header's value, formatted at most once a second."""
+        now = int(self.clock.now())
+        if now != self._date_at:
+            self._date_at, self._date_value = now, formatdate(now, usegmt=True).encode("ascii")
+        return self._date_value
 
 
 async def _lifespan(app: ASGIApp, started: trio.Event, stop: trio.Event) -> None:
@@ -535,17 +616,20 @@ async def _lifespan(app: ASGIApp, started: trio.Event, stop: trio.Event) -> None
         started.set()
 
 
-async def serve_ws(
+async def serve_asgi(
     app: ASGIApp,
     config: HypercornConfig,
-    settings: WsServerSettings,
+    settings: ServerSettings,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    clock: WallClock | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the sockets of a hypercorn ``config`` (binding, TLS) until stopped."""
     sockets = config.create_sockets()
     context: ssl.SSLContext | None = config.create_ssl_context()
+    if context is not None:
+        context.set_alpn_protocols(["http/1.1"])  # hypercorn's context also offers h2
     listeners: list[trio.abc.Listener[Any]] = []
     binds: list[str] = []
     for sock in sockets.secure_sockets:
@@ -558,7 +642,7 @@ async def serve_ws(
         sock.listen(config.backlog)
         listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
         binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-    server = _Server(app, settings, secure=bool(sockets.secure_sockets))
+    server = _Server(app, settings, secure=bool(sockets.secure_sockets), clock=clock)
     lifespan_started, lifespan_stop = trio.Event(), trio.Event()
     async with trio.open_nursery() as lifespan:
         lifespan.start_soon(_lifespan, app, lifespan_started, lifespan_stop)

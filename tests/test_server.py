@@ -21,9 +21,10 @@ from wsproto.events import (
 )
 
 from conftest import task_count
-from ocpd.wsserve import MAX_HEAD_BYTES, WsServerSettings, _Server
+from ocpd.asgi import ASGIApp
+from ocpd.server import MAX_HEAD_BYTES, ServerSettings, _Server
 
-SETTINGS = WsServerSettings(max_message_bytes=1000, ping_interval=10.0, handshake_timeout=5.0)
+SETTINGS = ServerSettings(max_message_bytes=1000, ping_interval=10.0, handshake_timeout=5.0)
 
 
 @attrs.define
@@ -116,7 +117,7 @@ class Client:
 
 @asynccontextmanager
 async def served(
-    app: Recorder, settings: WsServerSettings = SETTINGS
+    app: ASGIApp, settings: ServerSettings = SETTINGS
 ) -> AsyncIterator[tuple[trio.abc.Stream, CountingStream]]:
     client_end, server_end = trio.testing.memory_stream_pair()
     counting = CountingStream(server_end)
@@ -299,3 +300,142 @@ async def test_an_idle_session_is_one_task() -> None:
         assert task_count() == before + 1
         await client_end.send_all(client.ws.send(CloseConnection(code=1000)))
         assert isinstance(await client.next_event(), CloseConnection)
+
+
+# --- plain HTTP/1.1 (the node's HTTP port) --------------------------------------------------
+
+
+class RefusingApp:
+    """Answers 413 on the headers alone, as the messages route does for a declared size."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class FailingApp:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/fail":
+            raise RuntimeError("the app broke")
+        await Recorder()(scope, receive, send)
+
+
+def status_line(answer: bytes) -> bytes:
+    return answer.split(b"\r\n", 1)[0]
+
+
+async def test_an_answer_leaves_in_one_write_with_a_date_header() -> None:
+    app = Recorder()
+    async with served(app) as (client, server_end):
+        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        answer = await read_until(client, b"GET /health 0")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\r\ndate: " in head
+    assert b" gmt" in head
+    # The head, the body and the end of the message: one TLS record, one send.
+    assert server_end.writes == [answer]
+
+
+async def test_expect_100_continue_is_answered_when_the_app_reads_the_body() -> None:
+    app = Recorder()
+    async with served(app) as (client, _):
+        await client.send_all(
+            b"POST /x HTTP/1.1\r\nHost: node.test\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        interim = await read_until(client, b"\r\n\r\n")
+        assert status_line(interim) == b"HTTP/1.1 100 "
+        await client.send_all(b"hello")
+        answer = await read_until(client, b"POST /x 5")
+        assert status_line(answer) == b"HTTP/1.1 200 "
+
+
+async def test_a_request_refused_on_its_headers_is_never_asked_for_its_body() -> None:
+    async with served(RefusingApp()) as (client, _):
+        await client.send_all(
+            b"POST /ocp/v1/messages HTTP/1.1\r\nHost: node.test\r\nContent-Length: 999999\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        answer = await read_all(client)
+    # No 100 first; the unread body means the connection cannot be reused.
+    assert status_line(answer) == b"HTTP/1.1 413 "
+    assert answer.count(b"HTTP/1.1") == 1
+
+
+async def test_an_idle_keep_alive_connection_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = Recorder()
+    async with served(app) as (client, _):
+        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        await read_until(client, b"GET /health 0")
+        answered = trio.current_time()
+        with trio.fail_after(60):
+            assert await read_all(client) == b""
+        assert trio.current_time() - answered == pytest.approx(SETTINGS.keep_alive_timeout)
+
+
+async def test_a_trickled_second_request_head_is_cut_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = Recorder()
+    async with served(app) as (client, _):
+        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        await read_until(client, b"GET /health 0")
+        started = trio.current_time()
+
+        async def trickle() -> None:
+            for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+                await client.send_all(bytes([byte]))
+                await trio.sleep(1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            with trio.fail_after(60):
+                assert await read_all(client) == b""
+            nursery.cancel_scope.cancel()
+        # The first byte came at once; the head then had handshake_timeout.
+        assert trio.current_time() - started == pytest.approx(SETTINGS.handshake_timeout)
+    assert len(app.scopes) == 1
+
+
+async def test_a_failing_app_gets_500_and_the_connection_closes() -> None:
+    async with served(FailingApp()) as (client, _):
+        await client.send_all(b"GET /fail HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        answer = await read_all(client)
+    assert status_line(answer).startswith(b"HTTP/1.1 500 ")
+    assert b"connection: close" in answer.lower()
+
+
+async def test_head_answers_carry_no_body_and_keep_the_connection() -> None:
+    app = Recorder()
+    async with served(app) as (client, _):
+        await client.send_all(b"HEAD /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        head = await read_until(client, b"\r\n\r\n")
+        assert status_line(head) == b"HTTP/1.1 200 "
+        assert b"content-length: 14" in head.lower()  # what a GET would carry
+        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        second = await read_until(client, b"GET /health 0")
+    # Nothing of the HEAD answer's body came before the second answer.
+    assert status_line(second) == b"HTTP/1.1 200 "
+
+
+async def test_an_http_1_0_request_is_answered_and_the_connection_closed() -> None:
+    app = Recorder()
+    async with served(app) as (client, _):
+        await client.send_all(b"GET /health HTTP/1.0\r\n\r\n")
+        answer = await read_all(client)
+    assert status_line(answer) == b"HTTP/1.1 200 "
+    assert answer.endswith(b"GET /health 0")
+    assert app.scopes[0]["http_version"] == "1.0"
+
+
+async def test_a_garbled_second_request_is_refused_with_400() -> None:
+    app = Recorder()
+    async with served(app) as (client, _):
+        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+        await read_until(client, b"GET /health 0")
+        await client.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = await read_all(client)
+    assert status_line(answer).startswith(b"HTTP/1.1 400 ")
+    assert len(app.scopes) == 1
