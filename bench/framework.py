@@ -47,12 +47,12 @@ from urllib.parse import urlsplit
 import trio
 from conformance.local import ocpd_process
 from conformance.process import ReadyProcess
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response
 from quart_trio import QuartTrio
 
 from bench.harness import load_average, machine_facts, run_and_report, wrk_version
+from ocpd.daemon import Tls13Config
 
 __all__ = ["bare_app", "main", "parse_wrk", "percentiles"]
 
@@ -81,10 +81,12 @@ def bare_app() -> QuartTrio:
     return app
 
 
-def bare_hypercorn_config() -> HypercornConfig:
-    """Loopback, any free port, and ocpd's settings (``ocpd.daemon._hypercorn_config``)."""
-    config = HypercornConfig()
+def bare_hypercorn_config(cert: str | None = None, key: str | None = None) -> Tls13Config:
+    """Loopback, any free port, and ocpd's settings (``ocpd.daemon._hypercorn_config``),
+    with TLS (1.3 at least, as ocpd's listeners) when given a certificate and key."""
+    config = Tls13Config()
     config.bind = ["127.0.0.1:0"]
+    config.certfile, config.keyfile = cert, key
     config.graceful_timeout = 5.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -92,7 +94,7 @@ def bare_hypercorn_config() -> HypercornConfig:
     return config
 
 
-async def _stop_on_signal(stop: trio.Event) -> None:
+async def stop_on_signal(stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             stop.set()
@@ -104,7 +106,7 @@ async def serve_bare() -> None:
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, stop)
+        nursery.start_soon(stop_on_signal, stop)
         urls = await nursery.start(
             partial(serve, bare_app(), bare_hypercorn_config(), shutdown_trigger=stop.wait)
         )

@@ -38,7 +38,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import ssl
 import statistics
 import sys
@@ -53,17 +52,17 @@ import httpx
 import trio
 from conformance.local import write_tls_files
 from conformance.process import ReadyProcess
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from bench.core import insight_payload
+from bench.framework import bare_hypercorn_config, stop_on_signal
 from bench.harness import load_average, machine_facts, run_and_report, wrk_version
 from ocpd.client import AgentKey, NodeError, RegistryClient, RegistryError
 from ocpd.client.session import dumps, open_session
 from ocpd.client.websocket import WebSocketClosed, parse_endpoint, tcp_connector
-from ocpd.proto.auth import build_authorization
+from ocpd.proto.auth import message_post_headers, signed_post_headers
 from ocpd.proto.crypto import SigningKey, sha3_256
 from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.envelope import build_message, sign_message
@@ -198,18 +197,17 @@ def write_request_pool(path: Path, senders: Sequence[AgentKey], receiver: str, c
         for i in range(count):
             sender, now = senders[i % len(senders)], time.time()
             body = message_text(sender, receiver, now=now).encode()
-            authorization = build_authorization(
+            headers = message_post_headers(
                 sender.key,
                 agent_id=sender.agent_id,
-                method="POST",
                 path_and_query=MESSAGES_PATH,
                 body=body,
                 now=now,
             )
+            lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
             head = (
-                f"POST {MESSAGES_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Content-Type: application/json\r\nX-OCF-Version: 1.0\r\n"
-                f"Authorization: {authorization}\r\nContent-Length: {len(body)}\r\n\r\n"
+                f"POST {MESSAGES_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}"
+                f"Content-Length: {len(body)}\r\n\r\n"
             )
             out.write(head.encode("ascii") + body + b"\0")
             total += len(body)
@@ -236,34 +234,12 @@ def bare_app() -> QuartTrio:
     return app
 
 
-class _Tls13Config(HypercornConfig):
-    """TLS 1.3 at least, as ocpd's listeners."""
-
-    def create_ssl_context(self) -> ssl.SSLContext | None:
-        context = super().create_ssl_context()
-        if context is not None:
-            context.minimum_version = ssl.TLSVersion.TLSv1_3
-        return context
-
-
 async def serve_bare(cert: str, key: str) -> None:
     """Serve :func:`bare_app` with TLS until SIGTERM; announce it as a JSON ``ready`` line."""
-    config = _Tls13Config()
-    config.bind = ["127.0.0.1:0"]
-    config.certfile, config.keyfile = cert, key
-    config.accesslog = None
-    config.include_server_header = False
-    config.graceful_timeout = 2.0
     stop = trio.Event()
-
-    async def stop_on_signal() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                stop.set()
-                return
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signal)
+        nursery.start_soon(stop_on_signal, stop)
+        config = bare_hypercorn_config(cert, key)
         urls = await nursery.start(partial(serve, bare_app(), config, shutdown_trigger=stop.wait))
         ready = {"event": "ready", "listeners": {"http": urls[0]}, "pid": os.getpid()}
         print(json.dumps(ready), flush=True)
@@ -538,15 +514,13 @@ async def register_many(
                 }
                 document = agent.did_document()
                 body = dumps({"record": agent.sign(record), "did_document": document}).encode()
-                header = build_authorization(
+                headers = signed_post_headers(
                     agent.key,
                     agent_id=agent.agent_id,
-                    method="POST",
                     path_and_query=REGISTER_PATH,
                     body=body,
                     now=now,
                 )
-                headers = {"Authorization": header, "Content-Type": "application/json"}
                 response = await http.post(REGISTER_PATH, content=body, headers=headers)
                 if response.status_code != 201:
                     raise RuntimeError(f"registration: HTTP {response.status_code} {response.text}")

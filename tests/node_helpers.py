@@ -22,7 +22,12 @@ from ocpd.node.intake import Intake, MessageLimits
 from ocpd.node.router import Router, Sweeper
 from ocpd.node.store import MessageStore
 from ocpd.node.ws import WebSocketEndpoint
-from ocpd.proto.auth import ReplayWindow, build_authorization, build_ws_auth_handshake
+from ocpd.proto.auth import (
+    ReplayWindow,
+    build_authorization,
+    build_ws_auth_handshake,
+    message_post_headers,
+)
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.envelope import build_message, sign_message
 from ocpd.proto.ids import derive_agent_id
@@ -239,6 +244,13 @@ def message(
 def authorization(agent: Agent, body: bytes, *, now: float, path: str = "/ocp/v1/messages") -> str:
     return build_authorization(
         agent.key, agent_id=agent.id, method="POST", path_and_query=path, body=body, now=now
+    )
+
+
+def message_headers(agent: Agent, body: bytes, now: float) -> dict[str, str]:
+    """The headers of ``POST /ocp/v1/messages`` for ``body`` from ``agent``."""
+    return message_post_headers(
+        agent.key, agent_id=agent.id, path_and_query="/ocp/v1/messages", body=body, now=now
     )
 
 

@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from daemon_process import Daemon, TlsFiles
 from ocpd.client import AgentKey, RegistryClient
-from ocpd.proto.auth import build_authorization, build_ws_auth_handshake
+from ocpd.proto.auth import build_ws_auth_handshake, message_post_headers
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.envelope import build_message, sign_message
 from ocpd.storage import integrity_check
@@ -128,19 +128,10 @@ class Node:
 async def post(
     client: httpx.AsyncClient, sender: AgentKey, body: bytes, **headers: str
 ) -> httpx.Response:
-    sent = {
-        "Content-Type": "application/json",
-        "X-OCF-Version": "1.0",
-        "Authorization": build_authorization(
-            sender.key,
-            agent_id=sender.agent_id,
-            method="POST",
-            path_and_query=PATH,
-            body=body,
-            now=time.time(),
-        ),
-        **headers,
-    }
+    sent = message_post_headers(
+        sender.key, agent_id=sender.agent_id, path_and_query=PATH, body=body, now=time.time()
+    )
+    sent.update(headers)
     return await client.post(PATH, content=body, headers=sent)
 
 
@@ -489,17 +480,16 @@ async def test_sigkill_under_load_loses_nothing_accepted(node: Node) -> None:
                 buffer = b""
                 while True:
                     body = _message(sender, b.agent_id)
-                    auth = build_authorization(
+                    headers = message_post_headers(
                         sender.key,
                         agent_id=sender.agent_id,
-                        method="POST",
                         path_and_query=PATH,
                         body=body,
                         now=time.time(),
                     )
+                    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
                     head = (
-                        f"POST {PATH} HTTP/1.1\r\nHost: {url.hostname}\r\n"
-                        f"Content-Type: application/json\r\nAuthorization: {auth}\r\n"
+                        f"POST {PATH} HTTP/1.1\r\nHost: {url.hostname}\r\n{lines}"
                         f"Content-Length: {len(body)}\r\n\r\n"
                     ).encode()
                     try:

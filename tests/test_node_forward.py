@@ -8,6 +8,8 @@ scripted :class:`Poster`, and trio's autojump clock runs the 1, 2, 4, 8,
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,10 @@ from node_helpers import (
     NODE_KEY,
     OWN_URLS,
     SERVICE_AGENT,
+    Node,
     TrioWallClock,
-    authorization,
     message,
+    message_headers,
     post,
     running_node,
 )
@@ -70,18 +73,26 @@ def _http(url: str, priority: int = 1) -> dict[str, Any]:
     return {"transport": "ocp-http", "url": url, "priority": priority}
 
 
-def _headers(agent: Agent, body: bytes, now: float) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "Authorization": authorization(agent, body, now=now),
-        "X-OCF-Version": "1.0",
-    }
+@asynccontextmanager
+async def _alice_and_bob(
+    tmp_path: Path, poster: ScriptedPoster, alice: Agent, bob: Agent
+) -> AsyncIterator[Node]:
+    """A node that knows alice, and bob with an ``ocp-http`` endpoint elsewhere."""
+    async with running_node(tmp_path, poster=poster) as node:
+        node.directory.add(alice)
+        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+        yield node
+
+
+def _deliveries(node: Node, outcome: str) -> float:
+    """The ``ocp_deliveries_total`` count of one outcome."""
+    return float(node.metrics.deliveries.labels(outcome)._value.get())
 
 
 async def _send(node: Any, sender: Agent, receiver: str, **kwargs: Any) -> bytes:
     now = node.clock.now()
     body = message(sender, receiver, clock_now=now, **kwargs)
-    answer = await post(node.http, body, headers=_headers(sender, body, now))
+    answer = await post(node.http, body, headers=message_headers(sender, body, now))
     assert answer.status == 202, answer.body
     return body
 
@@ -156,9 +167,7 @@ async def test_the_original_bytes_go_to_the_endpoint_signed_by_the_service_agent
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [DELIVERED]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         body = await _send(node, alice, bob.id)
         await _until(lambda: len(poster.calls) == 1)
         _, url, sent, headers = poster.calls[0]
@@ -176,7 +185,7 @@ async def test_the_original_bytes_go_to_the_endpoint_signed_by_the_service_agent
             window=60,
             expected_agent_id=SERVICE_AGENT,
         )
-        await _until(lambda: node.metrics.deliveries.labels("forwarded")._value.get() == 1)
+        await _until(lambda: _deliveries(node, "forwarded") == 1)
         assert await _rows(node.store) == []
 
 
@@ -201,13 +210,11 @@ async def test_retries_follow_the_schedule_then_the_sender_gets_ocp_502(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [DOWN]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         start = trio.current_time()
         body = await _send(node, alice, bob.id)
         message_id = json.loads(body)["message_id"]
-        await _until(lambda: node.metrics.deliveries.labels("failed")._value.get() == 1)
+        await _until(lambda: _deliveries(node, "failed") == 1)
         times = [round(at - start) for at, *_ in poster.calls]
         # the first try, then one after each wait of 1, 2, 4, 8, 16 s
         expected = [0]
@@ -234,12 +241,10 @@ async def test_a_refusal_from_every_endpoint_fails_at_once(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [GONE]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         start = trio.current_time()
         await _send(node, alice, bob.id)
-        await _until(lambda: node.metrics.deliveries.labels("failed")._value.get() == 1)
+        await _until(lambda: _deliveries(node, "failed") == 1)
         assert trio.current_time() - start < 0.5
         assert len(poster.calls) == 1
         error = json.loads((await node.store.pending(alice.id, after=0))[0].raw)
@@ -250,32 +255,28 @@ async def test_one_receivers_messages_keep_their_order_through_retries(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [DOWN, DOWN, DELIVERED]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         bodies = [await _send(node, alice, bob.id) for _ in range(3)]
         await _until(lambda: len(poster.calls) == 5)
         sent = [body for *_, body, _ in poster.calls]
         assert sent == [bodies[0], bodies[0], bodies[0], bodies[1], bodies[2]]
-        await _until(lambda: node.metrics.deliveries.labels("forwarded")._value.get() == 3)
-        assert node.metrics.deliveries.labels("failed")._value.get() == 0
+        await _until(lambda: _deliveries(node, "forwarded") == 3)
+        assert _deliveries(node, "failed") == 0
 
 
 async def test_an_unreachable_receiver_fails_everything_queued_for_it(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent, carol: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [DOWN], "https://carol.example/m": [DELIVERED]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         node.directory.add(carol, endpoints=[_http("https://carol.example/m")])
         for _ in range(3):
             await _send(node, alice, bob.id)
         # another receiver is not held up by bob's endpoint
         await _send(node, alice, carol.id)
-        await _until(lambda: node.metrics.deliveries.labels("forwarded")._value.get() == 1)
+        await _until(lambda: _deliveries(node, "forwarded") == 1)
         assert trio.current_time() < 1
-        await _until(lambda: node.metrics.deliveries.labels("failed")._value.get() == 3)
+        await _until(lambda: _deliveries(node, "failed") == 3)
         # six rounds for the first message only; the others failed with it
         assert poster.urls().count(BOB_HTTP) == 6
         errors = [json.loads(p.raw) for p in await node.store.pending(alice.id, after=0)]
@@ -286,12 +287,10 @@ async def test_no_error_about_an_undeliverable_error(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [GONE]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         payload = {"error_code": "OCP-400", "message": "bad"}
         await _send(node, alice, bob.id, message_type="error", payload=payload)
-        await _until(lambda: node.metrics.deliveries.labels("failed")._value.get() == 1)
+        await _until(lambda: _deliveries(node, "failed") == 1)
         assert await _rows(node.store) == []
 
 
@@ -299,18 +298,14 @@ async def test_rows_left_by_a_previous_run_are_handed_on_after_a_restart(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     down = ScriptedPoster({BOB_HTTP: [DOWN]})
-    async with running_node(tmp_path, poster=down) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, down, alice, bob) as node:
         body = await _send(node, alice, bob.id)
         await _until(lambda: len(down.calls) >= 2)
     up = ScriptedPoster({BOB_HTTP: [DELIVERED]})
-    async with running_node(tmp_path, poster=up) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, up, alice, bob) as node:
         await _until(lambda: len(up.calls) == 1)
         assert up.calls[0][2] == body
-        await _until(lambda: node.metrics.deliveries.labels("forwarded")._value.get() == 1)
+        await _until(lambda: _deliveries(node, "forwarded") == 1)
         assert await _rows(node.store) == []
 
 
@@ -318,9 +313,7 @@ async def test_a_receiver_that_connects_here_meanwhile_gets_the_row_once(
     tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
 ) -> None:
     poster = ScriptedPoster({BOB_HTTP: [DOWN]})
-    async with running_node(tmp_path, poster=poster) as node:
-        node.directory.add(alice)
-        node.directory.add(bob, endpoints=[_http(BOB_HTTP)])
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
         await _send(node, alice, bob.id)
         await _until(lambda: len(poster.calls) == 1)
         # bob's row is delivered here (a session drops it) before the next round
@@ -328,7 +321,7 @@ async def test_a_receiver_that_connects_here_meanwhile_gets_the_row_once(
         await node.store.delivered([rows[0][0]])
         await trio.sleep(40)
         assert len(poster.calls) == 1  # the next round finds the row gone and stops
-        assert node.metrics.deliveries.labels("failed")._value.get() == 0
+        assert _deliveries(node, "failed") == 0
         assert await node.store.pending(alice.id, after=0) == []
 
 
@@ -350,7 +343,7 @@ async def test_a_node_hands_on_for_a_relay_to_an_agent_it_serves(
 
         async def hand_on(by: Agent, to: str) -> Any:
             body = message(alice, to, clock_now=now)
-            return await post(node.http, body, headers=_headers(by, body, now))
+            return await post(node.http, body, headers=message_headers(by, body, now))
 
         answer = await hand_on(relay, bob.id)
         assert answer.status == 202
@@ -365,7 +358,9 @@ async def test_a_node_hands_on_for_a_relay_to_an_agent_it_serves(
         # a signature by the relay over other bytes is still a bad signature
         body = message(alice, bob.id, clock_now=now)
         forged = await post(
-            node.http, body, headers=_headers(relay, body + b" ", now) | {"X-OCF-Version": "1.0"}
+            node.http,
+            body,
+            headers=message_headers(relay, body + b" ", now),
         )
         assert forged.status == 401
 

@@ -13,7 +13,15 @@ from quart_trio import QuartTrio
 from trio.testing import MockClock
 
 from conftest import Agent
-from node_helpers import NODE_KEY, SERVICE_AGENT, authorization, message, post, running_node
+from node_helpers import (
+    NODE_KEY,
+    SERVICE_AGENT,
+    authorization,
+    message,
+    message_headers,
+    post,
+    running_node,
+)
 from ocpd.config import RateLimitingSection
 from ocpd.proto.envelope import verify_message_signature
 from ocpd.proto.schema import validate_envelope
@@ -22,15 +30,6 @@ from ocpd.proto.schema import validate_envelope
 @pytest.fixture
 def clock() -> MockClock:
     return MockClock(autojump_threshold=0.2)
-
-
-def _signed_headers(agent: Agent, body: bytes, now: float, **extra: str) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "Authorization": authorization(agent, body, now=now),
-        "X-OCF-Version": "1.0",
-        **extra,
-    }
 
 
 def _error(answer: Any) -> dict[str, Any]:
@@ -51,14 +50,14 @@ async def test_accepted_then_duplicate(
             now = node.clock.now()
             body = message(alice, bob.id, clock_now=now)
             message_id = json.loads(body)["message_id"]
-            answer = await post(node.http, body, headers=_signed_headers(alice, body, now))
+            answer = await post(node.http, body, headers=message_headers(alice, body, now))
             assert answer.status == 202
             assert answer.json() == {"status": "accepted", "message_id": message_id}
             assert answer.headers[b"content-type"] == b"application/json"
             # the same message again (a retry: fresh Authorization) is acknowledged again
             await trio.sleep(0.01)
             now = node.clock.now()
-            again = await post(node.http, body, headers=_signed_headers(alice, body, now))
+            again = await post(node.http, body, headers=message_headers(alice, body, now))
             assert again.status == 202
             assert again.json() == {
                 "status": "accepted",
@@ -144,15 +143,15 @@ async def test_rejections_carry_their_status(
             now = node.clock.now()
             first = message(alice, bob.id, clock_now=now)
             assert (
-                await post(node.http, first, headers=_signed_headers(alice, first, now))
+                await post(node.http, first, headers=message_headers(alice, first, now))
             ).status == 202
             second = message(alice, bob.id, clock_now=now)
-            limited = await post(node.http, second, headers=_signed_headers(alice, second, now))
+            limited = await post(node.http, second, headers=message_headers(alice, second, now))
             assert limited.status == 429 and limited.headers[b"retry-after"] == b"60"
             payload = _error(limited)
             assert payload["error_code"] == "OCP-429"
             assert payload["reference_message_id"] == json.loads(second)["message_id"]
-            spoofed = await post(node.http, second, headers=_signed_headers(bob, second, now))
+            spoofed = await post(node.http, second, headers=message_headers(bob, second, now))
             assert spoofed.status == 401 and _error(spoofed)["error_code"] == "OCP-401"
             garbage = await post(node.http, b'{"a":NaN}', headers={})
             assert garbage.status == 400
@@ -163,7 +162,7 @@ async def test_rejections_carry_their_status(
             }
             # refused before it was verified, a readable message is still named
             expired = message(alice, bob.id, clock_now=now - 7200)
-            late = await post(node.http, expired, headers=_signed_headers(alice, expired, now))
+            late = await post(node.http, expired, headers=message_headers(alice, expired, now))
             assert late.status == 400
             assert _error(late)["reference_message_id"] == json.loads(expired)["message_id"]
             assert late.json()["receiver"] == {"agent_id": alice.id, "broadcast": False}

@@ -43,7 +43,7 @@ from ocpd.clock import WallClock
 from ocpd.components import ComponentContext, build_component
 from ocpd.config import load_config
 from ocpd.identity import init_identity
-from ocpd.proto.auth import build_authorization
+from ocpd.proto.auth import signed_post_headers
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.diddoc import rotate_did_document, sign_did_update
 from ocpd.proto.encoding import format_timestamp
@@ -548,15 +548,9 @@ async def _signed_post(
 ) -> httpx.Response:
     """A POST signed a second ahead: the SDK's own request for the same body may be this second."""
     data = json.dumps(body).encode()
-    header = build_authorization(
-        agent.key,
-        agent_id=agent.agent_id,
-        method="POST",
-        path_and_query=path,
-        body=data,
-        now=time.time() + 1,
+    headers = signed_post_headers(
+        agent.key, agent_id=agent.agent_id, path_and_query=path, body=data, now=time.time() + 1
     )
-    headers = {"Authorization": header, "Content-Type": "application/json"}
     return await http.post(path, content=data, headers=headers)
 
 
@@ -700,19 +694,16 @@ async def test_sdk_traffic_matches_the_spec(harness: Harness) -> None:
         # a replayed Authorization is refused
         async with harness.http() as http:
             body = json.dumps({"filters": {}}).encode()
-            header = build_authorization(
+            headers = signed_post_headers(
                 y.key,
                 agent_id=y.agent_id,
-                method="POST",
                 path_and_query="/ocp/v1/registry/discover",
                 body=body,
                 now=time.time(),
             )
             for expected in (200, 401):
                 response = await http.post(
-                    "/ocp/v1/registry/discover",
-                    content=body,
-                    headers={"Authorization": header, "Content-Type": "application/json"},
+                    "/ocp/v1/registry/discover", content=body, headers=headers
                 )
                 assert response.status_code == expected
 

@@ -51,7 +51,7 @@ from ocpd.web import ComponentState, Metrics, create_app
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["EXIT_FORCED", "database_path", "run_daemon"]
+__all__ = ["EXIT_FORCED", "Tls13Config", "database_path", "run_daemon"]
 
 EXIT_FORCED: Final = 1
 DB_NAME: Final = "ocp_node.db"
@@ -80,7 +80,7 @@ def database_path(data_dir: Path, component: str, selection: str) -> Path:
     return data_dir / DB_NAME
 
 
-class _TlsConfig(HypercornConfig):
+class Tls13Config(HypercornConfig):
     """Hypercorn's TLS context with TLS 1.3 as the minimum (its default is 1.2)."""
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
@@ -103,7 +103,7 @@ def check_exposure(config: Config) -> None:
 
 
 def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
-    hc = _TlsConfig()
+    hc = Tls13Config()
     host = config.node.host
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = config.node.shutdown_grace_seconds

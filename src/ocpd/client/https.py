@@ -9,13 +9,13 @@ the number in the code (``Retry-After`` with OCP-429).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ocpd.client.delivery import error_from_payload
 from ocpd.client.errors import ConnectionFailed, MessageRejected
-from ocpd.proto.auth import build_authorization
+from ocpd.proto.auth import message_post_headers
 from ocpd.proto.envelope import MAX_MESSAGE_SIZE
 from ocpd.proto.errors import OCP_ERROR_CODES, OcpError
 from ocpd.proto.strictjson import loads_strict
@@ -24,9 +24,7 @@ if TYPE_CHECKING:
     from ocpd.client.keys import AgentKey
     from ocpd.client.websocket import Endpoint
 
-__all__ = ["OCF_VERSION", "http_error", "post_message"]
-
-OCF_VERSION: Final = "1.0"
+__all__ = ["http_error", "post_message"]
 
 
 async def post_message(
@@ -37,18 +35,9 @@ async def post_message(
     Raises :class:`MessageRejected` with the node's code, or
     :class:`ConnectionFailed`.
     """
-    headers = {
-        "Content-Type": "application/json",
-        "X-OCF-Version": OCF_VERSION,
-        "Authorization": build_authorization(
-            agent.key,
-            agent_id=agent.agent_id,
-            method="POST",
-            path_and_query=endpoint.path,
-            body=body,
-            now=now,
-        ),
-    }
+    headers = message_post_headers(
+        agent.key, agent_id=agent.agent_id, path_and_query=endpoint.path, body=body, now=now
+    )
     url = endpoint.url("http")
     try:
         response = await http.post(url, content=body, headers=headers)

@@ -36,7 +36,7 @@ import trio
 
 from ocpd.logs import get_logger, log_event
 from ocpd.node.presence import RELAY_CAPABILITY
-from ocpd.proto.auth import build_authorization
+from ocpd.proto.auth import signed_post_headers
 from ocpd.proto.diddoc import parse_did_document
 from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.errors import OCP_ERROR_CODES, OcpError, Unavailable
@@ -289,17 +289,9 @@ class HttpDirectory:
         ]
         body = json.dumps({"sessions": spans}, separators=(",", ":")).encode()
         path = API + "/sessions"
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": build_authorization(
-                key,
-                agent_id=reporter,
-                method="POST",
-                path_and_query=path,
-                body=body,
-                now=clock.now(),
-            ),
-        }
+        headers = signed_post_headers(
+            key, agent_id=reporter, path_and_query=path, body=body, now=clock.now()
+        )
         try:
             response = await self._http.post(path, content=body, headers=headers)
         except httpx.HTTPError as exc:

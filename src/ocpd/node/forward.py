@@ -52,10 +52,9 @@ import httpx
 import trio
 
 from ocpd.logs import get_logger, log_event
-from ocpd.node.http import SUPPORTED_VERSION
 from ocpd.node.intake import dedup_until
 from ocpd.node.store import Accept
-from ocpd.proto.auth import build_authorization
+from ocpd.proto.auth import message_post_headers
 from ocpd.proto.envelope import build_error_message, message_digest, sign_message
 from ocpd.proto.errors import OcpError, UpstreamUnreachable
 from ocpd.proto.hosts import is_loopback_host
@@ -369,18 +368,13 @@ class Forwarder:
     def _headers(self, url: str, body: bytes) -> dict[str, str]:
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return {
-            "Content-Type": "application/json",
-            "X-OCF-Version": SUPPORTED_VERSION,
-            "Authorization": build_authorization(
-                self.key,
-                agent_id=self.service_agent,
-                method="POST",
-                path_and_query=path,
-                body=body,
-                now=self.clock.now(),
-            ),
-        }
+        return message_post_headers(
+            self.key,
+            agent_id=self.service_agent,
+            path_and_query=path,
+            body=body,
+            now=self.clock.now(),
+        )
 
     async def _drop(self, seq: int, outcome: str) -> None:
         await self.store.delivered([seq])

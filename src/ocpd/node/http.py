@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final, cast
 import trio
 
 from ocpd.node.intake import MESSAGES_PATH, Attempt, HttpCredentials, Outcome
+from ocpd.proto.auth import OCF_VERSION
 from ocpd.proto.errors import MalformedError, OcpError, PayloadTooLarge, RateLimited
 
 if TYPE_CHECKING:
@@ -39,9 +40,7 @@ if TYPE_CHECKING:
     from ocpd.node.intake import Intake
     from ocpd.web import Metrics
 
-__all__ = ["SUPPORTED_VERSION", "MessagesEndpoint"]
-
-SUPPORTED_VERSION: Final = "1.0"
+__all__ = ["MessagesEndpoint"]
 
 
 _JSON: Final = (b"content-type", b"application/json")
@@ -120,10 +119,10 @@ class MessagesEndpoint:
             attempt.sender = claim.group(1).decode("ascii")
         try:
             version = headers.get(b"x-ocf-version", headers.get(b"x-ocp-version"))
-            if version is not None and version.strip() != SUPPORTED_VERSION.encode():
+            if version is not None and version.strip() != OCF_VERSION.encode():
                 raise MalformedError(
                     "unsupported protocol version",
-                    details={"header": "X-OCF-Version", "supported": [SUPPORTED_VERSION]},
+                    details={"header": "X-OCF-Version", "supported": [OCF_VERSION]},
                 )
             content_type = headers.get(b"content-type")
             if content_type is not None and (

@@ -35,20 +35,25 @@ __all__ = [
     "AUTH_SCHEME",
     "BAD_AUTHORIZATION_SIGNATURE",
     "DEFAULT_AUTH_WINDOW",
+    "OCF_VERSION",
     "HttpAuth",
     "ReplayWindow",
     "authorization_digest",
     "build_authorization",
     "build_ws_auth_handshake",
     "http_signing_string",
+    "message_post_headers",
     "parse_authorization",
     "record_authorization",
+    "signed_post_headers",
     "verify_authorization",
     "verify_ws_auth_handshake",
 ]
 
 AUTH_SCHEME: Final = "OCP-Ed25519"
 DEFAULT_AUTH_WINDOW: Final = 60.0
+#: The ``X-OCF-Version`` (alias ``X-OCP-Version``) this implementation speaks (D1).
+OCF_VERSION: Final = "1.0"
 BAD_AUTHORIZATION_SIGNATURE: Final = "Authorization signature does not verify"
 _CREDENTIALS_HEAD: Final = re.compile(
     r"(did:ocp:[a-z0-9-]{1,32}:agent-[0-9a-f]{12}):(.+)", re.ASCII
@@ -116,6 +121,32 @@ def http_signing_string(
         ("OCP-HTTP-1.0", method.upper(), path_and_query, agent_id, timestamp, sha3_256(body).hex())
     )
     return text.encode("utf-8")
+
+
+def signed_post_headers(
+    key: SigningKey, *, agent_id: str, path_and_query: str, body: bytes, now: float
+) -> dict[str, str]:
+    """``Content-Type`` and the D3 ``Authorization`` of a signed JSON ``POST``."""
+    authorization = build_authorization(
+        key,
+        agent_id=agent_id,
+        method="POST",
+        path_and_query=path_and_query,
+        body=body,
+        now=now,
+    )
+    return {"Content-Type": "application/json", "Authorization": authorization}
+
+
+def message_post_headers(
+    key: SigningKey, *, agent_id: str, path_and_query: str, body: bytes, now: float
+) -> dict[str, str]:
+    """``POST /ocp/v1/messages``'s headers: :func:`signed_post_headers` and ``X-OCF-Version``."""
+    headers = signed_post_headers(
+        key, agent_id=agent_id, path_and_query=path_and_query, body=body, now=now
+    )
+    headers["X-OCF-Version"] = OCF_VERSION
+    return headers
 
 
 def build_authorization(
