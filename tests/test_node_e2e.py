@@ -278,6 +278,8 @@ async def test_hostile_requests(node: Node) -> None:
                 assert _error_code(response) == "OCP-400"
             response = await post(http, a, body, **{"X-OCF-Version": "2.0"})
             assert response.status_code == 400
+            # refused before its body was read: the client is told not to reuse the connection
+            assert response.headers["connection"] == "close"
             assert (await post(http, a, body)).status_code == 202
 
 

@@ -362,6 +362,17 @@ async def test_a_request_refused_on_its_headers_is_never_asked_for_its_body() ->
     assert answer.count(b"HTTP/1.1") == 1
 
 
+async def test_an_answer_before_the_body_is_read_says_connection_close() -> None:
+    async with served(RefusingApp()) as (client, _):
+        await client.send_all(
+            b"POST /ocp/v1/messages HTTP/1.1\r\nHost: node.test\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        answer = await read_all(client)
+    # The unread body ends the connection: the client is told not to reuse it.
+    assert status_line(answer) == b"HTTP/1.1 413 "
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
 async def test_an_idle_keep_alive_connection_closes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -25,9 +25,10 @@ then either
   ``keep_alive_timeout`` and its head within ``handshake_timeout`` after
   that; a body that stalls for ``keep_alive_timeout`` is abandoned. ``Expect:
   100-continue`` is answered when the app first reads the body, so a request
-  refused on its headers never sends its body. An answer's head leaves with
-  its body's first part. A request the app fails on gets 500. TLS offers
-  only ``http/1.1`` in ALPN.
+  refused on its headers never sends its body; an answer given before the
+  request's body was read says ``Connection: close``, as the connection
+  then closes. An answer's head leaves with its body's first part. A
+  request the app fails on gets 500. TLS offers only ``http/1.1`` in ALPN.
 
 ``send()`` only queues the frame's bytes; a writer task, started when
 something is queued and gone once all of it is sent, sends everything
@@ -551,6 +552,12 @@ class _Server:
                 started = True
                 headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
                 headers.append((b"date", self._date()))
+                if connection.their_state is not h11.DONE and not any(
+                    name.lower() == b"connection" for name, _ in headers
+                ):
+                    # Answered before the body was read: the connection cannot be
+                    # reused, and the client must know before it tries.
+                    headers.append((b"connection", b"close"))
                 response = h11.Response(status_code=int(message["status"]), headers=headers)
                 # Held back to leave with the body's first part (one TLS record, one send).
                 held = connection.send(response) or b""
