@@ -1,4 +1,4 @@
-"""The node's server: ASGI over trio, h11 and wsproto, without hypercorn.
+"""The node's server: ASGI over trio, h11 and wsproto's handshake, without hypercorn.
 
 It serves both of the node's ports: ``POST /ocp/v1/messages`` on the HTTP
 port and the sessions on the WebSocket port. Hypercorn serves the other
@@ -13,8 +13,9 @@ Each connection is one task. It reads the request head (TLS handshake and
 head within ``handshake_timeout``, head at most ``MAX_HEAD_BYTES``) and
 then either
 
-* upgrades to WebSocket (wsproto): the app gets an ASGI ``websocket``
-  scope. Its ``receive()`` reads the connection itself (no reading task: an
+* upgrades to WebSocket (wsproto's handshake, then :mod:`ocpd.wsframes`
+  for the frames): the app gets an ASGI ``websocket`` scope. Its
+  ``receive()`` reads the connection itself (no reading task: an
   idle session is the app's one waiting task), answers pings, and sends a
   ping of its own after ``ping_interval`` of silence (a connection silent
   for another interval is dropped). A message that grows past
@@ -35,7 +36,7 @@ something is queued and gone once all of it is sent, sends everything
 queued in one ``send_all``: frames produced in the same scheduling round
 leave in one TLS record and one system call. Producers wait only while more
 than ``HIGH_WATER`` bytes are queued. Once upgraded, a session keeps only
-wsproto's frame state, not the handshake's HTTP parsing.
+its frame reader's state, not the handshake's HTTP parsing.
 
 Once ``shutdown_trigger`` returns the listeners close; connections end on
 their own (the app closes its sessions when the daemon stops) or when the
@@ -49,29 +50,34 @@ import ssl
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 import attrs
 import h11
 import trio
 from hypercorn.utils import repr_socket_addr
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ocpd.clock import WallClock
 from ocpd.logs import get_logger, log_event
 from ocpd.ondemand import OnDemand
+from ocpd.wsframes import (
+    CLOSE_NO_STATUS,
+    Close,
+    FrameError,
+    FrameReader,
+    Message,
+    Ping,
+    binary_frame,
+    close_frame,
+    ping_frame,
+    pong_frame,
+    text_frame,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -89,7 +95,6 @@ MAX_HEAD_BYTES: Final = 16_384
 READ_BYTES: Final = 65_536
 HIGH_WATER: Final = 262_144
 CLOSE_ABNORMAL: Final = 1006
-CLOSE_TOO_BIG: Final = 1009
 _STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 
 log = get_logger("server")
@@ -153,16 +158,14 @@ class _WebSocket:
         "accepted",
         "closed",
         "connected",
-        "connection",
         "ended",
-        "fresh",
         "handshake",
-        "parts",
         "pinged",
+        "reader",
         "ready",
         "settings",
-        "size",
         "stream",
+        "trailing",
         "writer",
     )
 
@@ -172,10 +175,11 @@ class _WebSocket:
         handshake: H11Handshake,
         settings: ServerSettings,
         writer: _Writer,
+        trailing: bytes,
     ) -> None:
         self.stream = stream
         self.handshake: H11Handshake | None = handshake
-        self.connection: Connection | None = None
+        self.reader: FrameReader | None = None
         self.settings = settings
         self.writer = writer
         self.connected = False
@@ -183,20 +187,17 @@ class _WebSocket:
         self.closed = False
         #: Set once the connection ended: the close code ``receive()`` reports.
         self.ended: int | None = None
-        #: Frames read but not yet taken by the app.
+        #: Messages read but not yet taken by the app.
         self.ready: list[MutableMapping[str, Any]] = []
-        #: The parts of a message still arriving, and its size in bytes so far.
-        self.parts: list[str | bytes | bytearray] = []
-        self.size = 0
         self.pinged = False
-        #: Accepted, and frames that came with the upgrade request not parsed yet.
-        self.fresh = False
+        #: Bytes that came after the upgrade request, parsed once accepted.
+        self.trailing = trailing
 
     async def receive(self) -> MutableMapping[str, Any]:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
-        if self.connection is None:
+        if self.reader is None:
             # Nothing is read before the app accepts (ASGI: it answers the connect first).
             await trio.sleep_forever()
         while not self.ready:
@@ -210,14 +211,13 @@ class _WebSocket:
         if self.closed:
             return
         if kind == "websocket.send":
-            if self.connection is None:
+            if self.reader is None:
                 raise LocalProtocolError("websocket.send before websocket.accept")
             text = message.get("text")
             if isinstance(text, str):
-                data = self.connection.send(TextMessage(data=text))
+                await self.writer.put(text_frame(text))
             else:
-                data = self.connection.send(BytesMessage(data=bytes(message["bytes"])))
-            await self.writer.put(data)
+                await self.writer.put(binary_frame(bytes(message["bytes"])))
         elif kind == "websocket.accept":
             if self.handshake is None:
                 raise LocalProtocolError("websocket.accept sent twice")
@@ -226,32 +226,28 @@ class _WebSocket:
                 AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=headers)
             )
             # The handshake (and its h11 connection) is done with: keep only the frames' state.
-            self.connection, self.handshake = self.handshake.connection, None
-            self.accepted = self.fresh = True
+            self.handshake = None
+            self.reader = FrameReader(self.settings.max_message_bytes)
+            self.accepted = True
             await self.writer.put(data)
         elif kind == "websocket.close":
             self.closed = True
-            if self.connection is None:
+            if self.reader is None:
                 # Closing before accepting refuses the upgrade (ASGI): HTTP 403.
                 assert self.handshake is not None  # noqa: S101 - one of the two is always set
-                data = self.handshake.send(RejectConnection(status_code=403))
+                await self.writer.put(self.handshake.send(RejectConnection(status_code=403)))
             else:
                 code = int(message.get("code") or 1000)
-                data = self.connection.send(
-                    CloseConnection(code=code, reason=message.get("reason"))
-                )
-            await self.writer.put(data)
+                await self.writer.put(close_frame(code, message.get("reason") or ""))
         else:
             raise ValueError(f"unexpected ASGI message {kind!r}")
 
     async def _read(self) -> None:
-        """One read from the connection: frames to :attr:`ready`, or :attr:`ended` set."""
-        connection = self.connection
-        assert connection is not None  # noqa: S101 - receive() reads only once accepted
-        if self.fresh:
-            self.fresh = False
-            if await self._absorb(connection):
-                return
+        """One read from the connection: messages to :attr:`ready`, or :attr:`ended` set."""
+        if self.trailing:
+            trailing, self.trailing = self.trailing, b""
+            await self._absorb(trailing)
+            return
         with trio.move_on_after(self.settings.ping_interval) as idle:
             try:
                 data = await self.stream.receive_some(READ_BYTES)
@@ -263,50 +259,39 @@ class _WebSocket:
                 self.ended = CLOSE_ABNORMAL
                 return
             self.pinged = True
-            await self._put(connection.send(Ping(payload=b"ocpd")))
+            await self._put(ping_frame(b"ocpd"))
             return
         self.pinged = False
         if not data:
             self.ended = CLOSE_ABNORMAL
             return
-        connection.receive_data(bytes(data))
-        await self._absorb(connection)
+        await self._absorb(data)
 
-    async def _absorb(self, connection: Connection) -> bool:
-        """Handle the events parsed so far; whether there were any."""
+    async def _absorb(self, data: bytes | bytearray) -> None:
+        """Handle the frames ``data`` completes."""
+        reader = self.reader
+        assert reader is not None  # noqa: S101 - receive() reads only once accepted
         try:
-            events = list(connection.events())
-        except (RemoteProtocolError, LocalProtocolError):
-            await self._close(1002)
-            self.ended = 1002
-            return True
+            events = reader.feed(data)
+        except FrameError as exc:
+            await self._close(exc.code)
+            self.ended = exc.code
+            return
         for event in events:
-            if isinstance(event, TextMessage | BytesMessage):
-                # The limit is in bytes; wsproto hands text over decoded.
-                chunk = event.data
-                self.size += len(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
-                if self.size > self.settings.max_message_bytes:
-                    await self._close(CLOSE_TOO_BIG)
-                    self.ended = CLOSE_TOO_BIG
-                    return True
-                self.parts.append(chunk)
-                if event.message_finished:
-                    frame: dict[str, Any] = {"type": "websocket.receive"}
-                    if isinstance(event, TextMessage):
-                        frame["text"] = "".join(cast("list[str]", self.parts))
-                    else:
-                        frame["bytes"] = b"".join(cast("list[bytes]", self.parts))
-                    self.parts, self.size = [], 0
-                    self.ready.append(frame)
+            if isinstance(event, Message):
+                if isinstance(event.data, str):
+                    self.ready.append({"type": "websocket.receive", "text": event.data})
+                else:
+                    self.ready.append({"type": "websocket.receive", "bytes": event.data})
             elif isinstance(event, Ping):
-                await self._put(connection.send(event.response()))
-            elif isinstance(event, CloseConnection):
+                await self._put(pong_frame(event.payload))
+            elif isinstance(event, Close):
                 if not self.closed:
                     self.closed = True
-                    await self._put(connection.send(event.response()))
+                    echoed = None if event.code == CLOSE_NO_STATUS else event.code
+                    await self._put(close_frame(echoed))
                 self.ended = event.code
-                return True
-        return bool(events)
+                return
 
     async def _put(self, data: bytes) -> None:
         try:
@@ -315,9 +300,9 @@ class _WebSocket:
             pass
 
     async def _close(self, code: int) -> None:
-        if not self.closed and self.connection is not None:
+        if not self.closed and self.reader is not None:
             self.closed = True
-            await self._put(self.connection.send(CloseConnection(code=code)))
+            await self._put(close_frame(code))
 
 
 def _scope_base(request: h11.Request, stream: trio.abc.Stream) -> dict[str, Any]:
@@ -441,6 +426,8 @@ class _Server:
             await _simple_response(stream, HTTPStatus.BAD_REQUEST)
             return
         scope = _scope_base(opening.request, stream)
+        # Frames the client sent right behind its upgrade request.
+        trailing = opening.head[opening.head.index(b"\r\n\r\n") + 4 :]
         # The session lasts long: keep none of the head's parsing.
         del opening.head, opening.request, opening.probe
         scope.update(
@@ -454,7 +441,7 @@ class _Server:
         scope["extensions"][ACCEPTED_EXTENSION] = {"at": accepted_at}
         async with trio.open_nursery() as nursery:
             writer = _Writer(stream, nursery)
-            session = _WebSocket(stream, handshake, self.settings, writer)
+            session = _WebSocket(stream, handshake, self.settings, writer, trailing)
             del handshake
             await self.app(scope, session.receive, session.send)
             if not session.accepted and not session.closed:

@@ -9,12 +9,13 @@ Python waits for the GIL the loop holds), a separate process does.
 Theory of operation
 -------------------
 :meth:`Verifier.run` keeps one helper process (``python -m ocpd.verifier``)
-running, talking over its stdin and stdout. :meth:`Verifier.verify` queues
-its checks (one frame per caller) and waits; a sender task, started when
-checks are queued and gone once they are sent, writes the frames queued in
-the same scheduling round in one write. The helper answers each frame, in
-order, as soon as it has checked it, so the first callers go on (to the
-group commit) while it checks the later ones.
+running, talking over its stdin and stdout. :meth:`Verifier.submit` queues
+a caller's checks (one frame per caller) and :meth:`Answer.wait` waits for
+them; a sender task, started when checks are queued and gone once they are
+sent, writes the frames queued in the same scheduling round in one write.
+The helper answers each frame, in order, as soon as it has checked it, so
+the first callers go on (to the group commit) while it checks the later
+ones.
 
 Frames are a 4-byte big-endian length and a body. A request body is one
 caller's checks, each: the number of keys (1 byte), the 32-byte keys, the 64-byte
@@ -48,7 +49,7 @@ from ocpd.proto.crypto import ed25519_verify
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["SignatureCheck", "Verifier", "helper_wanted"]
+__all__ = ["Answer", "SignatureCheck", "Verifier", "helper_wanted"]
 
 _LENGTH: Final = struct.Struct(">I")
 _KEY: Final = 32
@@ -111,7 +112,9 @@ def decode_checks(body: bytes) -> list[SignatureCheck]:
     return checks
 
 
-class _Waiter:
+class Answer:
+    """The answer to one caller's checks, on its way (:meth:`Verifier.submit`)."""
+
     __slots__ = ("checks", "done", "results")
 
     def __init__(self, checks: Sequence[SignatureCheck]) -> None:
@@ -124,13 +127,19 @@ class _Waiter:
             self.results = [check_here(c) for c in self.checks]
             self.done.set()
 
+    async def wait(self) -> list[bool]:
+        """One answer per check, in order."""
+        if not self.done.is_set():
+            await self.done.wait()
+        return self.results
+
 
 class Verifier:
     def __init__(self, *, helper: bool) -> None:
         self.helper = helper
         self._stdin: trio.abc.SendStream | None = None
-        self._queued: list[_Waiter] = []
-        self._sent: deque[_Waiter] = deque()
+        self._queued: list[Answer] = []
+        self._sent: deque[Answer] = deque()
         self._sender: OnDemand | None = None
         self.helper_starts = 0
         self.frames_sent = 0
@@ -143,13 +152,22 @@ class Verifier:
 
     async def verify(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         """One answer per check, in order."""
+        return await self.submit(checks).wait()
+
+    def submit(self, checks: Sequence[SignatureCheck]) -> Answer:
+        """Start checking ``checks`` without waiting; :meth:`Answer.wait` gives the answers.
+
+        A caller that submits several in a row before waiting (a WebSocket
+        session reading ahead) gets them all into one write to the helper.
+        Without a helper the checks run here and now.
+        """
+        answer = Answer(checks)
         if self._stdin is None or self._sender is None:
-            return [check_here(c) for c in checks]
-        waiter = _Waiter(checks)
-        self._queued.append(waiter)
-        self._sender.kick()
-        await waiter.done.wait()
-        return waiter.results
+            answer.answer_here()
+        else:
+            self._queued.append(answer)
+            self._sender.kick()
+        return answer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The service: keeps a helper running while enabled, until cancelled."""

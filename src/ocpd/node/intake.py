@@ -71,7 +71,7 @@ from ocpd.proto.ids import broadcast_did, is_broadcast_did, parse_agent_id
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
-from ocpd.verifier import SignatureCheck, Verifier
+from ocpd.verifier import Answer, SignatureCheck, Verifier
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -85,7 +85,15 @@ if TYPE_CHECKING:
     from ocpd.proto.crypto import SigningKey
     from ocpd.web import Metrics
 
-__all__ = ["Attempt", "Checked", "HttpCredentials", "Intake", "MessageLimits", "Outcome"]
+__all__ = [
+    "Attempt",
+    "Checked",
+    "HttpCredentials",
+    "Intake",
+    "MessageLimits",
+    "Outcome",
+    "Started",
+]
 
 #: What an ``error`` may refer to when the refused message could not be parsed whole.
 MESSAGE_ID: Final = re.compile(r"msg-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}")
@@ -127,6 +135,30 @@ class Checked:
     receivers: tuple[AgentInfo, ...]
     dedup_until: float
     taken: tuple[RateLimiter, ...]
+
+
+@attrs.define(eq=False)
+class Started:
+    """A message :meth:`Intake.start` parsed, its signatures on their way to the verifier."""
+
+    attempt: Attempt
+    raw: bytes
+    message: dict[str, Any]
+    sent_at: float
+    expires_at: float
+    now: float
+    #: The sender, and the agent handing the message on when that is another.
+    info: AgentInfo
+    relay: AgentInfo | None
+    #: The D3 header of an HTTP request.
+    auth: HttpAuth | None
+    http: HttpCredentials | None
+    answer: Answer | None = None
+    signed_at: float = 0.0
+    digest: bytes = b""
+    #: Why the header or the envelope cannot be checked at all.
+    header_error: OcpError | None = None
+    unreadable: OcpError | None = None
 
 
 @attrs.frozen
@@ -264,6 +296,24 @@ class Intake:
         session_agent: str | None = None,
     ) -> Checked:
         """Steps 1-6; raises the :class:`OcpError` to answer with."""
+        started = await self.start(raw, attempt, http=http, session_agent=session_agent)
+        return await self.complete(started)
+
+    async def start(
+        self,
+        raw: bytes,
+        attempt: Attempt,
+        *,
+        http: HttpCredentials | None = None,
+        session_agent: str | None = None,
+    ) -> Started:
+        """Steps 1-2 and the lookups of 3-4, with the signatures sent to be checked.
+
+        Raises the :class:`OcpError` to answer with. :meth:`complete` does
+        the rest; a caller with several messages in hand (a WebSocket session
+        reading ahead) starts them all first, so that their signatures travel
+        to the verifier together.
+        """
         auth: HttpAuth | None = None
         auth_error: AuthError | None = None
         if http is not None:
@@ -305,14 +355,33 @@ class Intake:
         info = await self.directory.lookup(sender)
         if info is None:
             raise AuthError("the sender is not a registered agent")
-        digest = await self._verify_signatures(raw, message, info, relay, auth, http, now)
+        started = Started(
+            attempt=attempt,
+            raw=raw,
+            message=message,
+            sent_at=sent_at,
+            expires_at=expires_at,
+            now=now,
+            info=info,
+            relay=relay,
+            auth=auth if http is not None else None,
+            http=http,
+        )
+        self._submit_signatures(started)
+        return started
+
+    async def complete(self, started: Started) -> Checked:
+        """Steps 3-6 of a message :meth:`start` accepted; raises the :class:`OcpError`."""
+        digest = await self._signatures_verified(started)
+        info, message, attempt = started.info, started.message, started.attempt
+        sender = info.agent_id
         if info.level < 1:
             raise ForbiddenError(
                 "sending messages needs trust level 1 (an active registration with an endpoint)",
                 details={"trust_level": info.level},
             )
         broadcast, receivers = await self._receivers(message, sender)
-        if relay is not None and (
+        if started.relay is not None and (
             broadcast or any(self.router.placement(r) != "local" for r in receivers)
         ):
             # Handing on is one hop: a node passes on only what it delivers.
@@ -322,10 +391,10 @@ class Intake:
         taken = self.limits.take(
             sender, attempt.message_type or "", broadcast=broadcast, now=trio.current_time()
         )
-        ttl = expires_at - sent_at
+        sent_at, expires_at = started.sent_at, started.expires_at
         verified = VerifiedMessage(
             message=message,
-            raw=raw,
+            raw=started.raw,
             digest=digest,
             sender=sender,
             receiver=message["receiver"]["agent_id"],
@@ -334,59 +403,64 @@ class Intake:
             sent_at=sent_at,
             expires_at=expires_at,
         )
-        return Checked(verified, receivers, dedup_until(now, sent_at, ttl, self.clock_skew), taken)
+        ttl = expires_at - sent_at
+        return Checked(
+            verified, receivers, dedup_until(started.now, sent_at, ttl, self.clock_skew), taken
+        )
 
-    async def _verify_signatures(
-        self,
-        raw: bytes,
-        message: dict[str, Any],
-        info: AgentInfo,
-        relay: AgentInfo | None,
-        auth: HttpAuth | None,
-        http: HttpCredentials | None,
-        now: float,
-    ) -> bytes:
-        """Steps 3 and 4's signatures, both in one batch for the verifier; the envelope's digest.
+    def _submit_signatures(self, started: Started) -> None:
+        """Steps 3 and 4's signatures, both in one batch for the verifier."""
+        checks: list[SignatureCheck] = []
+        auth, http, raw = started.auth, started.http, started.raw
+        if http is not None and auth is not None:
+            signer = started.relay if started.relay is not None else started.info
+            try:
+                started.signed_at, header_digest = authorization_digest(
+                    auth,
+                    method="POST",
+                    path_and_query=http.path_and_query,
+                    body=raw,
+                    now=started.now,
+                    window=self.clock_skew,
+                    expected_agent_id=signer.agent_id,
+                )
+            except OcpError as exc:
+                started.header_error = exc
+                return
+            checks.append(SignatureCheck(signer.keys, header_digest, auth.signature))
+        if len(raw) <= OFFLOAD_BYTES:
+            try:
+                started.digest, signature = signed_digest(started.message)
+                checks.append(SignatureCheck(started.info.keys, started.digest, signature))
+            except OcpError as exc:
+                started.unreadable = exc
+        if checks:
+            started.answer = self.verifier.submit(checks)
+
+    async def _signatures_verified(self, started: Started) -> bytes:
+        """The envelope's digest once both signatures verified.
 
         Errors come in the order of the steps: the header's before the envelope's.
         """
-        checks: list[SignatureCheck] = []
-        signed_at = 0.0
-        if http is not None and auth is not None:
-            signer = relay if relay is not None else info
-            signed_at, header_digest = authorization_digest(
-                auth,
-                method="POST",
-                path_and_query=http.path_and_query,
-                body=raw,
-                now=now,
-                window=self.clock_skew,
-                expected_agent_id=signer.agent_id,
-            )
-            checks.append(SignatureCheck(signer.keys, header_digest, auth.signature))
-        large = len(raw) > OFFLOAD_BYTES
-        unreadable: OcpError | None = None
-        digest = b""
-        if not large:
-            try:
-                digest, signature = signed_digest(message)
-                checks.append(SignatureCheck(info.keys, digest, signature))
-            except OcpError as exc:
-                unreadable = exc
-        verified = await self.verifier.verify(checks) if checks else []
-        if http is not None and auth is not None:
+        if started.header_error is not None:
+            raise started.header_error
+        verified = await started.answer.wait() if started.answer is not None else []
+        auth = started.auth
+        if auth is not None:
             if not verified[0]:
                 raise AuthError(BAD_AUTHORIZATION_SIGNATURE)
-            record_authorization(auth, replay=self.replay, now=now, signed_at=signed_at)
-        if large:
-            return await trio.to_thread.run_sync(
-                verify_message_signature, message, info.keys, limiter=self.cpu
+            record_authorization(
+                auth, replay=self.replay, now=started.now, signed_at=started.signed_at
             )
-        if unreadable is not None:
-            raise unreadable
+        if len(started.raw) > OFFLOAD_BYTES:
+            return await trio.to_thread.run_sync(
+                verify_message_signature, started.message, started.info.keys, limiter=self.cpu
+            )
+        if started.unreadable is not None:
+            raise started.unreadable
         if not verified[-1]:
             raise AuthError(BAD_MESSAGE_SIGNATURE)
-        return digest
+        return started.digest
 
     async def _relay(self, agent_id: str) -> AgentInfo:
         """The node service agent handing on another agent's message (decision 88)."""

@@ -23,12 +23,14 @@ then closes. An idle session is one task, the connection's, waiting for a
 frame; two more run only while they have work:
 
 * the connection's task **reads** one text frame at a time, runs it
-  through the intake's checks and puts the result in the session's
-  pipeline (a frame over the size limit ends the session with 1009; the
+  through the intake's first checks (:meth:`Intake.start`: parsing, the
+  sender, its signatures sent to the verifier without waiting) and puts
+  it in the session's pipeline (a frame over the size limit ends the session with 1009; the
   port's server, :mod:`ocpd.server`, enforces the same limit while the
   frame arrives, so it is never buffered whole);
-* the **committer** writes whatever messages are waiting in one group
-  commit and queues a receipt for each, in order:
+* the **committer** finishes the checks of whatever messages are waiting
+  (the verifier's answers, trust, rate limits), writes those that passed
+  in one group commit and queues a receipt for each, in order:
   ``{"frame_type": "receipt", "message_id": …, "status": "accepted"}`` (plus
   ``"duplicate": true`` for a duplicate) or ``"status": "rejected"`` with
   ``"error"``: the signed ``error`` message, as over HTTP;
@@ -58,7 +60,7 @@ from typing import TYPE_CHECKING, Final, cast
 import attrs
 import trio
 
-from ocpd.node.intake import Attempt, Checked, Outcome
+from ocpd.node.intake import Attempt, Checked, Outcome, Started
 from ocpd.node.router import Session
 from ocpd.ondemand import OnDemand
 from ocpd.proto import schema
@@ -98,7 +100,7 @@ CLOSE_TOO_BIG: Final = 1009
 CLOSE_TRY_LATER: Final = 1013
 
 
-Item = tuple[Attempt, Checked | OcpError]
+Item = tuple[Attempt, Started | OcpError]
 
 
 def _dumps(value: object) -> str:
@@ -290,7 +292,7 @@ class WebSocketEndpoint:
                 live.code = None
                 return
             attempt = Attempt("ws", trio.current_time(), sender=session.agent_id)
-            item: Checked | OcpError
+            item: Started | OcpError
             text = event.get("text")
             if not isinstance(text, str):
                 item = MalformedError("OCP messages travel as text frames")
@@ -300,7 +302,7 @@ class WebSocketEndpoint:
                     live.code, live.reason = CLOSE_TOO_BIG, "message too big"
                     return
                 try:
-                    item = await self.intake.check(raw, attempt, session_agent=session.agent_id)
+                    item = await self.intake.start(raw, attempt, session_agent=session.agent_id)
                 except OcpError as exc:
                     item = exc
             await pipeline.put((attempt, item))
@@ -316,11 +318,20 @@ class WebSocketEndpoint:
                 await self.router.deliver(session)
 
     async def commit_batch(self, session: Session, batch: list[Item]) -> None:
-        """Commit the checked messages of ``batch`` in one write; queue a receipt for each."""
-        checked = [item for _, item in batch if isinstance(item, Checked)]
+        """Finish the checks of ``batch``, commit what passed in one write; a receipt each."""
+        completed: list[Checked | OcpError] = []
+        for _, item in batch:
+            if isinstance(item, Started):
+                try:
+                    completed.append(await self.intake.complete(item))
+                except OcpError as exc:
+                    completed.append(exc)
+            else:
+                completed.append(item)
+        checked = [item for item in completed if isinstance(item, Checked)]
         results = iter(await self.intake.commit(checked) if checked else [])
-        for attempt, item in batch:
-            result = next(results) if isinstance(item, Checked) else item
+        for (attempt, _), done in zip(batch, completed, strict=True):
+            result = next(results) if isinstance(done, Checked) else done
             self.intake.finish(attempt, result)
             await session.send_receipt(_dumps(self._receipt(attempt, result)))
 
