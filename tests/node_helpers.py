@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -34,6 +35,7 @@ from ocpd.proto.ids import derive_agent_id
 from ocpd.proto.taxonomy import Taxonomy
 from ocpd.server import ACCEPTED_EXTENSION
 from ocpd.storage import Database, open_database
+from ocpd.verifier import Answer, Verifier, answer_frame
 from ocpd.web import Metrics
 
 NODE_KEY = SigningKey(bytes([99]) * 32)
@@ -109,6 +111,31 @@ class Node:
     forwarder: Forwarder | None = None
 
 
+class WireVerifier(Verifier):
+    """The helper process's work done in this process, through its frames.
+
+    Everything the daemon does with a helper (the plain reading of a
+    message, the examination's frame and verdict crossing the pipe) without
+    a child process, whose answers an autojump clock would not wait for.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(helper=True)
+
+    @property
+    def running(self) -> bool:
+        return True
+
+    def _submit(self, request: Any) -> Answer[Any]:
+        answer: Answer[Any] = Answer(request)
+        answer.take(answer_frame(request.frame()[4:]))
+        return answer
+
+
+#: What the nodes of :func:`running_node` check signatures with, unless told otherwise.
+VERIFIERS: Final = {"loop": lambda: Verifier(helper=False), "wire": WireVerifier}
+
+
 @asynccontextmanager
 async def running_node(
     tmp_path: Path,
@@ -120,7 +147,10 @@ async def running_node(
     clock: TrioWallClock | None = None,
     database: Database | None = None,
     poster: Poster | None = None,
+    verifier: str | None = None,
 ) -> AsyncIterator[Node]:
+    """A node's parts on ``tmp_path``; ``verifier`` one of :data:`VERIFIERS`
+    (by default ``OCPD_TEST_VERIFIER``, else ``loop``)."""
     own_database = database is None
     if database is None:
         # Opening runs migrations on a worker thread, which an autojump
@@ -170,6 +200,7 @@ async def running_node(
         clock_skew=60,
         max_message_bytes=max_message_bytes,
         max_payload_bytes=max_payload_bytes,
+        verifier=VERIFIERS[verifier or os.environ.get("OCPD_TEST_VERIFIER", "loop")](),
     )
     stopping = trio.Event()
     ws = WebSocketEndpoint(

@@ -27,6 +27,13 @@ from ocpd.proto.envelope import verify_message_signature
 from ocpd.proto.schema import validate_envelope
 
 
+@pytest.fixture(autouse=True, params=["loop", "wire"])
+def verifier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: signatures checked on the loop, and examined as by the helper process."""
+    monkeypatch.setenv("OCPD_TEST_VERIFIER", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def clock() -> MockClock:
     return MockClock(autojump_threshold=0.2)

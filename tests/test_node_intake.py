@@ -36,6 +36,13 @@ from ocpd.proto.schema import validate_envelope
 BROADCAST = broadcast_did(NETWORK)
 
 
+@pytest.fixture(autouse=True, params=["loop", "wire"])
+def verifier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: signatures checked on the loop, and examined as by the helper process."""
+    monkeypatch.setenv("OCPD_TEST_VERIFIER", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def clock() -> MockClock:
     """Autojump once the test has been idle for a moment of real time.

@@ -21,6 +21,13 @@ from ocpd.proto.envelope import verify_message_signature
 from ocpd.proto.ids import broadcast_did
 
 
+@pytest.fixture(autouse=True, params=["loop", "wire"])
+def verifier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: signatures checked on the loop, and examined as by the helper process."""
+    monkeypatch.setenv("OCPD_TEST_VERIFIER", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def clock() -> MockClock:
     """Autojump after a moment of real idleness, so SQLite threads never see time jump."""

@@ -9,13 +9,27 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from conftest import Agent
+from node_helpers import authorization, message
+from ocpd.proto.auth import authorization_digest, parse_authorization
 from ocpd.proto.crypto import SigningKey
+from ocpd.proto.envelope import signed_digest
+from ocpd.proto.errors import AuthError, MalformedError, OcpError, PayloadTooLarge
+from ocpd.proto.strictjson import loads_strict
 from ocpd.verifier import (
+    Answer,
+    MessageCheck,
+    MessageVerdict,
     SignatureCheck,
     Verifier,
     check_here,
     decode_checks,
+    decode_message_check,
+    decode_verdict,
     encode_checks,
+    encode_message_check,
+    encode_verdict,
+    examine,
     helper_wanted,
 )
 
@@ -42,13 +56,14 @@ def test_frames_carry_every_check_whole() -> None:
     checks = [*mixed(5), SignatureCheck([], b"", bytes(64))]
     frame = encode_checks(checks)
     assert int.from_bytes(frame[:4], "big") == len(frame) - 4
-    assert decode_checks(frame[4:]) == [c._replace(keys=list(c.keys)) for c in checks]
+    assert frame[4] == 0  # the kind: signature checks
+    assert decode_checks(frame[5:]) == [c._replace(keys=list(c.keys)) for c in checks]
 
 
 def test_malformed_keys_and_signatures_are_sent_as_failing_checks() -> None:
     check = good(1)
     odd = SignatureCheck([b"short", *check.keys], check.message, check.signature[:10])
-    (decoded,) = decode_checks(encode_checks([odd])[4:])
+    (decoded,) = decode_checks(encode_checks([odd])[5:])
     assert decoded.keys == list(check.keys)
     assert not check_here(decoded)
     assert not check_here(odd)
@@ -137,3 +152,160 @@ async def test_stopping_the_service_stops_the_helper() -> None:
         os.kill(pid, 0)
     # Afterwards checks still work, on the loop.
     assert await verifier.verify([good(1), bad(1)]) == [True, False]
+
+
+# --- whole messages -------------------------------------------------------------------
+
+NOW = 1_800_000_000.0
+ALICE, BOB = Agent(1), Agent(2)
+
+
+def message_check(
+    raw: bytes, *, keys: list[bytes] | None = None, **changes: object
+) -> MessageCheck:
+    check = MessageCheck(
+        raw=raw,
+        now=NOW,
+        clock_skew=60.0,
+        max_size=16_777_216,
+        max_payload=10_485_760,
+        keys=[ALICE.public_key] if keys is None else keys,
+    )
+    return check._replace(**changes)  # type: ignore[arg-type]
+
+
+def signed(**changes: object) -> bytes:
+    return message(ALICE, BOB.id, clock_now=NOW, **changes)  # type: ignore[arg-type]
+
+
+def header_check(raw: bytes, agent: Agent = ALICE) -> SignatureCheck:
+    auth = parse_authorization(authorization(agent, raw, now=NOW))
+    _, digest = authorization_digest(
+        auth, method="POST", path_and_query="/ocp/v1/messages", body=raw, now=NOW
+    )
+    return SignatureCheck([agent.public_key], digest, auth.signature)
+
+
+def test_a_good_message_is_examined_whole() -> None:
+    raw = signed(ttl=600)
+    verdict = examine(message_check(raw, header=header_check(raw)))
+    digest, _ = signed_digest(loads_strict(raw, max_size=1 << 24))  # type: ignore[arg-type]
+    assert verdict == MessageVerdict(
+        sent_at=NOW, expires_at=NOW + 600, digest=digest, signature_ok=True, header_ok=True
+    )
+
+
+def test_signatures_by_other_keys_fail() -> None:
+    raw = signed()
+    verdict = examine(message_check(raw, keys=[BOB.public_key], header=header_check(raw, BOB)))
+    assert verdict.refused is None
+    assert not verdict.signature_ok
+    # Bob's header over Alice's message verifies under Bob's key: the caller decides who may sign.
+    assert verdict.header_ok
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "code"),
+    [
+        (b"{not json", MalformedError, "OCP-400"),
+        (b'{"message_id": 1, "message_id": 2}', MalformedError, "OCP-400"),
+        (b'{"ocp_version": "1.0"}', MalformedError, "OCP-400"),
+        (b"x" * 100, PayloadTooLarge, "OCP-413"),
+    ],
+)
+def test_messages_refused_before_their_signature(
+    raw: bytes, kind: type[OcpError], code: str
+) -> None:
+    verdict = examine(message_check(raw, max_size=64 if code == "OCP-413" else 1 << 24))
+    assert isinstance(verdict.refused, kind)
+    assert verdict.refused.code == code
+    assert verdict.header_ok is None
+
+
+def test_an_expired_message_is_refused() -> None:
+    verdict = examine(message_check(signed(ttl=60), now=NOW + 3600))
+    assert isinstance(verdict.refused, MalformedError)
+
+
+def test_an_oversized_payload_is_refused() -> None:
+    raw = signed(message_type="broadcast", payload={"blob": "x" * 400})
+    verdict = examine(message_check(raw, max_payload=100))
+    assert isinstance(verdict.refused, PayloadTooLarge)
+    assert verdict.refused.details["field"] == "payload"
+
+
+def test_verdicts_and_checks_cross_the_pipe_unchanged() -> None:
+    raw = signed()
+    check = message_check(raw, header=header_check(raw))
+    frame = encode_message_check(check)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert frame[4] == 1  # the kind: a whole message
+    assert decode_message_check(frame[5:]) == check._replace(
+        keys=list(check.keys),
+        header=check.header._replace(keys=list(check.header.keys)),  # type: ignore[union-attr]
+    )
+    for verdict in (
+        examine(check),
+        examine(message_check(b"[]")),
+        MessageVerdict(unreadable=AuthError("odd", details={"field": "x"}), header_ok=False),
+    ):
+        back = decode_verdict(encode_verdict(verdict))
+        assert back is not None
+        assert type(back.refused) is type(verdict.refused)
+        assert type(back.unreadable) is type(verdict.unreadable)
+        for got, sent in ((back.refused, verdict.refused), (back.unreadable, verdict.unreadable)):
+            if sent is not None:
+                assert got is not None
+                assert (got.code, got.message, got.details) == (
+                    sent.code,
+                    sent.message,
+                    sent.details,
+                )
+        assert (back.digest, back.signature_ok, back.header_ok) == (
+            verdict.digest,
+            verdict.signature_ok,
+            verdict.header_ok,
+        )
+
+
+@pytest.mark.parametrize("answer", [b"", b"\x00", b"\x01\x00not json", b"\x00\x00short"])
+def test_an_answer_that_is_not_a_verdict_is_worked_out_here(answer: bytes) -> None:
+    assert decode_verdict(answer) is None
+    verifier = Verifier(helper=False)
+    raw = signed()
+    expected = examine(message_check(raw))
+    pending: Answer[MessageVerdict] = verifier.submit_message(message_check(raw))
+    assert pending.done.is_set()  # no helper: answered at once
+    assert pending.result == expected
+    confused = Answer(pending.request)
+    confused.take(answer)
+    assert confused.result == expected
+
+
+async def test_the_helper_examines_messages_between_signature_checks() -> None:
+    verifier = Verifier(helper=True)
+    raws = [signed(), signed(ttl=5), b"{}", signed(message_type="nonsense")]
+    checks = [message_check(raw, header=header_check(raw)) for raw in raws]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(verifier.run)
+        await running(verifier)
+        answers = []
+        for check in checks:
+            answers.append(verifier.submit_message(check))
+            answers.append(verifier.submit([good(1), bad(1)]))
+        results = [await a.wait() for a in answers]
+        nursery.cancel_scope.cancel()
+    assert verifier.writes == 1
+    for i, check in enumerate(checks):
+        got, here = results[2 * i], examine(check)
+        assert isinstance(got, MessageVerdict)
+        assert (got.digest, got.signature_ok, got.header_ok, got.sent_at) == (
+            here.digest,
+            here.signature_ok,
+            here.header_ok,
+            here.sent_at,
+        )
+        assert type(got.refused) is type(here.refused)
+        assert results[2 * i + 1] == [True, False]
+    assert results[0].signature_ok  # type: ignore[union-attr]
+    assert results[4].refused is not None  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ from ocpd.components import (
 )
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
-from ocpd.logs import get_logger, log_event, log_fields
+from ocpd.logs import get_logger, hold_lines, log_event, log_fields, release_lines
 from ocpd.proto.hosts import is_loopback_host
 from ocpd.sdnotify import Notifier
 from ocpd.server import ServerSettings, serve_asgi
@@ -49,9 +49,10 @@ from ocpd.storage import Database, open_database
 from ocpd.web import ComponentState, Metrics, create_app
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
-__all__ = ["EXIT_FORCED", "Tls13Config", "database_path", "run_daemon"]
+__all__ = ["EXIT_FORCED", "FlushLogs", "Tls13Config", "database_path", "run_daemon"]
 
 EXIT_FORCED: Final = 1
 DB_NAME: Final = "ocp_node.db"
@@ -204,9 +205,42 @@ async def run_daemon(
     components = components_for(selection)
     check_exposure(config)
     os.umask(0o077)
-    data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    flush = hold_lines()
+    instrument = FlushLogs(flush) if flush is not None else None
+    if instrument is not None:
+        trio.lowlevel.add_instrument(instrument)
+    try:
+        return await _run_daemon(config, selection, components, config_source, notifier, clock)
+    finally:
+        if instrument is not None:
+            trio.lowlevel.remove_instrument(instrument)
+        release_lines()
+
+
+class FlushLogs(trio.abc.Instrument):
+    """Writes the log lines held during a scheduling round before the loop waits for I/O."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self.flush = flush
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.flush()
+
+    def after_run(self) -> None:
+        self.flush()
+
+
+async def _run_daemon(
+    config: Config,
+    selection: str,
+    components: tuple[str, ...],
+    config_source: Path | None,
+    notifier: Notifier,
+    clock: WallClock,
+) -> int:
+    data_dir = config.data_dir
     log_event(
         log,
         "config",

@@ -11,14 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
-__all__ = ["configure_logging", "get_logger", "log_event", "log_fields"]
+__all__ = [
+    "configure_logging",
+    "get_logger",
+    "hold_lines",
+    "log_event",
+    "log_fields",
+    "release_lines",
+]
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -90,6 +98,38 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def hold_lines() -> Callable[[], None] | None:
+    """Let the calling thread's JSON lines wait in the buffer until the returned flush.
+
+    The daemon's event loop writes one line per message; flushing each is a
+    system call and a wake-up of whatever reads the logs. With lines held,
+    the loop flushes once per scheduling round, before it waits for I/O
+    (:class:`ocpd.daemon.FlushLogs`), so every line still leaves within one
+    round. Lines from other threads and the text format are flushed at once.
+    ``None`` when the JSON handler is not installed; :func:`release_lines`
+    undoes it.
+    """
+    handler = _json_handler()
+    if handler is None:
+        return None
+    handler.held_thread = threading.get_ident()
+    return handler.flush_held
+
+
+def release_lines() -> None:
+    """Flush held lines and flush every line at once again."""
+    handler = _json_handler()
+    if handler is not None:
+        handler.held_thread = None
+        handler.flush_held()
+
+
+def _json_handler() -> _JsonLines | None:
+    handlers = logging.getLogger(_ROOT).handlers
+    found = [h for h in handlers if type(h) is _JsonLines]
+    return found[0] if found else None
+
+
 def get_logger(component: str) -> logging.Logger:
     return logging.getLogger(f"{_ROOT}.{component}")
 
@@ -138,6 +178,10 @@ class _JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
     line per message.
     """
 
+    #: The thread whose lines wait for :meth:`flush_held` (the daemon's event loop).
+    held_thread: int | None = None
+    _held = False
+
     def write_event(
         self, level: int, component: str, event: str, fields: Mapping[str, object]
     ) -> None:
@@ -152,6 +196,17 @@ class _JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.stream.write(text)
-                self.flush()
+                if threading.get_ident() == self.held_thread:
+                    self._held = True
+                else:
+                    self.flush()
             except Exception:  # as logging does: a log line never raises
                 self.handleError(logging.makeLogRecord({"msg": event}))
+
+    def flush_held(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                self.flush()
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": "flush"}))

@@ -52,7 +52,7 @@ from ocpd.proto.envelope import (
     BAD_MESSAGE_SIGNATURE,
     VerifiedMessage,
     build_error_message,
-    parse_message,
+    parse_message_within,
     sign_message,
     signed_digest,
     verify_message_signature,
@@ -71,7 +71,7 @@ from ocpd.proto.ids import broadcast_did, is_broadcast_did, parse_agent_id
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
-from ocpd.verifier import Answer, SignatureCheck, Verifier
+from ocpd.verifier import Answer, MessageCheck, MessageVerdict, SignatureCheck, Verifier
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -153,7 +153,9 @@ class Started:
     #: The D3 header of an HTTP request.
     auth: HttpAuth | None
     http: HttpCredentials | None
-    answer: Answer | None = None
+    answer: Answer[list[bool]] | None = None
+    #: The helper's examination of the whole message (then ``message`` is the plain reading).
+    examination: Answer[MessageVerdict] | None = None
     signed_at: float = 0.0
     digest: bytes = b""
     #: Why the header or the envelope cannot be checked at all.
@@ -215,6 +217,13 @@ def dedup_until(now: float, sent_at: float, ttl: float, clock_skew: float) -> fl
     return max(now, sent_at) + max(ttl, MIN_DEDUP_SECONDS) + clock_skew
 
 
+def _name(attempt: Attempt, message: dict[str, Any]) -> None:
+    """What a message that passed the strict checks says about itself, for errors and logs."""
+    attempt.message_id = message["message_id"]
+    attempt.message_type = message["message_type"]
+    attempt.sender = message["sender"]["agent_id"]
+
+
 def _identify(raw: bytes, attempt: Attempt, max_size: int) -> None:
     """Name the message a refusal is about, when it can be read at all (decision 79).
 
@@ -244,11 +253,18 @@ def _identify(raw: bytes, attempt: Attempt, max_size: int) -> None:
         attempt.sender = agent_id
 
 
-def _payload_size(message: dict[str, Any]) -> int:
-    payload = message["payload"]
-    if isinstance(payload, str):
-        return len(payload)
-    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+def _plain(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` read by the plain JSON parser: a hint, until the strict checks agree."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _agent_of(sender: object) -> str | None:
+    agent_id = sender.get("agent_id") if isinstance(sender, dict) else None
+    return agent_id if isinstance(agent_id, str) else None
 
 
 @attrs.define(eq=False)
@@ -277,14 +293,29 @@ class Intake:
     # --- checks ------------------------------------------------------------------
 
     def _parse(self, raw: bytes, now: float) -> tuple[dict[str, Any], float, float]:
-        message, sent_at, expires_at = parse_message(
-            raw, now=now, clock_skew=self.clock_skew, max_size=self.max_message_bytes
+        return parse_message_within(
+            raw,
+            now=now,
+            clock_skew=self.clock_skew,
+            max_size=self.max_message_bytes,
+            max_payload=self.max_payload_bytes,
         )
-        if len(raw) > self.max_payload_bytes and _payload_size(message) > self.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload exceeds the limit of {self.max_payload_bytes} bytes",
-                details={"limit": self.max_payload_bytes, "field": "payload"},
-            )
+
+    async def _parse_strictly(
+        self, raw: bytes, attempt: Attempt, now: float
+    ) -> tuple[dict[str, Any], float, float]:
+        """Step 2 on this process; names the message in ``attempt``."""
+        try:
+            if len(raw) > OFFLOAD_BYTES:
+                message, sent_at, expires_at = await trio.to_thread.run_sync(
+                    self._parse, raw, now, limiter=self.cpu
+                )
+            else:
+                message, sent_at, expires_at = self._parse(raw, now)
+        except OcpError:
+            _identify(raw, attempt, self.max_message_bytes)
+            raise
+        _name(attempt, message)
         return message, sent_at, expires_at
 
     async def check(
@@ -328,33 +359,41 @@ class Intake:
                 details={"limit": self.max_message_bytes},
             )
         now = self.clock.now()
+        # With a helper process, a small message's strict parse, schema,
+        # digest and signature are its work (one trip, with the header's
+        # signature): the loop reads the message with the plain parser, just
+        # to know whose keys to send, and trusts that reading only once the
+        # helper's strict checks passed. Any refusal before then is decided
+        # after the strict parse here, so that errors keep their order. (A
+        # message that may carry too large a payload is parsed here: that
+        # refusal comes before the sender is looked up.)
+        examined = self.verifier.running and len(raw) <= min(OFFLOAD_BYTES, self.max_payload_bytes)
+        plain = _plain(raw) if examined else None
+        if plain is not None:
+            message, sent_at, expires_at = plain, 0.0, 0.0
+        else:
+            message, sent_at, expires_at = await self._parse_strictly(raw, attempt, now)
         try:
-            if len(raw) > OFFLOAD_BYTES:
-                message, sent_at, expires_at = await trio.to_thread.run_sync(
-                    self._parse, raw, now, limiter=self.cpu
-                )
-            else:
-                message, sent_at, expires_at = self._parse(raw, now)
+            sender = _agent_of(message.get("sender"))
+            if sender is None:
+                raise MalformedError("sender.agent_id is missing", details={"field": "sender"})
+            if session_agent is not None and sender != session_agent:
+                raise AuthError("sender.agent_id is not the agent of this session")
+            relay: AgentInfo | None = None
+            if http is not None:
+                if auth_error is not None:
+                    raise auth_error
+                if auth is None:  # pragma: no cover - parse_authorization raised instead
+                    raise AuthError("no Authorization header")
+                if auth.agent_id != sender:
+                    relay = await self._relay(auth.agent_id)
+            info = await self.directory.lookup(sender)
+            if info is None:
+                raise AuthError("the sender is not a registered agent")
         except OcpError:
-            _identify(raw, attempt, self.max_message_bytes)
+            if plain is not None:
+                await self._parse_strictly(raw, attempt, now)
             raise
-        sender: str = message["sender"]["agent_id"]
-        attempt.message_id = message["message_id"]
-        attempt.message_type = message["message_type"]
-        attempt.sender = sender
-        if session_agent is not None and sender != session_agent:
-            raise AuthError("sender.agent_id is not the agent of this session")
-        relay: AgentInfo | None = None
-        if http is not None:
-            if auth_error is not None:
-                raise auth_error
-            if auth is None:  # pragma: no cover - parse_authorization raised instead
-                raise AuthError("no Authorization header")
-            if auth.agent_id != sender:
-                relay = await self._relay(auth.agent_id)
-        info = await self.directory.lookup(sender)
-        if info is None:
-            raise AuthError("the sender is not a registered agent")
         started = Started(
             attempt=attempt,
             raw=raw,
@@ -367,12 +406,18 @@ class Intake:
             auth=auth if http is not None else None,
             http=http,
         )
-        self._submit_signatures(started)
+        if plain is not None:
+            self._submit_examination(started)
+        else:
+            self._submit_signatures(started)
         return started
 
     async def complete(self, started: Started) -> Checked:
         """Steps 3-6 of a message :meth:`start` accepted; raises the :class:`OcpError`."""
-        digest = await self._signatures_verified(started)
+        if started.examination is not None:
+            digest = await self._examined(started, started.examination)
+        else:
+            digest = await self._signatures_verified(started)
         info, message, attempt = started.info, started.message, started.attempt
         sender = info.agent_id
         if info.level < 1:
@@ -408,26 +453,70 @@ class Intake:
             verified, receivers, dedup_until(started.now, sent_at, ttl, self.clock_skew), taken
         )
 
+    def _header_check(self, started: Started) -> SignatureCheck | None:
+        """The D3 header's signature to check; its refusal, if any, goes in ``started``."""
+        auth, http = started.auth, started.http
+        if http is None or auth is None:
+            return None
+        signer = started.relay if started.relay is not None else started.info
+        try:
+            started.signed_at, header_digest = authorization_digest(
+                auth,
+                method="POST",
+                path_and_query=http.path_and_query,
+                body=started.raw,
+                now=started.now,
+                window=self.clock_skew,
+                expected_agent_id=signer.agent_id,
+            )
+        except OcpError as exc:
+            started.header_error = exc
+            return None
+        return SignatureCheck(signer.keys, header_digest, auth.signature)
+
+    def _submit_examination(self, started: Started) -> None:
+        check = MessageCheck(
+            raw=started.raw,
+            now=started.now,
+            clock_skew=self.clock_skew,
+            max_size=self.max_message_bytes,
+            max_payload=self.max_payload_bytes,
+            keys=started.info.keys,
+            header=self._header_check(started),
+        )
+        started.examination = self.verifier.submit_message(check)
+
+    async def _examined(self, started: Started, examination: Answer[MessageVerdict]) -> bytes:
+        """:meth:`_signatures_verified` for a message the helper examined whole."""
+        verdict = await examination.wait()
+        if verdict.refused is not None:
+            _identify(started.raw, started.attempt, self.max_message_bytes)
+            raise verdict.refused
+        started.sent_at, started.expires_at = verdict.sent_at, verdict.expires_at
+        _name(started.attempt, started.message)
+        if started.header_error is not None:
+            raise started.header_error
+        if started.auth is not None:
+            if not verdict.header_ok:
+                raise AuthError(BAD_AUTHORIZATION_SIGNATURE)
+            record_authorization(
+                started.auth, replay=self.replay, now=started.now, signed_at=started.signed_at
+            )
+        if verdict.unreadable is not None:
+            raise verdict.unreadable
+        if not verdict.signature_ok:
+            raise AuthError(BAD_MESSAGE_SIGNATURE)
+        return verdict.digest
+
     def _submit_signatures(self, started: Started) -> None:
         """Steps 3 and 4's signatures, both in one batch for the verifier."""
         checks: list[SignatureCheck] = []
-        auth, http, raw = started.auth, started.http, started.raw
-        if http is not None and auth is not None:
-            signer = started.relay if started.relay is not None else started.info
-            try:
-                started.signed_at, header_digest = authorization_digest(
-                    auth,
-                    method="POST",
-                    path_and_query=http.path_and_query,
-                    body=raw,
-                    now=started.now,
-                    window=self.clock_skew,
-                    expected_agent_id=signer.agent_id,
-                )
-            except OcpError as exc:
-                started.header_error = exc
-                return
-            checks.append(SignatureCheck(signer.keys, header_digest, auth.signature))
+        header = self._header_check(started)
+        if started.header_error is not None:
+            return
+        if header is not None:
+            checks.append(header)
+        raw = started.raw
         if len(raw) <= OFFLOAD_BYTES:
             try:
                 started.digest, signature = signed_digest(started.message)

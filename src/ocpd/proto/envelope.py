@@ -16,6 +16,7 @@ their digests are equal.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -35,7 +36,7 @@ from ocpd.proto.crypto import (
     x25519,
 )
 from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp, parse_timestamp
-from ocpd.proto.errors import AuthError, MalformedError, OcpError
+from ocpd.proto.errors import AuthError, MalformedError, OcpError, PayloadTooLarge
 from ocpd.proto.ids import is_broadcast_did, new_message_id
 from ocpd.proto.jcs import canonicalize
 from ocpd.proto.strictjson import loads_strict
@@ -57,6 +58,8 @@ __all__ = [
     "message_aad",
     "message_digest",
     "parse_message",
+    "parse_message_within",
+    "payload_size",
     "sign_message",
     "signed_digest",
     "verify_message",
@@ -210,6 +213,34 @@ def parse_message(
     schema.validate_envelope(value)
     sent_at, expires_at = check_freshness(value, now=now, clock_skew=clock_skew)
     return value, sent_at, expires_at
+
+
+def payload_size(message: Mapping[str, Any]) -> int:
+    """The bytes ``payload`` takes: an encrypted one's text, else its compact JSON."""
+    payload = message["payload"]
+    if isinstance(payload, str):
+        return len(payload)
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def parse_message_within(
+    raw: bytes,
+    *,
+    now: float,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
+    max_size: int = MAX_MESSAGE_SIZE,
+    max_payload: int,
+) -> tuple[Message, float, float]:
+    """:func:`parse_message`, then OCP-413 when the payload exceeds ``max_payload`` bytes."""
+    message, sent_at, expires_at = parse_message(
+        raw, now=now, clock_skew=clock_skew, max_size=max_size
+    )
+    if len(raw) > max_payload and payload_size(message) > max_payload:
+        raise PayloadTooLarge(
+            f"payload exceeds the limit of {max_payload} bytes",
+            details={"limit": max_payload, "field": "payload"},
+        )
+    return message, sent_at, expires_at
 
 
 def verify_message(
