@@ -228,6 +228,33 @@ async def test_freshness(tmp_path: Path, clock: MockClock, alice: Agent, bob: Ag
             )
 
 
+async def test_a_refused_message_is_refused_before_its_sender_is(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent, carol: Agent
+) -> None:
+    """OCP-400 for the message itself comes before OCP-401 for who sent it, however the
+    message is checked; the error still names the message."""
+    with trio.fail_after(30):
+        async with running_node(tmp_path) as node:
+            node.directory.add(bob)
+            now = node.clock.now()
+            expired = message(alice, bob.id, clock_now=now - 61, ttl=60)
+            # alice is not registered, and the message is on bob's session
+            for kw in ({}, {"session_agent": bob.id}):
+                attempt = Attempt("ws", 0.0)
+                with pytest.raises(MalformedError) as refused:
+                    await node.intake.check(expired, attempt, **kw)  # type: ignore[arg-type]
+                assert refused.value.details["reason"] == "expired"
+                assert attempt.sender == alice.id
+                assert attempt.message_id is not None
+            headers = {"authorization": authorization(carol, expired, now=now)}
+            with pytest.raises(MalformedError):
+                await node.intake.check(
+                    expired,
+                    Attempt("http", 0.0),
+                    http=HttpCredentials(headers["authorization"]),
+                )
+
+
 HOSTILE = {
     "duplicate-key": b'{"a":1,"a":1}',
     "nan": b'{"a":NaN}',

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -246,44 +246,37 @@ async def test_idle_sessions_are_pinged_and_silent_ones_dropped(
     assert app.events[-1] == {"type": "websocket.disconnect", "code": 1006}
 
 
-async def test_a_message_over_the_limit_closes_1009_before_it_is_whole() -> None:
+async def closed_after(data_for: Callable[[Client], bytes]) -> tuple[int, Recorder]:
+    """The close code the server answers ``data_for(client)`` with, sent after the upgrade."""
     app = Recorder()
     async with served(app) as (client_end, _):
         client = Client(client_end)
         await client.handshake(["ocp.v1"])
-        frame = client.ws.send(TextMessage(data="x" * 5000))
-        # Only the first 1,500 bytes of the frame are sent: already over 1,000.
-        await client_end.send_all(frame[:1500])
+        await client_end.send_all(data_for(client))
         closing = await client.next_event()
         assert isinstance(closing, CloseConnection)
-        assert closing.code == 1009
+    return closing.code, app
+
+
+async def test_a_message_over_the_limit_closes_1009_before_it_is_whole() -> None:
+    # Only the first 1,500 bytes of the frame are sent: already over 1,000.
+    code, app = await closed_after(lambda c: c.ws.send(TextMessage(data="x" * 5000))[:1500])
+    assert code == 1009
     assert app.events[-1] == {"type": "websocket.disconnect", "code": 1009}
     assert not any(e.get("text") for e in app.events)
 
 
 async def test_a_malformed_frame_closes_1002() -> None:
-    app = Recorder()
-    async with served(app) as (client_end, _):
-        client = Client(client_end)
-        await client.handshake(["ocp.v1"])
-        # An unmasked client frame is a protocol error (RFC 6455 §5.1).
-        await client_end.send_all(b"\x81\x02hi")
-        closing = await client.next_event()
-        assert isinstance(closing, CloseConnection)
-        assert closing.code == 1002
+    # An unmasked client frame is a protocol error (RFC 6455 §5.1).
+    code, app = await closed_after(lambda _: b"\x81\x02hi")
+    assert code == 1002
     assert app.events[-1] == {"type": "websocket.disconnect", "code": 1002}
 
 
 async def test_the_limit_counts_utf8_bytes_not_characters() -> None:
-    app = Recorder()
-    async with served(app) as (client_end, _):
-        client = Client(client_end)
-        await client.handshake(["ocp.v1"])
-        # 400 characters, 1,200 bytes: over the 1,000-byte limit.
-        await client.send_text("€" * 400)
-        closing = await client.next_event()
-        assert isinstance(closing, CloseConnection)
-        assert closing.code == 1009
+    # 400 characters, 1,200 bytes: over the 1,000-byte limit.
+    code, _ = await closed_after(lambda c: c.ws.send(TextMessage(data="€" * 400)))
+    assert code == 1009
 
 
 async def test_an_idle_session_is_one_task() -> None:

@@ -116,14 +116,18 @@ def helper_wanted(setting: str) -> bool:
 
 
 def encode_checks(checks: Sequence[SignatureCheck]) -> bytes:
+    body = _checks_body(checks)
+    return _LENGTH.pack(len(body) + 1) + _KIND_CHECKS + body
+
+
+def _checks_body(checks: Sequence[SignatureCheck]) -> bytes:
     parts: list[bytes] = []
     for check in checks:
         keys = [k for k in check.keys if len(k) == _KEY][:_MAX_KEYS]
         signature = check.signature if len(check.signature) == _SIGNATURE else bytes(_SIGNATURE)
         parts += [bytes([len(keys)]), *keys, signature, _LENGTH.pack(len(check.message))]
         parts.append(check.message)
-    body = b"".join(parts)
-    return _LENGTH.pack(len(body) + 1) + _KIND_CHECKS + body
+    return b"".join(parts)
 
 
 def decode_checks(body: bytes | memoryview) -> list[SignatureCheck]:
@@ -221,7 +225,7 @@ _ERRORS: Final[dict[str, type[OcpError]]] = {
 
 def encode_message_check(check: MessageCheck) -> bytes:
     keys = [k for k in check.keys if len(k) == _KEY][:_MAX_KEYS]
-    header = encode_checks([check.header])[5:] if check.header is not None else b""
+    header = _checks_body([check.header]) if check.header is not None else b""
     body = b"".join(
         (
             _KIND_MESSAGE,

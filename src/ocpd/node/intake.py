@@ -224,6 +224,14 @@ def _name(attempt: Attempt, message: dict[str, Any]) -> None:
     attempt.sender = message["sender"]["agent_id"]
 
 
+def _envelope_verified(unreadable: OcpError | None, signature_ok: bool) -> None:
+    """Step 4's outcome: an unreadable ``sender.signature`` is its own error, a bad one OCP-401."""
+    if unreadable is not None:
+        raise unreadable
+    if not signature_ok:
+        raise AuthError(BAD_MESSAGE_SIGNATURE)
+
+
 def _identify(raw: bytes, attempt: Attempt, max_size: int) -> None:
     """Name the message a refusal is about, when it can be read at all (decision 79).
 
@@ -403,7 +411,7 @@ class Intake:
             now=now,
             info=info,
             relay=relay,
-            auth=auth if http is not None else None,
+            auth=auth,
             http=http,
         )
         if plain is not None:
@@ -494,19 +502,20 @@ class Intake:
             raise verdict.refused
         started.sent_at, started.expires_at = verdict.sent_at, verdict.expires_at
         _name(started.attempt, started.message)
+        self._header_verified(started, verdict.header_ok)
+        _envelope_verified(verdict.unreadable, verdict.signature_ok)
+        return verdict.digest
+
+    def _header_verified(self, started: Started, header_ok: bool | None) -> None:
+        """Step 3's outcome: the header's refusal, a bad signature or a replay is OCP-401."""
         if started.header_error is not None:
             raise started.header_error
         if started.auth is not None:
-            if not verdict.header_ok:
+            if not header_ok:
                 raise AuthError(BAD_AUTHORIZATION_SIGNATURE)
             record_authorization(
                 started.auth, replay=self.replay, now=started.now, signed_at=started.signed_at
             )
-        if verdict.unreadable is not None:
-            raise verdict.unreadable
-        if not verdict.signature_ok:
-            raise AuthError(BAD_MESSAGE_SIGNATURE)
-        return verdict.digest
 
     def _submit_signatures(self, started: Started) -> None:
         """Steps 3 and 4's signatures, both in one batch for the verifier."""
@@ -531,24 +540,14 @@ class Intake:
 
         Errors come in the order of the steps: the header's before the envelope's.
         """
-        if started.header_error is not None:
-            raise started.header_error
         verified = await started.answer.wait() if started.answer is not None else []
-        auth = started.auth
-        if auth is not None:
-            if not verified[0]:
-                raise AuthError(BAD_AUTHORIZATION_SIGNATURE)
-            record_authorization(
-                auth, replay=self.replay, now=started.now, signed_at=started.signed_at
-            )
+        header_ok = verified[0] if started.auth is not None and verified else None
+        self._header_verified(started, header_ok)
         if len(started.raw) > OFFLOAD_BYTES:
             return await trio.to_thread.run_sync(
                 verify_message_signature, started.message, started.info.keys, limiter=self.cpu
             )
-        if started.unreadable is not None:
-            raise started.unreadable
-        if not verified[-1]:
-            raise AuthError(BAD_MESSAGE_SIGNATURE)
+        _envelope_verified(started.unreadable, bool(verified) and verified[-1])
         return started.digest
 
     async def _relay(self, agent_id: str) -> AgentInfo:
