@@ -133,7 +133,12 @@ class WireVerifier(Verifier):
 
 
 #: What the nodes of :func:`running_node` check signatures with, unless told otherwise.
-VERIFIERS: Final = {"loop": lambda: Verifier(helper=False), "wire": WireVerifier}
+VERIFIERS: Final = {
+    "loop": lambda: Verifier(helper=False),
+    "wire": WireVerifier,
+    # The real helper process, whose answers take their time.
+    "helper": lambda: Verifier(helper=True),
+}
 
 
 @asynccontextmanager
@@ -222,6 +227,11 @@ async def running_node(
             await nursery.start(database.run)
             await nursery.start(router.run)
             await nursery.start(ws.run)
+            if intake.verifier.helper and not intake.verifier.running:
+                await nursery.start(intake.verifier.run)
+                with trio.fail_after(30):
+                    while not intake.verifier.running:  # noqa: ASYNC110 - the process starts
+                        await trio.sleep(0.01)
             if forwarder is not None:
                 await nursery.start(forwarder.run)
             yield Node(

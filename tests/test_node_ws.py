@@ -517,6 +517,29 @@ async def test_broadcast_is_delivered_once_to_each_connected_match(
                 await client.disconnect()
 
 
+async def test_messages_sent_just_before_leaving_are_committed(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
+) -> None:
+    """An agent that sends and closes at once (its close right behind its frames) still
+    has every message it sent committed and queued for the receiver."""
+    with trio.fail_after(30):
+        async with (
+            running_node(tmp_path, verifier="helper") as node,
+            trio.open_nursery() as n,
+        ):
+            node.directory.add(alice)
+            node.directory.add(bob)
+            client = WsClient()
+            await authenticate(client, node.ws, n, alice, node.clock.now())
+            sent = [message(alice, bob.id, clock_now=node.clock.now()) for _ in range(50)]
+            for raw in sent:
+                await client.send_text(raw.decode())
+            await client.disconnect()
+            await trio.sleep(1)
+            queued = await node.store.pending(bob.id, after=0)
+            assert [p.raw for p in queued] == sent
+
+
 async def test_oversized_frame_closes_1009(tmp_path: Path, clock: MockClock, alice: Agent) -> None:
     with trio.fail_after(30):
         async with running_node(tmp_path, max_message_bytes=2048) as node, trio.open_nursery() as n:

@@ -16,10 +16,11 @@ or ``{"frame_type": "auth_result", "status": "rejected", "error_code": …,
 unknown agent, or nothing valid in time: OCP-408).
 
 An authenticated session lasts until the agent leaves, its ``ttl`` runs
-out (close 1000: authenticate again) or the daemon stops (close 1001). In
-the last two cases the node first stops reading, then commits what it
-already read and writes those receipts (for at most ``DRAIN_SECONDS``),
-then closes. An idle session is one task, the connection's, waiting for a
+out (close 1000: authenticate again) or the daemon stops (close 1001).
+Whichever it is, the node stops reading and commits what it already read
+(for at most ``DRAIN_SECONDS``): messages still waiting for their checks
+when the agent's close arrived are not lost. In the last two cases it also
+writes those receipts, then closes. An idle session is one task, the connection's, waiting for a
 frame; two more run only while they have work:
 
 * the connection's task **reads** one text frame at a time, runs it
@@ -267,10 +268,11 @@ class WebSocketEndpoint:
                     live.stop()
                 with live.reading:
                     await self._read(session, receive, pipeline, live)
-                if live.reading.cancelled_caught:
-                    # The ttl or the daemon's stop: answer what was already read, then close.
-                    with trio.move_on_after(DRAIN_SECONDS):
-                        await pipeline.settle()
+                # However reading ended, what was read is checked and committed;
+                # on the ttl or the daemon's stop, its receipts are written too.
+                with trio.move_on_after(DRAIN_SECONDS):
+                    await pipeline.settle()
+                    if live.reading.cancelled_caught:
                         await session.flush()
                 nursery.cancel_scope.cancel()
         finally:
