@@ -11,6 +11,7 @@ from ocpd.node.store import (
     Accept,
     accept_txn,
     delivered_txn,
+    held_txn,
     local_agents_txn,
     pending_txn,
     sweep_txn,
@@ -123,3 +124,32 @@ def test_local_agents(conn: sqlite3.Connection) -> None:
     assert conn.execute(
         "SELECT first_seen, last_seen FROM local_agents WHERE agent_id = 'bob'"
     ).fetchone() == (1.0, 2.0)
+
+
+def test_queued_messages_survive_the_move_to_integer_body_keys() -> None:
+    """A version 3 database with queued rows keeps every row and body at version 4."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn, MIGRATIONS["node"][:3])
+    conn.executemany(
+        "INSERT INTO message_bodies (message_id, raw, expires_at) VALUES (?, ?, 1000.0)",
+        [("m1", b"raw-m1"), ("m2", b"raw-m2")],
+    )
+    conn.executemany(
+        "INSERT INTO deliveries (seq, receiver, message_id, sender, expires_at, state) "
+        "VALUES (?, ?, ?, 'alice', 1000.0, ?)",
+        [(7, "bob", "m1", "local"), (8, "carol", "m1", "remote"), (9, "bob", "m2", "local")],
+    )
+    migrate(conn, MIGRATIONS["node"])
+    assert [(p.seq, p.raw) for p in pending_txn(conn, "bob", 0, 10)] == [
+        (7, b"raw-m1"),
+        (9, b"raw-m2"),
+    ]
+    held = held_txn(conn, 8)
+    assert held is not None
+    assert (held.receiver, held.message_id, held.raw) == ("carol", "m1", b"raw-m1")
+    assert delivered_txn(conn, [7, 9]) == 2
+    assert conn.execute("SELECT message_id FROM message_bodies").fetchall() == [("m1",)]
+    # sequence numbers go on from where they were
+    seqs = accept_txn(conn, [_accept("m3")])[0].seqs
+    assert seqs[0] > 9
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

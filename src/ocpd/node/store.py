@@ -113,15 +113,16 @@ def accept_txn(conn: sqlite3.Connection, batch: Sequence[Accept]) -> list[Accept
             continue
         seqs: list[int] = []
         if item.recipients:
-            conn.execute(
+            body = conn.execute(
                 "INSERT INTO message_bodies (message_id, raw, expires_at) VALUES (?, ?, ?)",
                 (item.message_id, item.raw, item.expires_at),
-            )
+            ).lastrowid
             for receiver, placement in item.recipients:
                 cursor = conn.execute(
-                    "INSERT INTO deliveries (receiver, message_id, sender, expires_at, state) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (receiver, item.message_id, item.sender, item.expires_at, placement),
+                    "INSERT INTO deliveries "
+                    "(receiver, message_id, body, sender, expires_at, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (receiver, item.message_id, body, item.sender, item.expires_at, placement),
                 )
                 seqs.append(int(cursor.lastrowid or 0))
         conn.execute(
@@ -135,7 +136,7 @@ def accept_txn(conn: sqlite3.Connection, batch: Sequence[Accept]) -> list[Accept
 def pending_txn(conn: sqlite3.Connection, receiver: str, after: int, limit: int) -> list[Pending]:
     rows = conn.execute(
         "SELECT d.seq, b.raw, d.expires_at FROM deliveries AS d "
-        "JOIN message_bodies AS b ON b.message_id = d.message_id "
+        "JOIN message_bodies AS b ON b.body = d.body "
         "WHERE d.receiver = ? AND d.seq > ? ORDER BY d.seq LIMIT ?",
         (receiver, after, limit),
     ).fetchall()
@@ -146,15 +147,13 @@ def delivered_txn(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
     """Drop sent queue rows, and each body no other row needs; returns rows removed."""
     removed = 0
     for seq in seqs:
-        row = conn.execute(
-            "DELETE FROM deliveries WHERE seq = ? RETURNING message_id", (seq,)
-        ).fetchone()
+        row = conn.execute("DELETE FROM deliveries WHERE seq = ? RETURNING body", (seq,)).fetchone()
         if row is None:
             continue
         removed += 1
         conn.execute(
-            "DELETE FROM message_bodies WHERE message_id = ?1 "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?1)",
+            "DELETE FROM message_bodies WHERE body = ?1 "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE body = ?1)",
             (row[0],),
         )
     return removed
@@ -171,7 +170,7 @@ def remote_rows_txn(conn: sqlite3.Connection) -> list[tuple[int, str]]:
 def held_txn(conn: sqlite3.Connection, seq: int) -> Held | None:
     row = conn.execute(
         "SELECT d.receiver, d.sender, d.message_id, b.raw, d.expires_at FROM deliveries AS d "
-        "JOIN message_bodies AS b ON b.message_id = d.message_id WHERE d.seq = ?",
+        "JOIN message_bodies AS b ON b.body = d.body WHERE d.seq = ?",
         (seq,),
     ).fetchone()
     if row is None:
