@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, peer
 from ocpd.proto.crypto import (
     SigningKey,
     X25519KeyPair,
@@ -1221,7 +1221,37 @@ def _session_case(hello: Json, ack: Json, e_i: X25519KeyPair, e_r: X25519KeyPair
         "initiator_send_key": initiator.send_key.hex(),
         "initiator_receive_key": initiator.receive_key.hex(),
         "aead": "ChaCha20-Poly1305",
+        "frame_aad": peer.FRAME_AAD.decode("ascii"),
+        "frames": _session_frames(initiator, responder),
     }
+
+
+def _session_frames(
+    initiator: netartifacts.SessionKeys, responder: netartifacts.SessionKeys
+) -> list[Json]:
+    """The first frames each way: a control frame (kind 0x00) and a message (kind 0x01)."""
+    plain = [
+        ("initiator", b'\x00{"n":1,"type":"ping"}'),
+        ("initiator", b'\x01{"message_id":"msg-00000000-0000-4000-8000-000000000001"}'),
+        ("responder", b'\x00{"n":1,"type":"pong"}'),
+    ]
+    ciphers = {"initiator": peer.FrameCipher(initiator), "responder": peer.FrameCipher(responder)}
+    openers = {"initiator": peer.FrameCipher(responder), "responder": peer.FrameCipher(initiator)}
+    frames: list[Json] = []
+    for sender, plaintext in plain:
+        counter = ciphers[sender].sent
+        frame = ciphers[sender].seal(plaintext)
+        assert openers[sender].open(frame) == plaintext
+        frames.append(
+            {
+                "from": sender,
+                "counter": counter,
+                "nonce": peer.frame_nonce(counter).hex(),
+                "plaintext": plaintext.hex(),
+                "frame": frame.hex(),
+            }
+        )
+    return frames
 
 
 # --- assembly -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, schema
 from ocpd.proto.crypto import (
     SigningKey,
     aes256gcm_decrypt,
+    chacha20poly1305_encrypt,
     ed25519_pk_to_x25519,
     ed25519_verify,
     hkdf_sha256,
@@ -725,6 +726,20 @@ def _session_case(case: Case, data: Json) -> None:
     receive = case["initiator_receive_key"]
     expect(initiator.send_key.hex() == send == responder.receive_key.hex(), "send keys differ")
     expect(initiator.receive_key.hex() == receive == responder.send_key.hex(), "receive keys")
+
+    expect(case["frame_aad"] == "ocp-peer-frame.v1", "frame associated data differs")
+    keys = {"initiator": bytes.fromhex(send), "responder": bytes.fromhex(receive)}
+    counters = {"initiator": 0, "responder": 0}
+    for frame in case["frames"]:
+        sender = frame["from"]
+        nonce = bytes(4) + counters[sender].to_bytes(8, "big")
+        expect(frame["counter"] == counters[sender], "frame counters must start at 0 and step 1")
+        expect(frame["nonce"] == nonce.hex(), "frame nonce differs")
+        sealed = chacha20poly1305_encrypt(
+            keys[sender], nonce, bytes.fromhex(frame["plaintext"]), case["frame_aad"].encode()
+        )
+        expect(sealed.hex() == frame["frame"], "sealed frame differs")
+        counters[sender] += 1
 
 
 def _is_session(case: Case) -> bool:
