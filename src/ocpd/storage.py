@@ -130,6 +130,29 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
         DROP TABLE message_bodies;
         ALTER TABLE message_bodies_v4 RENAME TO message_bodies;
         """,
+        # v5: node networking. ``peer_advertisements`` is the durable cache of
+        # other nodes' current node-advertisement.v1 (NET FR-004d/f), kept
+        # as received; a row outlives its advertisement's expiry by the
+        # longest lifetime an advertisement may have, so that an older one
+        # replayed meanwhile is still recognised as stale. ``peer_nonces``
+        # carries the handshake replay memory over restarts (FR-012b).
+        """
+        CREATE TABLE peer_advertisements (
+            node_id TEXT PRIMARY KEY,
+            sequence_no INTEGER NOT NULL,
+            advertised_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            artifact TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE peer_nonces (
+            peer TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            forget_at REAL NOT NULL,
+            PRIMARY KEY (peer, nonce)
+        ) WITHOUT ROWID;
+        """,
     ),
     "registry": (
         """

@@ -1,0 +1,1 @@
+"""Node networking (NET): advertisements, peer sessions, bootstrap and traces."""
