@@ -41,7 +41,8 @@ from ocpd.components import (
 )
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
-from ocpd.logs import get_logger, hold_lines, log_event, log_fields, release_lines
+from ocpd.logs import get_logger, hold_lines, log_event, release_lines
+from ocpd.net.traces import Tracer
 from ocpd.proto.hosts import is_loopback_host
 from ocpd.sdnotify import Notifier
 from ocpd.server import ServerSettings, serve_asgi
@@ -262,7 +263,7 @@ async def _run_daemon(
     identity, created = await trio.to_thread.run_sync(
         partial(load_or_init_identity, data_dir, now=clock.now())
     )
-    _log_identity(identity, created, config.node.network)
+    _log_identity(identity, created, config.node.network, clock)
 
     databases: dict[str, Database] = {}
     try:
@@ -290,13 +291,14 @@ def _log_retry(path: Path, attempt: int, exc: Exception) -> None:
     )
 
 
-def _log_identity(identity: NodeIdentity, created: bool, network: str) -> None:
-    fields: dict[str, object] = {
-        "node/self": identity.node_id,
-        "participant/id": identity.participant_id,
-        "service_agent_id": identity.service_agent_id(network),
-    }
-    log_fields(log, "identity/generated" if created else "identity/loaded", fields)
+def _log_identity(identity: NodeIdentity, created: bool, network: str, clock: WallClock) -> None:
+    Tracer(identity.node_id, wall=clock.now).emit(
+        "identity/generated" if created else "identity/loaded",
+        fields={
+            "participant/id": identity.participant_id,
+            "service_agent_id": identity.service_agent_id(network),
+        },
+    )
 
 
 async def _supervise(
