@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 import trio
 
@@ -45,3 +48,12 @@ def task_count() -> int:
         count += 1
         pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
     return count
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the ``ocpd`` logger back as it was after a test that configures logging."""
+    root = logging.getLogger("ocpd")
+    saved = (list(root.handlers), root.level, root.propagate)
+    yield
+    root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]

@@ -451,3 +451,13 @@ async def authenticate(
     await client.connect(endpoint, nursery)
     await client.send_text(handshake(agent, now=now))
     return await client.frame()
+
+
+async def session_of(
+    node: Node, nursery: trio.Nursery, agent: Agent, *, later: float = 0.0
+) -> WsClient:
+    """A WebSocket client of ``agent`` past its ``auth_handshake`` (signed ``later`` s from now)."""
+    client = WsClient()
+    result = await authenticate(client, node.ws, nursery, agent, node.clock.now() + later)
+    assert result["status"] == "accepted", result
+    return client

@@ -21,13 +21,7 @@ from ocpd.logs import (
     release_lines,
 )
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger("ocpd")
-    saved = (list(root.handlers), root.level, root.propagate)
-    yield
-    root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 FIELDS = {

@@ -134,7 +134,7 @@ async def test_handshake_nonces_outlive_a_restart(tmp_path: Path) -> None:
         with pytest.raises(NetError) as exc:
             memory.admit("node:a", "n1", T0 + 61)
         assert exc.value.code == "E_HS_REPLAY"
-        await AdvertisementCache(db).sweep(now=T0 + 121)
+        await NonceStore(db).sweep(now=T0 + 121)
         assert await NonceStore(db).load(now=T0) == []
 
     await _with_db(tmp_path, first)

@@ -14,7 +14,15 @@ from trio.testing import MockClock
 
 import ocpd.node.router
 from conftest import NETWORK, Agent, task_count
-from node_helpers import NODE_KEY, WsClient, authenticate, handshake, message, running_node
+from node_helpers import (
+    NODE_KEY,
+    WsClient,
+    authenticate,
+    handshake,
+    message,
+    running_node,
+    session_of,
+)
 from ocpd.config import WebSocketSection
 from ocpd.node.intake import Attempt
 from ocpd.proto.envelope import verify_message_signature
@@ -227,8 +235,7 @@ async def test_stopping_drains_then_closes_with_1001(
         async with running_node(tmp_path) as node, trio.open_nursery() as n:
             node.directory.add(alice)
             node.directory.add(bob)
-            client = WsClient()
-            await authenticate(client, node.ws, n, alice, node.clock.now())
+            client = await session_of(node, n, alice)
             # what was read before the stop is still committed and answered
             raws = [message(alice, bob.id, clock_now=node.clock.now()) for _ in range(5)]
             for raw in raws:
@@ -250,9 +257,8 @@ async def test_messages_receipts_and_live_delivery(
         async with running_node(tmp_path) as node, trio.open_nursery() as n:
             node.directory.add(alice)
             node.directory.add(bob)
-            sender, receiver = WsClient(), WsClient()
-            await authenticate(sender, node.ws, n, alice, node.clock.now())
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            sender = await session_of(node, n, alice)
+            receiver = await session_of(node, n, bob)
             raw = message(alice, bob.id, clock_now=node.clock.now())
             message_id = json.loads(raw)["message_id"]
             await sender.send_text(raw.decode())
@@ -313,9 +319,8 @@ async def test_an_idle_session_is_one_task(
             node.directory.add(alice)
             node.directory.add(bob)
             before = task_count()
-            sender, receiver = WsClient(), WsClient()
-            await authenticate(sender, node.ws, n, alice, node.clock.now())
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            sender = await session_of(node, n, alice)
+            receiver = await session_of(node, n, bob)
             raw = message(alice, bob.id, clock_now=node.clock.now())
             await sender.send_text(raw.decode())
             assert (await sender.frame())["status"] == "accepted"
@@ -338,13 +343,11 @@ async def test_a_live_receiver_gets_everything_many_senders_commit_together(
     with trio.fail_after(120):
         async with running_node(tmp_path) as node, trio.open_nursery() as n:
             node.directory.add(bob)
-            receiver = WsClient()
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            receiver = await session_of(node, n, bob)
             clients = []
             for agent in senders:
                 node.directory.add(agent)
-                client = WsClient()
-                await authenticate(client, node.ws, n, agent, node.clock.now())
+                client = await session_of(node, n, agent)
                 clients.append((agent, client))
             expected: set[str] = set()
             for _ in range(15):
@@ -376,8 +379,7 @@ async def test_offline_receiver_gets_its_queue_in_order(
                 checked = await node.intake.check(raw, attempt)
                 await node.intake.commit([checked])
                 sent.append(raw)
-            receiver = WsClient()
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            receiver = await session_of(node, n, bob)
             got = [(await receiver.receive_event_text()).encode() for _ in sent]
             assert got == sent
             await trio.sleep(1)
@@ -400,8 +402,7 @@ async def test_a_receiver_catching_up_under_steady_traffic_goes_live(
                 return raw
 
             sent = [await send_one() for _ in range(300)]
-            receiver = WsClient()
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            receiver = await session_of(node, n, bob)
             # alice never pauses: the backlog must still end in live delivery
             live_during_traffic = False
             for _ in range(300):
@@ -422,8 +423,7 @@ async def test_live_queue_overflow_falls_back_to_the_database(
         async with running_node(tmp_path) as node, trio.open_nursery() as n:
             node.directory.add(alice)
             node.directory.add(bob)
-            receiver = WsClient()
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            receiver = await session_of(node, n, bob)
             await trio.sleep(1)
             session = node.router.owner(bob.id)
             assert session is not None and session.live
@@ -442,9 +442,8 @@ async def test_newest_session_owns_delivery(
         async with running_node(tmp_path) as node, trio.open_nursery() as n:
             node.directory.add(alice)
             node.directory.add(bob)
-            old, new = WsClient(), WsClient()
-            await authenticate(old, node.ws, n, bob, node.clock.now())
-            await authenticate(new, node.ws, n, bob, node.clock.now() + 0.5)
+            old = await session_of(node, n, bob)
+            new = await session_of(node, n, bob, later=0.5)
 
             async def send_one() -> bytes:
                 raw = message(alice, bob.id, clock_now=node.clock.now())
@@ -475,8 +474,7 @@ async def test_expired_messages_are_not_delivered(
             for raw in (short, long):
                 await node.intake.commit([await node.intake.check(raw, Attempt("ws", 0))])
             await trio.sleep(11)
-            receiver = WsClient()
-            await authenticate(receiver, node.ws, n, bob, node.clock.now())
+            receiver = await session_of(node, n, bob)
             assert (await receiver.receive_event_text()).encode() == long
             await trio.sleep(1)
             assert node.metrics.deliveries.labels("expired")._value.get() == 1
@@ -492,10 +490,9 @@ async def test_broadcast_is_delivered_once_to_each_connected_match(
             node.directory.add(alice, domains=["finance"])
             node.directory.add(bob, domains=["healthcare.oncology"])
             node.directory.add(carol, domains=["healthcare.radiology"], level=0)
-            sender, b, c = WsClient(), WsClient(), WsClient()
-            await authenticate(sender, node.ws, n, alice, node.clock.now())
-            await authenticate(b, node.ws, n, bob, node.clock.now())
-            await authenticate(c, node.ws, n, carol, node.clock.now())
+            sender = await session_of(node, n, alice)
+            b = await session_of(node, n, bob)
+            c = await session_of(node, n, carol)
             raw = message(
                 alice,
                 broadcast_did(NETWORK),
@@ -529,8 +526,7 @@ async def test_messages_sent_just_before_leaving_are_committed(
         ):
             node.directory.add(alice)
             node.directory.add(bob)
-            client = WsClient()
-            await authenticate(client, node.ws, n, alice, node.clock.now())
+            client = await session_of(node, n, alice)
             sent = [message(alice, bob.id, clock_now=node.clock.now()) for _ in range(50)]
             for raw in sent:
                 await client.send_text(raw.decode())
@@ -544,8 +540,7 @@ async def test_oversized_frame_closes_1009(tmp_path: Path, clock: MockClock, ali
     with trio.fail_after(30):
         async with running_node(tmp_path, max_message_bytes=2048) as node, trio.open_nursery() as n:
             node.directory.add(alice)
-            client = WsClient()
-            await authenticate(client, node.ws, n, alice, node.clock.now())
+            client = await session_of(node, n, alice)
             await client.send_text("x" * 2049)
             assert await client.closing() == 1009
 

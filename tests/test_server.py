@@ -136,6 +136,12 @@ async def read_until(stream: trio.abc.Stream, end: bytes) -> bytes:
     return data
 
 
+async def get_health(stream: trio.abc.Stream) -> bytes:
+    """Send ``GET /health`` on a kept-alive connection and read the Recorder's answer."""
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
+    return await read_until(stream, b"GET /health 0")
+
+
 async def read_all(stream: trio.abc.Stream) -> bytes:
     data = b""
     while chunk := await stream.receive_some(65536):
@@ -146,8 +152,7 @@ async def read_all(stream: trio.abc.Stream) -> bytes:
 async def test_plain_http_goes_to_the_app_with_keep_alive() -> None:
     app = Recorder()
     async with served(app) as (client, _):
-        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
-        first = await read_until(client, b"GET /health 0")
+        first = await get_health(client)
         assert first.startswith(b"HTTP/1.1 200 ")
         body = b"hello"
         await client.send_all(
@@ -320,8 +325,7 @@ def status_line(answer: bytes) -> bytes:
 async def test_an_answer_leaves_in_one_write_with_a_date_header() -> None:
     app = Recorder()
     async with served(app) as (client, server_end):
-        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
-        answer = await read_until(client, b"GET /health 0")
+        answer = await get_health(client)
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert b"\r\ndate: " in head
     assert b" gmt" in head
@@ -371,8 +375,7 @@ async def test_an_idle_keep_alive_connection_closes(
 ) -> None:
     app = Recorder()
     async with served(app) as (client, _):
-        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
-        await read_until(client, b"GET /health 0")
+        await get_health(client)
         answered = trio.current_time()
         with trio.fail_after(60):
             assert await read_all(client) == b""
@@ -384,8 +387,7 @@ async def test_a_trickled_second_request_head_is_cut_off(
 ) -> None:
     app = Recorder()
     async with served(app) as (client, _):
-        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
-        await read_until(client, b"GET /health 0")
+        await get_health(client)
         started = trio.current_time()
 
         async def trickle() -> None:
@@ -418,8 +420,7 @@ async def test_head_answers_carry_no_body_and_keep_the_connection() -> None:
         head = await read_until(client, b"\r\n\r\n")
         assert status_line(head) == b"HTTP/1.1 200 "
         assert b"content-length: 14" in head.lower()  # what a GET would carry
-        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
-        second = await read_until(client, b"GET /health 0")
+        second = await get_health(client)
     # Nothing of the HEAD answer's body came before the second answer.
     assert status_line(second) == b"HTTP/1.1 200 "
 
@@ -437,8 +438,7 @@ async def test_an_http_1_0_request_is_answered_and_the_connection_closed() -> No
 async def test_a_garbled_second_request_is_refused_with_400() -> None:
     app = Recorder()
     async with served(app) as (client, _):
-        await client.send_all(b"GET /health HTTP/1.1\r\nHost: node.test\r\n\r\n")
-        await read_until(client, b"GET /health 0")
+        await get_health(client)
         await client.send_all(b"NOT HTTP AT ALL\r\n\r\n")
         answer = await read_all(client)
     assert status_line(answer).startswith(b"HTTP/1.1 400 ")

@@ -107,7 +107,6 @@ def sweep_txn(conn: sqlite3.Connection, now: float) -> int:
         "DELETE FROM peer_advertisements WHERE expires_at <= ?",
         (now - MAX_ADVERTISEMENT_LIFETIME,),
     ).rowcount
-    conn.execute("DELETE FROM peer_nonces WHERE forget_at <= ?", (now,))
     return int(removed)
 
 
@@ -179,7 +178,7 @@ class AdvertisementCache:
         return [dict(json.loads(text)) for text in texts]
 
     async def sweep(self, *, now: float) -> int:
-        """Forget rows long past expiry and nonces past retention; returns rows removed."""
+        """Forget rows long past expiry; returns how many."""
         return await self.database.write(lambda conn: sweep_txn(conn, now))
 
 
@@ -228,6 +227,14 @@ class NonceStore:
                 "INSERT OR REPLACE INTO peer_nonces (peer, nonce, forget_at) VALUES (?, ?, ?)",
                 (peer, nonce, forget_at),
             )
+
+        await self.database.write(txn)
+
+    async def sweep(self, *, now: float) -> None:
+        """Forget nonces past their retention."""
+
+        def txn(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM peer_nonces WHERE forget_at <= ?", (now,))
 
         await self.database.write(txn)
 

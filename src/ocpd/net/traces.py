@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Final
 
 from ocpd.logs import get_logger, log_fields
 from ocpd.proto.encoding import format_timestamp
-from ocpd.proto.errors import NET_ERROR_CLASSES, NetError
 from ocpd.proto.ids import new_prefixed_uuid
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    from ocpd.proto.errors import NetError
 
 __all__ = ["ERROR_OCCURRED", "MAX_DETAIL", "TRACE_EVENTS", "Tracer"]
 
@@ -113,12 +114,11 @@ class Tracer:
         fields: Mapping[str, object] | None = None,
     ) -> str:
         """``error/occurred`` with the frozen code and its class (FR-022, FR-023)."""
-        code = error.code if error.code in NET_ERROR_CLASSES else "E_PROTO_INVALID"
         return self.emit(
             ERROR_OCCURRED,
             trace_id=trace_id,
             peer=peer,
             detail=error.message,
             level=logging.WARNING,
-            fields={"error/code": code, "error/class": NET_ERROR_CLASSES[code], **(fields or {})},
+            fields={"error/code": error.code, "error/class": error.cls, **(fields or {})},
         )

@@ -223,8 +223,36 @@ class Established:
         return str(self.hello["handshake/id"])
 
 
-def _offered(handshake: Mapping[str, Any]) -> frozenset[str]:
-    return frozenset(handshake.get("capabilities/offered", ()))
+def _establish(
+    key: SigningKey,
+    ephemeral: X25519KeyPair,
+    *,
+    initiator: bool,
+    peer_key: bytes,
+    hello: Mapping[str, Any],
+    ack: Mapping[str, Any],
+) -> Established:
+    """The session a checked hello and ack open, seen from our side."""
+    theirs = ack if initiator else hello
+    keys = derive_session_keys(
+        initiator=initiator,
+        ephemeral_private=ephemeral.private_key,
+        peer_ephemeral_public=b64url_decode(theirs["session/pub"], field="session/pub"),
+        static_key=key,
+        peer_static_public=peer_key,
+        hello=hello,
+        ack=ack,
+    )
+    return Established(
+        initiator=initiator,
+        local_node_id=format_node_id(key.public_key),
+        peer_node_id=str(theirs["sender/node-id"]),
+        peer_key=peer_key,
+        keys=keys,
+        hello=hello,
+        ack=ack,
+        offered=frozenset(theirs.get("capabilities/offered", ())),
+    )
 
 
 class Initiator:
@@ -289,24 +317,8 @@ class Initiator:
             )
         if peer == self.node_id:
             raise _invalid("a node cannot hold a session with itself")
-        keys = derive_session_keys(
-            initiator=True,
-            ephemeral_private=self._ephemeral.private_key,
-            peer_ephemeral_public=b64url_decode(ack["session/pub"], field="session/pub"),
-            static_key=self._key,
-            peer_static_public=peer_key,
-            hello=self.hello,
-            ack=ack,
-        )
-        return Established(
-            initiator=True,
-            local_node_id=self.node_id,
-            peer_node_id=peer,
-            peer_key=peer_key,
-            keys=keys,
-            hello=self.hello,
-            ack=ack,
-            offered=_offered(ack),
+        return _establish(
+            self._key, self._ephemeral, initiator=True, peer_key=peer_key, hello=self.hello, ack=ack
         )
 
 
@@ -358,26 +370,9 @@ class Responder:
             capabilities=self.capabilities,
             handshake_id=handshake_id,
         )
-        keys = derive_session_keys(
-            initiator=False,
-            ephemeral_private=own.private_key,
-            peer_ephemeral_public=b64url_decode(hello["session/pub"], field="session/pub"),
-            static_key=self._key,
-            peer_static_public=peer_key,
-            hello=hello,
-            ack=ack,
+        return ack, _establish(
+            self._key, own, initiator=False, peer_key=peer_key, hello=hello, ack=ack
         )
-        established = Established(
-            initiator=False,
-            local_node_id=self.node_id,
-            peer_node_id=peer,
-            peer_key=peer_key,
-            keys=keys,
-            hello=hello,
-            ack=ack,
-            offered=_offered(hello),
-        )
-        return ack, established
 
 
 # --- frames (D8) -----------------------------------------------------------------------------
