@@ -28,6 +28,7 @@ from ocpd.identity import (
 )
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.diddoc import build_did_document
+from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.ids import derive_agent_id
 from ocpd.storage import StorageError, backup_database, integrity_check
 
@@ -116,6 +117,24 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=4.0)
 
     agent_cli.add_parser(sub)
+
+    peer = sub.add_parser("peer", help="sessions with other nodes (asks the running daemon)")
+    peer_sub = peer.add_subparsers(dest="peer_command", metavar="ACTION", required=True)
+    peer_list = peer_sub.add_parser(
+        "list", help="sessions, their state and last keepalive; dials under way; known peers"
+    )
+    peer_list.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    signal = peer_sub.add_parser(
+        "signal",
+        help="send a signal-marker to a connected peer node",
+        description="Send a participant-signed signal-marker (NET FR-017) over the session "
+        "with NODE-ID; prints the trace id to look for in both nodes' logs.",
+    )
+    signal.add_argument("node_id", metavar="NODE-ID")
+    signal.add_argument(
+        "--kind", required=True, help="signal kind, e.g. ops/ping (lowercase path segments)"
+    )
+    signal.add_argument("--body", help="short text carried in the marker")
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -271,6 +290,44 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_peer(args: argparse.Namespace) -> int:
+    from ocpd.control import SOCKET_NAME, ControlError, call
+
+    config, _ = _load(args)
+    path = config.data_dir / SOCKET_NAME
+    try:
+        if args.peer_command == "signal":
+            sent = call(path, "peer.signal", node_id=args.node_id, kind=args.kind, body=args.body)
+            print(f"sent {sent['marker/id']} (trace {sent['trace/id']})")
+            return 0
+        result = call(path, "peer.list")
+    except ControlError as exc:
+        raise CliError(f"{exc.code}: {exc.message}") from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"this node: {result['node_id']}")
+    sessions = result["sessions"]
+    if not sessions:
+        print("no sessions")
+    for s in sessions:
+        keepalive = s["last_keepalive"]
+        last = format_timestamp(keepalive) if keepalive is not None else "none yet"
+        label = f" ({s['label']})" if s.get("label") else ""
+        print(
+            f"{s['node_id']}{label}  {s['state']}  {s['direction']}  {s['address']}  "
+            f"since {format_timestamp(s['established_at'])}  last keepalive {last}"
+        )
+    for d in result["dialling"]:
+        print(f"{d['node_id']}  dialling  {d['url']}")
+    connected = {s["node_id"] for s in sessions} | {d["node_id"] for d in result["dialling"]}
+    for k in result["known"]:
+        if k["node_id"] not in connected:
+            label = f" ({k['label']})" if k.get("label") else ""
+            print(f"{k['node_id']}{label}  not connected  {', '.join(k['urls'])}")
+    return 0
+
+
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
     import os
     import ssl
@@ -320,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "db": _cmd_db,
         "healthcheck": _cmd_healthcheck,
         "agent": agent_cli.run,
+        "peer": _cmd_peer,
     }
     try:
         return handlers[args.command](args)

@@ -22,7 +22,7 @@ import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from ocpd.proto.errors import MalformedError
-from ocpd.proto.ids import parse_agent_id, parse_multibase_ed25519
+from ocpd.proto.ids import parse_agent_id, parse_multibase_ed25519, parse_node_id
 from ocpd.proto.taxonomy import check_path
 from ocpd.proto.trust import DEFAULT_WEIGHTS, check_weights
 
@@ -195,6 +195,57 @@ class TransportSection:
 
 
 @attrs.frozen
+class SeedPeer:
+    """A statically configured peer (NET FR-006): who it is and where to dial it.
+
+    ``label`` is the operator's own name for it; it never enters signed data
+    (FR-006a).
+    """
+
+    node_id: str
+    address: str
+    label: str | None = None
+
+
+@attrs.frozen
+class PeeringSection:
+    """Node-to-node sessions (NET, D8): bootstrap, limits and trust roots."""
+
+    enabled: bool = True
+    seed_peers: tuple[SeedPeer, ...] = ()
+    #: Seed directories (registries serving ``/adv``): base URLs.
+    seed_directories: tuple[str, ...] = ()
+    #: Deployment-local CA certificates (PEM) trusted for peers' WSS endpoints,
+    #: on top of the system trust store (FR-008d).
+    ca_file: str | None = None
+    #: This node's peer endpoint as others reach it; by default the public
+    #: WebSocket URL with the path ``/ocp/v1/peer``.
+    public_url: str | None = None
+    advertisement_lifetime_seconds: int = attrs.field(
+        default=86_400,
+        validator=_range("peering.advertisement_lifetime_seconds", 600, 7 * 86_400),
+    )
+    directory_sync_seconds: float = attrs.field(
+        default=300.0, validator=_range("peering.directory_sync_seconds", 5, 86_400)
+    )
+    max_sessions: int = attrs.field(
+        default=256, validator=_range("peering.max_sessions", 1, 100_000)
+    )
+    max_pending_handshakes: int = attrs.field(
+        default=128, validator=_range("peering.max_pending_handshakes", 1, 100_000)
+    )
+    #: Handshakes (either direction) allowed per peer node id and minute.
+    handshakes_per_minute: int = attrs.field(
+        default=20, validator=_range("peering.handshakes_per_minute", 1, 10_000)
+    )
+    #: Session frames taken from one peer node per second (with a one-second
+    #: burst); beyond it the node stops reading from that peer for a while.
+    frames_per_second: int = attrs.field(
+        default=20_000, validator=_range("peering.frames_per_second", 10, 1_000_000)
+    )
+
+
+@attrs.frozen
 class RegistrySection:
     port: int = attrs.field(default=8422, validator=_port("registry.port"))
     mode: str = attrs.field(
@@ -310,6 +361,7 @@ class Config:
     custodian: CustodianSection = attrs.Factory(CustodianSection)
     rate_limiting: RateLimitingSection = attrs.Factory(RateLimitingSection)
     crypto: CryptoSection = attrs.Factory(CryptoSection)
+    peering: PeeringSection = attrs.Factory(PeeringSection)
 
     @property
     def data_dir(self) -> Path:
@@ -342,6 +394,19 @@ class Config:
             f"{'wss' if secure else 'ws'}://{authority('ws', t.ws_port)}/ocp/v1/ws"
         )
         return http, ws
+
+    def peer_url(self, bound: Mapping[str, str] | None = None) -> str | None:
+        """This node's peer endpoint (``wss://…/ocp/v1/peer``), or none without TLS.
+
+        Advertised endpoints are always ``wss`` (NET FR-008): a node without
+        TLS, here or upstream, cannot take part in peering.
+        """
+        if self.peering.public_url is not None:
+            return self.peering.public_url
+        ws = urlsplit(self.public_urls(bound)[1])
+        if ws.scheme != "wss":
+            return None
+        return urlunsplit(("wss", ws.netloc, "/ocp/v1/peer", "", ""))
 
     def ports(self, component: str) -> dict[str, int]:
         """The ports a component binds, by name."""
@@ -405,7 +470,33 @@ def _make_converter() -> cattrs.Converter:
                 raise TypeError("must be a list of strings")
         return tuple(value)
 
+    def seed_peer(value: object, _: type) -> SeedPeer:
+        # ``NODE-ID@wss://host:port/ocp/v1/peer`` (the environment's form) or a mapping.
+        if isinstance(value, str):
+            node_id, sep, address = value.partition("@wss://")
+            if not sep:
+                raise TypeError("must be NODE-ID@wss://host:port/ocp/v1/peer or a mapping")
+            return SeedPeer(node_id=node_id.strip(), address="wss://" + address.strip())
+        if not isinstance(value, dict):
+            raise TypeError("must be a mapping with node_id and address")
+        extra = set(value) - {"node_id", "address", "label"}
+        if extra:
+            raise ConfigError("peering.seed_peers", f"unknown key {sorted(extra)[0]!r}")
+        for key in ("node_id", "address"):
+            if not isinstance(value.get(key), str):
+                raise TypeError(f"{key} must be a string")
+        label = value.get("label")
+        if label is not None and not isinstance(label, str):
+            raise TypeError("label must be a string")
+        return SeedPeer(node_id=value["node_id"], address=value["address"], label=label)
+
+    def seed_peers(value: object, _: type) -> tuple[SeedPeer, ...]:
+        if not isinstance(value, list | tuple):
+            raise TypeError("must be a list of seed peers")
+        return tuple(seed_peer(item, SeedPeer) for item in value)
+
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], strict_str_list)
+    converter.register_structure_hook_func(lambda t: t == tuple[SeedPeer, ...], seed_peers)
     converter.register_structure_hook(bool, strict_bool)
     converter.register_structure_hook(int, strict_int)
     converter.register_structure_hook(float, strict_float)
@@ -441,7 +532,14 @@ def _first_error(exc: BaseException, path: str) -> ConfigError:
 # --- environment -------------------------------------------------------------------------
 
 Section = Literal[
-    "node", "transport", "registry", "custodian", "rate_limiting", "trust", "knowledge"
+    "node",
+    "transport",
+    "registry",
+    "custodian",
+    "rate_limiting",
+    "trust",
+    "knowledge",
+    "peering",
 ]
 
 #: ``OCP_*`` variable -> (dotted key, parser). OCP_CONFIG and OCP_HEALTH_PORT
@@ -473,6 +571,11 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "OCP_RATE_LIMIT_ENABLED": ("rate_limiting.enabled", "bool"),
     "OCP_CUSTODIAN_KEY_FILE": ("custodian.key_file", "str"),
     "OCP_CUSTODIAN_DEV_MODE": ("custodian.development_mode", "bool"),
+    "OCP_PEERING_ENABLED": ("peering.enabled", "bool"),
+    "OCP_SEED_PEERS": ("peering.seed_peers", "list"),
+    "OCP_SEED_DIRECTORIES": ("peering.seed_directories", "list"),
+    "OCP_PEER_CA_FILE": ("peering.ca_file", "str"),
+    "OCP_PUBLIC_PEER_URL": ("peering.public_url", "str"),
 }
 
 _TRUE: Final = {"1", "true", "yes", "on"}
@@ -584,6 +687,38 @@ def _check_cross_field(config: Config) -> None:
             raise ConfigError(f"taxonomy.extensions.{i}", exc.message) from None
     if config.custodian.key_file is not None:
         _check_readable("custodian.key_file", config.custodian.key_file)
+    _check_peering(config.peering)
+
+
+def _check_peering(p: PeeringSection) -> None:
+    seen: set[str] = set()
+    for i, seed in enumerate(p.seed_peers):
+        try:
+            parse_node_id(seed.node_id)
+        except MalformedError:
+            raise ConfigError(
+                f"peering.seed_peers.{i}.node_id", "must be a node id (node:did:key:z6Mk…)"
+            ) from None
+        if seed.node_id in seen:
+            raise ConfigError(f"peering.seed_peers.{i}.node_id", "is listed twice")
+        seen.add(seed.node_id)
+        parts = urlsplit(seed.address)
+        if parts.scheme != "wss" or not parts.hostname:
+            raise ConfigError(f"peering.seed_peers.{i}.address", "must be a wss:// URL")
+        if seed.label is not None and (len(seed.label) > 128 or not seed.label.isprintable()):
+            raise ConfigError(
+                f"peering.seed_peers.{i}.label", "must be printable, at most 128 characters"
+            )
+    for i, url in enumerate(p.seed_directories):
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"peering.seed_directories.{i}", "must be an http(s) URL")
+    if p.public_url is not None:
+        parts = urlsplit(p.public_url)
+        if parts.scheme != "wss" or not parts.hostname:
+            raise ConfigError("peering.public_url", "must be a wss:// URL")
+    if p.ca_file is not None:
+        _check_ca_file("peering.ca_file", p.ca_file)
 
 
 def _check_ca_file(key: str, path: str) -> None:

@@ -42,6 +42,7 @@ from ocpd.components import (
 from ocpd.config import COMPONENTS, Config, ConfigError
 from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, hold_lines, log_event, release_lines
+from ocpd.net.peers import FRAME_OVERHEAD
 from ocpd.net.traces import Tracer
 from ocpd.proto.hosts import is_loopback_host
 from ocpd.sdnotify import Notifier
@@ -123,10 +124,13 @@ def _hypercorn_config(config: Config, port: int) -> HypercornConfig:
 def _server_settings(config: Config) -> ServerSettings:
     """For both node ports: a WebSocket message is refused (1009) as soon as it
     grows past the limit; a TLS handshake and request head get the
-    authentication timeout; an idle keep-alive connection closes after 5 s."""
+    authentication timeout; an idle keep-alive connection closes after 5 s.
+    Peer session frames carry a whole OCP message plus a little framing, so
+    the port allows that much more; ``/ocp/v1/ws`` checks the exact limit.
+    """
     ws = config.transport.websocket
     return ServerSettings(
-        max_message_bytes=config.transport.max_message_bytes,
+        max_message_bytes=config.transport.max_message_bytes + FRAME_OVERHEAD,
         ping_interval=ws.ping_interval_seconds,
         handshake_timeout=ws.auth_timeout_seconds,
     )

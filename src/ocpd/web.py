@@ -117,6 +117,36 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Node-to-node sessions (ocpd.net.peers).
+        self.peer_sessions = Gauge(
+            "ocpd_peer_sessions",
+            "Peer sessions by state: handshaking (dials and answers under way) or established",
+            ["state"],
+            registry=self.registry,
+        )
+        self.peer_handshakes = Counter(
+            "ocpd_peer_handshakes_total",
+            "Peer handshakes by direction and outcome (accepted, or the NET error code)",
+            ["direction", "outcome"],
+            registry=self.registry,
+        )
+        self.peer_keepalive_lost = Counter(
+            "ocpd_peer_keepalive_lost_total",
+            "Peer sessions lost: silent past the keepalive bound, closed or broken",
+            registry=self.registry,
+        )
+        self.peer_advertisements = Counter(
+            "ocpd_peer_advertisements_total",
+            "Node advertisements received, by outcome (accepted, or the NET error code)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.peer_messages = Counter(
+            "ocpd_peer_messages_total",
+            "OCP messages over peer sessions, by direction and outcome",
+            ["direction", "outcome"],
+            registry=self.registry,
+        )
 
 
 @attrs.define

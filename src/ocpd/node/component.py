@@ -8,16 +8,23 @@ the registry at ``transport.registry_url`` over HTTP(S).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
 
+from ocpd.control import SOCKET_NAME, ControlSocket
 from ocpd.logs import get_logger, log_event
+from ocpd.net.adverts import AdvertisementCache, NonceStore, OwnAdvertisement
+from ocpd.net.carrier import client_context
+from ocpd.net.peers import CAP_RELAY, PeerService
+from ocpd.net.seeds import SeedDirectoryClient
+from ocpd.net.traces import Tracer
 from ocpd.node.directory import HttpDirectory, LedgerDirectory
 from ocpd.node.forward import Forwarder, HttpPoster
 from ocpd.node.http import MessagesEndpoint
 from ocpd.node.intake import Intake, MessageLimits
+from ocpd.node.peering import NodeTraffic
 from ocpd.node.presence import ServiceRegistration
 from ocpd.node.router import Router, Sweeper
 from ocpd.node.store import MessageStore
@@ -28,6 +35,8 @@ from ocpd.proto.taxonomy import Taxonomy
 from ocpd.verifier import Verifier, helper_wanted
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ocpd.components import ComponentContext, ComponentRuntime
     from ocpd.node.directory import AgentDirectory
     from ocpd.registry.service import RegistryService
@@ -64,6 +73,55 @@ def _directory(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirecto
     )
     runtime.services.append(directory.run)
     return directory
+
+
+def _control(ctx: ComponentContext, peers: PeerService) -> ControlSocket:
+    """``ocpd peer list`` and ``ocpd peer signal`` reach the daemon here."""
+
+    async def peer_list(_: Mapping[str, Any]) -> Any:
+        return peers.describe()
+
+    async def peer_signal(request: Mapping[str, Any]) -> Any:
+        body = request.get("body")
+        sent = await peers.signal(
+            str(request["node_id"]),
+            kind=str(request["kind"]),
+            body=None if body is None else str(body),
+        )
+        return {"trace/id": sent["trace/id"], "marker/id": sent["marker/id"]}
+
+    return ControlSocket(
+        ctx.config.data_dir / SOCKET_NAME,
+        {"peer.list": peer_list, "peer.signal": peer_signal},
+    )
+
+
+def _peers(ctx: ComponentContext, intake: Intake) -> PeerService:
+    """Sessions with other nodes (NET, D8) on the WebSocket port."""
+    config = ctx.config
+    tls = client_context(config.peering.ca_file)
+    return PeerService(
+        key=ctx.identity.key,
+        node_id=ctx.identity.node_id,
+        clock=ctx.clock,
+        metrics=ctx.metrics,
+        tracer=Tracer(ctx.identity.node_id, wall=ctx.clock.now),
+        settings=config.peering,
+        cache=AdvertisementCache(ctx.database, clock_skew=config.transport.clock_skew_seconds),
+        own=OwnAdvertisement(
+            ctx.database, ctx.identity.key, lifetime=config.peering.advertisement_lifetime_seconds
+        ),
+        nonce_store=NonceStore(ctx.database),
+        tls=tls,
+        max_message_bytes=config.transport.max_message_bytes,
+        own_peer_url=lambda: config.peer_url(ctx.listening.urls),
+        own_ocp_urls=lambda: config.public_urls(ctx.listening.urls),
+        ready=ctx.listening.ready,
+        stopping=ctx.stopping,
+        traffic=NodeTraffic(intake, ctx.clock, ctx.metrics),
+        offered=(CAP_RELAY,),
+        seeds=SeedDirectoryClient(tls) if config.peering.seed_directories else None,
+    )
 
 
 def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
@@ -161,6 +219,14 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
     runtime.services.append(websocket.run)
     runtime.add_routes("http", messages.install)
     runtime.add_routes("ws", websocket.install)
+    if config.peering.enabled:
+        peers = _peers(ctx, intake)
+        forwarder.peers = peers
+        intake.propagate = lambda raw, source: peers.propagate(raw, exclude=source)
+        runtime.services.append(peers.run)
+        runtime.add_routes("ws", peers.install)
+        runtime.extra["peers"] = peers
+        runtime.services.append(_control(ctx, peers).run)
     runtime.extra.update(
         directory=directory,
         store=store,

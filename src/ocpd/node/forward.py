@@ -39,7 +39,6 @@ message again, and the receiving node's dedup makes that harmless.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import ssl
@@ -57,13 +56,14 @@ from ocpd.node.store import Accept
 from ocpd.proto.auth import message_post_headers
 from ocpd.proto.envelope import build_error_message, message_digest, sign_message
 from ocpd.proto.errors import OcpError, UpstreamUnreachable
-from ocpd.proto.hosts import is_loopback_host
+from ocpd.proto.hosts import endpoint_key, is_loopback_host
 from ocpd.proto.strictjson import loads_strict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from ocpd.clock import WallClock
+    from ocpd.net.peers import Delivery
     from ocpd.node.directory import AgentDirectory, AgentInfo
     from ocpd.node.router import Router
     from ocpd.node.store import Held, MessageStore, Placement
@@ -80,22 +80,8 @@ MAX_IN_FLIGHT: Final = 32
 NOTICE_TTL: Final = 3600
 #: 4xx answers that mean "not now" rather than "never": retried like a 5xx.
 _TRANSIENT_4XX: Final = frozenset({408, 425, 429})
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 log = get_logger("node")
-
-
-@functools.lru_cache(maxsize=8192)
-def endpoint_key(url: str) -> str:
-    """``url`` reduced so that two spellings of one endpoint compare equal."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
-    except ValueError:
-        port = 0
-    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
 
 def deliverable(endpoint: Mapping[str, Any]) -> str | None:
@@ -130,6 +116,18 @@ class Posted:
 
 class Poster(Protocol):
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Posted: ...
+
+
+class PeerRoutes(Protocol):
+    """Node-to-node sessions as the forwarder uses them (:class:`ocpd.net.peers.PeerService`)."""
+
+    def host_of(self, urls: Iterable[str]) -> str | None: ...
+
+    def connected(self, node_id: str) -> bool: ...
+
+    async def wait_connected(self, node_id: str) -> None: ...
+
+    async def hand_on(self, node_id: str, raw: bytes, message_id: str) -> Delivery: ...
 
 
 class HttpPoster:
@@ -202,6 +200,8 @@ class Forwarder:
     own_urls: Iterable[str] = ()
     clock_skew: float = 60.0
     router: Router | None = None
+    #: Sessions with other nodes, when peering runs.
+    peers: PeerRoutes | None = None
     _own: frozenset[str] = attrs.field(init=False)
     _own_known: trio.Event = attrs.Factory(trio.Event)
     _queues: dict[str, _Queue] = attrs.Factory(dict)
@@ -234,8 +234,14 @@ class Forwarder:
             return []
         return [url for e in info.endpoints if (url := deliverable(e)) is not None]
 
+    def host(self, info: AgentInfo) -> str | None:
+        """The peer node hosting the agent, when a session told us (none if served here)."""
+        if self.peers is None or self.serves(info):
+            return None
+        return self.peers.host_of(e["url"] for e in info.endpoints if isinstance(e.get("url"), str))
+
     def placement(self, info: AgentInfo) -> Placement:
-        return "remote" if self.targets(info) else "local"
+        return "remote" if self.targets(info) or self.host(info) is not None else "local"
 
     # --- the queue ---------------------------------------------------------------------
 
@@ -295,7 +301,7 @@ class Forwarder:
                     await self._drop(seq, "expired")
                     self._pop(queue)
                     continue
-                result = await self._round(held)
+                result, host = await self._round(held)
                 if result.outcome == "delivered":
                     await self._drop(seq, "forwarded")
                     self._pop(queue)
@@ -306,6 +312,21 @@ class Forwarder:
                 elif round_no < len(BACKOFF):
                     await trio.sleep(BACKOFF[round_no])
                     round_no += 1
+                elif host is not None and self.peers is not None:
+                    # The receiver's node is a peer that is away: its rows
+                    # wait for the session to come back (or for their expiry).
+                    log_event(
+                        log,
+                        "waiting_for_peer",
+                        level=logging.INFO,
+                        receiver=receiver,
+                        node=host,
+                        queued=len(queue.seqs),
+                    )
+                    left = held.expires_at - self.clock.now()
+                    with trio.move_on_after(max(0.0, left)):
+                        await self.peers.wait_connected(host)
+                    round_no = 0
                 else:
                     log_event(
                         log,
@@ -330,17 +351,43 @@ class Forwarder:
     def _pop(queue: _Queue) -> None:
         queue.queued.discard(queue.seqs.popleft())
 
-    async def _round(self, held: Held) -> Posted:
-        """One pass over the receiver's endpoints; the first success ends it."""
+    async def _round(self, held: Held) -> tuple[Posted, str | None]:
+        """One pass: the session with the receiver's node, then its endpoints.
+
+        Returns the outcome and the peer node hosting the receiver, if known.
+        """
         try:
             info = await self.directory.lookup(held.receiver)
         except OcpError as exc:
-            return Posted("unreachable", f"registry: {exc.message}")
+            return Posted("unreachable", f"registry: {exc.message}"), None
         if info is None or not info.active:
-            return Posted("refused", "the receiver is no longer registered and active")
+            return Posted("refused", "the receiver is no longer registered and active"), None
+        host = self.host(info)
+        if host is not None and self.peers is not None and self.peers.connected(host):
+            handed = await self.peers.hand_on(host, held.raw, held.message_id)
+            if handed.outcome != "unreachable":
+                return Posted(handed.outcome, handed.detail, handed.code), host
+            log_event(
+                log,
+                "forward_failed",
+                level=logging.DEBUG,
+                message_id=held.message_id,
+                receiver=held.receiver,
+                node=host,
+                outcome=handed.outcome,
+                detail=handed.detail,
+            )
         urls = self.targets(info)
         if not urls:
-            return Posted("refused", "the receiver has no endpoint this node can deliver to")
+            if host is not None:
+                return Posted("unreachable", "no session with the receiver's node"), host
+            return (
+                Posted("refused", "the receiver has no endpoint this node can deliver to"),
+                None,
+            )
+        return await self._post(held, urls), host
+
+    async def _post(self, held: Held, urls: list[str]) -> Posted:
         last = Posted("unreachable", "no endpoint tried")
         refused = 0
         for url in urls:

@@ -74,7 +74,7 @@ from ocpd.storage import StorageError
 from ocpd.verifier import Answer, MessageCheck, MessageVerdict, SignatureCheck, Verifier
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ocpd.clock import WallClock
     from ocpd.config import RateLimitingSection
@@ -113,7 +113,7 @@ log = get_logger("node")
 class Attempt:
     """What is known about one incoming message so far, for errors, logs and metrics."""
 
-    transport: Literal["http", "ws"]
+    transport: Literal["http", "ws", "peer"]
     started: float
     message_id: str | None = None
     message_type: str | None = None
@@ -135,6 +135,9 @@ class Checked:
     receivers: tuple[AgentInfo, ...]
     dedup_until: float
     taken: tuple[RateLimiter, ...]
+    broadcast: bool = False
+    #: The peer node that handed the message on over a session.
+    peer: str | None = None
 
 
 @attrs.define(eq=False)
@@ -153,6 +156,8 @@ class Started:
     #: The D3 header of an HTTP request.
     auth: HttpAuth | None
     http: HttpCredentials | None
+    #: The peer node handing the message on over a session (NET, D8).
+    peer: str | None = None
     answer: Answer[list[bool]] | None = None
     #: The helper's examination of the whole message (then ``message`` is the plain reading).
     examination: Answer[MessageVerdict] | None = None
@@ -293,6 +298,8 @@ class Intake:
     cpu: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
     #: Where signatures are checked; without a helper process, on the loop.
     verifier: Verifier = attrs.Factory(lambda: Verifier(helper=False))
+    #: Hands a newly accepted broadcast to the peer nodes (all but the one it came from).
+    propagate: Callable[[bytes, str | None], object] | None = None
     broadcast_id: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -333,9 +340,10 @@ class Intake:
         *,
         http: HttpCredentials | None = None,
         session_agent: str | None = None,
+        peer: str | None = None,
     ) -> Checked:
         """Steps 1-6; raises the :class:`OcpError` to answer with."""
-        started = await self.start(raw, attempt, http=http, session_agent=session_agent)
+        started = await self.start(raw, attempt, http=http, session_agent=session_agent, peer=peer)
         return await self.complete(started)
 
     async def start(
@@ -345,9 +353,13 @@ class Intake:
         *,
         http: HttpCredentials | None = None,
         session_agent: str | None = None,
+        peer: str | None = None,
     ) -> Started:
         """Steps 1-2 and the lookups of 3-4, with the signatures sent to be checked.
 
+        ``peer`` is the node id of a peer session handing the message on:
+        the session authenticated that node, so no header is needed, and
+        (as for a relay over HTTP) only receivers served here are taken.
         Raises the :class:`OcpError` to answer with. :meth:`complete` does
         the rest; a caller with several messages in hand (a WebSocket session
         reading ahead) starts them all first, so that their signatures travel
@@ -413,6 +425,7 @@ class Intake:
             relay=relay,
             auth=auth,
             http=http,
+            peer=peer,
         )
         if plain is not None:
             self._submit_examination(started)
@@ -441,6 +454,11 @@ class Intake:
             raise NotFoundError(
                 "this node does not serve the receiver", details={"field": "receiver"}
             )
+        if started.peer is not None and any(self.router.placement(r) != "local" for r in receivers):
+            # The same over a session; a broadcast's receivers are local by construction.
+            raise NotFoundError(
+                "this node does not serve the receiver", details={"field": "receiver"}
+            )
         taken = self.limits.take(
             sender, attempt.message_type or "", broadcast=broadcast, now=trio.current_time()
         )
@@ -458,7 +476,12 @@ class Intake:
         )
         ttl = expires_at - sent_at
         return Checked(
-            verified, receivers, dedup_until(started.now, sent_at, ttl, self.clock_skew), taken
+            verified,
+            receivers,
+            dedup_until(started.now, sent_at, ttl, self.clock_skew),
+            taken,
+            broadcast=broadcast,
+            peer=started.peer,
         )
 
     def _header_check(self, started: Started) -> SignatureCheck | None:
@@ -668,6 +691,10 @@ class Intake:
                 out.append(Outcome(verified.message_id, duplicate=True))
             else:
                 out.append(Outcome(verified.message_id))
+                if checked.broadcast and self.propagate is not None:
+                    # First sight of this broadcast here: on to the other peer
+                    # nodes (each one's dedup stops it coming round again).
+                    self.propagate(verified.raw, checked.peer)
         return out
 
     # --- answers ---------------------------------------------------------------------

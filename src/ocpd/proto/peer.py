@@ -74,6 +74,7 @@ __all__ = [
     "PENDING_HELLO_TIMEOUT",
     "AdvertisementReceived",
     "CapabilitiesReceived",
+    "EndpointsReceived",
     "Established",
     "FrameCipher",
     "Initiator",
@@ -121,6 +122,9 @@ MAX_HANDSHAKE_BYTES: Final = 8192
 MAX_CONTROL_BYTES: Final = 65_536
 #: The most nonces a responder remembers at once; beyond, hellos are refused.
 NONCE_CAPACITY: Final = 65_536
+#: The most OCP endpoint URLs a peer may say it serves, and their longest length.
+MAX_ENDPOINTS: Final = 16
+MAX_ENDPOINT_URL: Final = 2048
 
 
 def _invalid(message: str, **details: object) -> NetError:
@@ -461,6 +465,17 @@ class AdvertisementReceived:
 
 
 @attrs.frozen
+class EndpointsReceived:
+    """The OCP endpoint URLs (messages, agent WebSocket) the peer serves agents at.
+
+    Agents whose registry record names one of these URLs are hosted by the
+    peer: their messages can travel over this session.
+    """
+
+    urls: tuple[str, ...]
+
+
+@attrs.frozen
 class PeerErrorReceived:
     """The peer reported that it refused something we sent."""
 
@@ -481,6 +496,7 @@ SessionEvent = (
     | MessageReceived
     | ReceiptReceived
     | AdvertisementReceived
+    | EndpointsReceived
     | PeerErrorReceived
     | Refused
 )
@@ -526,6 +542,11 @@ class PeerSession:
 
     # -- sending --
 
+    @property
+    def queued(self) -> int:
+        """Frames sealed and not yet taken by :meth:`data_to_send`."""
+        return len(self._outgoing)
+
     def data_to_send(self) -> list[bytes]:
         """Frames queued since the last call, in order."""
         out, self._outgoing = self._outgoing, []
@@ -552,6 +573,11 @@ class PeerSession:
     def send_advertisement(self, advertisement: Mapping[str, Any], *, now: float) -> None:
         self.require(CORE_MESSAGING)
         self._control({"type": "advertisement", "advertisement": dict(advertisement)}, now)
+
+    def send_endpoints(self, urls: Iterable[str], *, now: float) -> None:
+        """Tell the peer at which OCP endpoint URLs this node serves agents."""
+        self.require(CORE_MESSAGING)
+        self._control({"type": "endpoints", "urls": list(urls)[:MAX_ENDPOINTS]}, now)
 
     def send_message(self, raw: bytes, *, now: float, capability: str = CORE_MESSAGING) -> None:
         """Hand on one OCP message, exactly as signed; needs ``capability`` of the peer."""
@@ -670,6 +696,18 @@ class PeerSession:
             verify_node_advertisement(advertisement, now=now, expected_node_id=self.peer)
             assert isinstance(advertisement, Mapping)  # noqa: S101 - verified above
             return AdvertisementReceived(advertisement)
+        if kind_name == "endpoints":
+            urls = control.get("urls")
+            if (
+                not isinstance(urls, list)
+                or len(urls) > MAX_ENDPOINTS
+                or not all(
+                    isinstance(u, str) and 0 < len(u) <= MAX_ENDPOINT_URL and u.isprintable()
+                    for u in urls
+                )
+            ):
+                raise _invalid(f"endpoints needs a list of at most {MAX_ENDPOINTS} URLs")
+            return EndpointsReceived(tuple(urls))
         if kind_name == "error":
             code, detail = control.get("code"), control.get("detail")
             if not isinstance(code, str) or not isinstance(detail, str):
