@@ -198,9 +198,9 @@ async def test_three_nodes_peer_carry_traffic_and_recover(
     assert seed["label"] == "seed-a"
     assert "ocp/relay" in seed["capabilities"] and "core/messaging" in seed["capabilities"]
     assert b.traces("capabilities/exchanged")
-    assert any(
-        e["source"].startswith("directory:") for e in c.traces("advertisement/fetched")
-    ), "C learnt its peers from the seed directory"
+    assert any(e["source"].startswith("directory:") for e in c.traces("advertisement/fetched")), (
+        "C learnt its peers from the seed directory"
+    )
     text = b.cli("list")
     assert "seed-a" in text and "established" in text
 

@@ -71,7 +71,7 @@ from ocpd.net.carrier import (
     CarrierClosed,
     dial,
 )
-from ocpd.proto.errors import NET_ERROR_CLASSES, NetError
+from ocpd.proto.errors import NET_ERROR_CLASSES, NetError, OcpError
 from ocpd.proto.hosts import endpoint_key
 from ocpd.proto.netartifacts import (
     CORE_MESSAGING,
@@ -107,6 +107,7 @@ from ocpd.proto.ratelimit import RateLimiter
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     from quart_trio import QuartTrio
 
@@ -169,6 +170,12 @@ class Delivery:
     outcome: Literal["delivered", "refused", "unreachable"]
     detail: str
     code: str | None = None
+
+
+class Connector(Protocol):
+    def __call__(
+        self, url: str, context: ssl.SSLContext, *, max_message_bytes: int
+    ) -> AbstractAsyncContextManager[Carrier]: ...
 
 
 class SeedDirectories(Protocol):
@@ -328,6 +335,8 @@ class PeerService:
     offered: tuple[str, ...] = ()
     seeds: SeedDirectories | None = None
     rng: random.Random = attrs.Factory(random.Random)
+    #: Opens a connection to a peer endpoint (tests put memory pipes here).
+    connect: Connector = dial
     sessions: dict[str, Live] = attrs.Factory(dict)
     targets: dict[str, PeerTarget] = attrs.Factory(dict)
     #: Endpoint key of an OCP URL -> the peer node serving agents there.
@@ -567,11 +576,13 @@ class PeerService:
             self.dialling[node_id] = url
             self._gauge()
             try:
-                async with dial(
+                async with self.connect(
                     url, self.tls, max_message_bytes=self.max_message_bytes + FRAME_OVERHEAD
                 ) as carrier:
                     try:
                         established = await self._initiate(carrier, node_id)
+                    except OcpError as exc:
+                        raise _as_net(exc) from None
                     finally:
                         self.dialling.pop(node_id, None)
                         self._gauge()
@@ -650,7 +661,11 @@ class PeerService:
         await send({"type": "websocket.accept", "subprotocol": PEER_SUBPROTOCOL})
         client = scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else "unknown"
-        carrier = AsgiCarrier(receive, send, address)
+        await self.accept(AsgiCarrier(receive, send, address))
+
+    async def accept(self, carrier: Carrier) -> None:
+        """Answer one accepted connection: its hello, then the session, until it ends."""
+        address = carrier.remote
         if self._stopped:
             await carrier.close(CLOSE_GOING_AWAY, "node stopping")
             return
@@ -666,7 +681,8 @@ class PeerService:
         try:
             try:
                 established = await self._respond(carrier)
-            except NetError as exc:
+            except OcpError as exc:
+                exc = _as_net(exc)
                 claimed = exc.details.get("peer")
                 if isinstance(claimed, str):
                     peer = claimed
@@ -1089,6 +1105,11 @@ class PeerService:
                 for t in sorted(self.targets.values(), key=lambda t: t.node_id)
             ],
         }
+
+
+def _as_net(exc: OcpError) -> NetError:
+    """Any other refusal met during a handshake is a contract violation."""
+    return exc if isinstance(exc, NetError) else NetError(exc.message)
 
 
 def _delivery(receipt: ReceiptReceived) -> Delivery:

@@ -238,15 +238,19 @@ def _establish(
 ) -> Established:
     """The session a checked hello and ack open, seen from our side."""
     theirs = ack if initiator else hello
-    keys = derive_session_keys(
-        initiator=initiator,
-        ephemeral_private=ephemeral.private_key,
-        peer_ephemeral_public=b64url_decode(theirs["session/pub"], field="session/pub"),
-        static_key=key,
-        peer_static_public=peer_key,
-        hello=hello,
-        ack=ack,
-    )
+    try:
+        keys = derive_session_keys(
+            initiator=initiator,
+            ephemeral_private=ephemeral.private_key,
+            peer_ephemeral_public=b64url_decode(theirs["session/pub"], field="session/pub"),
+            static_key=key,
+            peer_static_public=peer_key,
+            hello=hello,
+            ack=ack,
+        )
+    except MalformedError as exc:
+        # A low-order or undecodable session key: no shared secret to derive.
+        raise _invalid(f"session/pub is unusable: {exc.message}") from None
     return Established(
         initiator=initiator,
         local_node_id=format_node_id(key.public_key),
