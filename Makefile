@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.registry --out bench/results/registry.json
 	$(BIN)/python -m bench.federation --out bench/results/federation.json
 	$(BIN)/python -m bench.node --out bench/results/node.json
+	$(BIN)/python -m bench.net --out bench/results/net.json
 
 # The black-box suite against a throwaway local ocpd (TLS from a temporary CA, ports 0).
 # Exits with the suite's status: non-zero while required checks are not implemented.
