@@ -32,6 +32,7 @@ import trio
 from conformance.local import write_tls_files
 from conformance.process import ReadyProcess
 
+from bench.federation import free_port
 from bench.harness import load_average, machine_facts
 from bench.node import NETWORK, agents, build_batches, connect, register_many, run_traffic
 from ocpd.client.websocket import parse_endpoint
@@ -41,14 +42,6 @@ RECONNECT_TARGET_MS: Final = 2000.0
 FORWARD_TARGET: Final = 2000.0
 SENDERS: Final = 8
 WINDOW: Final = 64
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _events(process: ReadyProcess) -> list[dict[str, Any]]:
@@ -109,21 +102,18 @@ async def run_bench(messages: int, workdir: Path) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=str(tls.ca))
     a_id = init_identity(workdir / "a", now=time.time()).node_id
     b_id = init_identity(workdir / "b", now=time.time()).node_id
-    a_ports = {p: str(_free_port()) for p in ("HTTP", "WS", "REGISTRY", "CUSTODIAN")}
-    b_ports = {p: str(_free_port()) for p in ("HTTP", "WS", "REGISTRY", "CUSTODIAN")}
+    a_ports = {p: str(free_port()) for p in ("HTTP", "WS", "REGISTRY", "CUSTODIAN")}
+    b_ports = {p: str(free_port()) for p in ("HTTP", "WS", "REGISTRY", "CUSTODIAN")}
     a_env = {f"OCP_{p}_PORT": v for p, v in a_ports.items()}
     registry = f"https://127.0.0.1:{a_ports['REGISTRY']}"
     b_env = {
         **{f"OCP_{p}_PORT": v for p, v in b_ports.items()},
         "OCP_REGISTRY_URL": registry,
-        "OCP_REGISTRY_CA_FILE": str(tls.ca),
         "OCP_SEED_PEERS": f"{a_id}@wss://127.0.0.1:{a_ports['WS']}/ocp/v1/peer",
+        "OCP_CONFIG": str(workdir / "b.yml"),
     }
-    # OCP_REGISTRY_CA_FILE is not an environment key: give it in a file.
-    config = workdir / "b.yml"
-    config.write_text(f"transport:\n  registry_ca_file: {tls.ca}\n", encoding="utf-8")
-    b_env.pop("OCP_REGISTRY_CA_FILE")
-    b_env["OCP_CONFIG"] = str(config)
+    # The registry's CA has no environment variable: it goes in a file.
+    (workdir / "b.yml").write_text(f"transport:\n  registry_ca_file: {tls.ca}\n", encoding="utf-8")
     a = _daemon(workdir, "a", tls, a_env, "all")
     result: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -18,6 +19,13 @@ from typing import Any
 import trustme
 
 READY_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a daemon that must keep its address)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class TlsFiles:

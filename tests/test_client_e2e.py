@@ -8,7 +8,6 @@ client rides out a daemon restart.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon_process import Daemon, TlsFiles
+from daemon_process import Daemon, TlsFiles, free_port
 from ocpd.client import AgentKey, NodeClient, ReceivedMessage, RegistryClient, Timings
 from ocpd.proto.crypto import SigningKey
 
@@ -30,12 +29,6 @@ INSIGHT = {
     "payload": {"finding": "responders share marker X"},
 }
 CAPABILITIES = [{"id": "cap:vision:imaging", "name": "Imaging", "version": "1.0"}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class World:

@@ -8,7 +8,6 @@ certificate and is each registry's ``peer_ca_file``.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import ssl
 import time
@@ -23,7 +22,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_process import Daemon, TlsFiles
+from daemon_process import Daemon, TlsFiles, free_port
 from ocpd.client import AgentKey, RegistryClient
 from ocpd.client.registry import build_bond
 from ocpd.proto.artifacts import sign
@@ -41,12 +40,6 @@ PERMISSIONS = {
 }
 ANCHORS = [AgentKey(SigningKey(bytes([110 + i]) * 32), NETWORK) for i in range(3)]
 X, Y, Z, W, V1, V2, M = (AgentKey(SigningKey(bytes([120 + i]) * 32), NETWORK) for i in range(7))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,7 +24,7 @@ import anyio
 import pytest
 import trio
 
-from daemon_process import Daemon, TlsFiles, run_cli
+from daemon_process import Daemon, TlsFiles, free_port, run_cli
 from ocpd.client import AgentKey, NodeClient, ReceivedMessage, RegistryClient
 from ocpd.identity import init_identity
 from ocpd.proto.crypto import SigningKey
@@ -41,12 +40,6 @@ INSIGHT = {
     "payload": {"finding": "responders share marker X"},
 }
 CAPABILITIES = [{"id": "cap:vision:imaging", "name": "Imaging", "version": "1.0"}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Peer:

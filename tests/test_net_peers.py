@@ -29,6 +29,7 @@ from ocpd.net.carrier import CarrierClosed
 from ocpd.net.peers import CAP_RELAY, PeerService
 from ocpd.net.traces import Tracer
 from ocpd.proto.crypto import SigningKey, X25519KeyPair
+from ocpd.proto.errors import NetError
 from ocpd.proto.ids import format_node_id
 from ocpd.proto.netartifacts import build_hello
 from ocpd.proto.peer import KEEPALIVE_TIMEOUT, PENDING_HELLO_TIMEOUT
@@ -94,7 +95,6 @@ class Net:
     nursery: trio.Nursery
     services: dict[str, PeerService] = attrs.Factory(dict)
     pipes: list[tuple[Pipe, Pipe]] = attrs.Factory(list)
-    down: set[str] = attrs.Factory(set)
 
     def connector(self, name: str) -> Any:
         @asynccontextmanager
@@ -103,9 +103,7 @@ class Net:
         ) -> AsyncIterator[Pipe]:
             host = url.split("//")[1].split("/")[0]
             target = self.services.get(host)
-            if target is None or host in self.down:
-                from ocpd.proto.errors import NetError
-
+            if target is None:
                 raise NetError(f"cannot reach {url}", code="E_TRANSPORT_UNAVAILABLE")
             mine, theirs = pipe_pair(name, host)
             self.pipes.append((mine, theirs))
@@ -193,17 +191,23 @@ def established(node: Node, other: Node) -> bool:
     return node.service.connected(other.node_id, "core/messaging")
 
 
+async def seeded_pair(tmp_path: Path, net: Net, label: str | None = None) -> tuple[Node, Node]:
+    """``a`` with ``b`` as its seed peer, both running and peered."""
+    b = await make_node(tmp_path, net, "b", 2)
+    a = await make_node(tmp_path, net, "a", 1, seeds=(seed_of(b, label),))
+    await net.nursery.start(b.service.run)
+    await net.nursery.start(a.service.run)
+    with trio.fail_after(10):
+        await until(lambda: established(a, b) and established(b, a))
+    return a, b
+
+
 async def test_a_seed_peer_session_is_established_and_used(
     tmp_path: Path, clock: MockClock
 ) -> None:
     async with trio.open_nursery() as nursery:
         net = Net(nursery)
-        b = await make_node(tmp_path, net, "b", 2)
-        a = await make_node(tmp_path, net, "a", 1, seeds=(seed_of(b, "bee"),))
-        await nursery.start(b.service.run)
-        await nursery.start(a.service.run)
-        with trio.fail_after(10):
-            await until(lambda: established(a, b) and established(b, a))
+        a, b = await seeded_pair(tmp_path, net, "bee")
         live = a.service.sessions[b.node_id]
         assert live.initiator and live.label == "bee"
         assert a.traces("peer/discovered", b.node_id)[0]["label"] == "bee"
@@ -231,12 +235,7 @@ async def test_silence_is_lost_at_45_s_then_a_fresh_handshake_restores(
 ) -> None:
     async with trio.open_nursery() as nursery:
         net = Net(nursery)
-        b = await make_node(tmp_path, net, "b", 2)
-        a = await make_node(tmp_path, net, "a", 1, seeds=(seed_of(b),))
-        await nursery.start(b.service.run)
-        await nursery.start(a.service.run)
-        with trio.fail_after(10):
-            await until(lambda: established(a, b))
+        a, b = await seeded_pair(tmp_path, net)
         first = a.service.sessions[b.node_id]
         # pings keep an idle session alive (pongs answer them)
         await trio.sleep(100)
@@ -366,15 +365,10 @@ async def test_a_tampered_frame_ends_the_session_and_is_traced(
 ) -> None:
     async with trio.open_nursery() as nursery:
         net = Net(nursery)
-        b = await make_node(tmp_path, net, "b", 2)
-        a = await make_node(tmp_path, net, "a", 1, seeds=(seed_of(b),))
-        await nursery.start(b.service.run)
-        await nursery.start(a.service.run)
-        with trio.fail_after(10):
-            await until(lambda: established(a, b) and established(b, a))
+        a, b = await seeded_pair(tmp_path, net)
         live = a.service.sessions[b.node_id]
         live.carrier.tamper = True
-        with pytest.raises(Exception, match="no session"):
+        with pytest.raises(NetError, match="no session"):
             await b.service.signal("node:did:key:z6MkNoSuchNode", kind="ops/x")
         await a.service.signal(b.node_id, kind="ops/tampered")
         with trio.fail_after(5):

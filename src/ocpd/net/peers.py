@@ -71,8 +71,8 @@ from ocpd.net.carrier import (
     CarrierClosed,
     dial,
 )
+from ocpd.net.endpoints import endpoint_key
 from ocpd.proto.errors import NET_ERROR_CLASSES, NetError, OcpError
-from ocpd.proto.hosts import endpoint_key
 from ocpd.proto.netartifacts import (
     CORE_MESSAGING,
     SIGNAL_MARKER_ENVELOPE,
@@ -165,10 +165,12 @@ class PeerTarget:
 
 @attrs.frozen
 class Delivery:
-    """What handing one OCP message to a peer came to."""
+    """What handing one OCP message on came to (over a session, or a POST)."""
 
     outcome: Literal["delivered", "refused", "unreachable"]
+    #: Status and reason, for logs and the sender's error message.
     detail: str
+    #: The error code the other side answered with, when it answered with one.
     code: str | None = None
 
 
@@ -757,8 +759,7 @@ class PeerService:
                     return False
             existing.end("superseded")
         self.sessions[live.node_id] = live
-        self._changed.set()
-        self._changed = trio.Event()
+        self._notify()
         return True
 
     async def _converse(
@@ -850,8 +851,7 @@ class PeerService:
                 code = CLOSE_POLICY
             await live.carrier.close(code, reason)
             live.ended.set()
-            self._changed.set()
-            self._changed = trio.Event()
+            self._notify()
             self._gauge()
             self.tracer.emit(
                 "peer/disconnected",
@@ -945,8 +945,7 @@ class PeerService:
             if peer in self._lost:
                 self._lost.discard(peer)
                 self.tracer.emit("keepalive/restored", trace_id=live.trace_id, peer=peer)
-            self._changed.set()
-            self._changed = trio.Event()
+            self._notify()
         elif isinstance(event, SignalReceived):
             self.tracer.emit(
                 "signal-marker/received",
@@ -1005,6 +1004,11 @@ class PeerService:
             capabilities=self.capabilities,
             messages=(SIGNAL_MARKER_ENVELOPE,),
         )
+
+    def _notify(self) -> None:
+        """Wake whoever waits for a change in the session table."""
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _gauge(self) -> None:
         established = sum(1 for live in self.sessions.values() if live.end_reason is None)

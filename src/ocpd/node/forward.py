@@ -43,7 +43,7 @@ import json
 import logging
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -51,19 +51,20 @@ import httpx
 import trio
 
 from ocpd.logs import get_logger, log_event
+from ocpd.net.endpoints import endpoint_key
+from ocpd.net.peers import Delivery
 from ocpd.node.intake import dedup_until
 from ocpd.node.store import Accept
 from ocpd.proto.auth import message_post_headers
 from ocpd.proto.envelope import build_error_message, message_digest, sign_message
 from ocpd.proto.errors import OcpError, UpstreamUnreachable
-from ocpd.proto.hosts import endpoint_key, is_loopback_host
+from ocpd.proto.hosts import is_loopback_host
 from ocpd.proto.strictjson import loads_strict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from ocpd.clock import WallClock
-    from ocpd.net.peers import Delivery
     from ocpd.node.directory import AgentDirectory, AgentInfo
     from ocpd.node.router import Router
     from ocpd.node.store import Held, MessageStore, Placement
@@ -103,15 +104,8 @@ def deliverable(endpoint: Mapping[str, Any]) -> str | None:
     return None
 
 
-@attrs.frozen
-class Posted:
-    """What one POST to one endpoint came to."""
-
-    outcome: Literal["delivered", "refused", "unreachable"]
-    #: Status and reason, for logs and the sender's error message.
-    detail: str
-    #: The error code the endpoint answered with, when it answered with one.
-    code: str | None = None
+#: What one POST to one endpoint came to; the same outcome as a session's.
+Posted = Delivery
 
 
 class Poster(Protocol):
@@ -366,17 +360,8 @@ class Forwarder:
         if host is not None and self.peers is not None and self.peers.connected(host):
             handed = await self.peers.hand_on(host, held.raw, held.message_id)
             if handed.outcome != "unreachable":
-                return Posted(handed.outcome, handed.detail, handed.code), host
-            log_event(
-                log,
-                "forward_failed",
-                level=logging.DEBUG,
-                message_id=held.message_id,
-                receiver=held.receiver,
-                node=host,
-                outcome=handed.outcome,
-                detail=handed.detail,
-            )
+                return handed, host
+            _log_failure(held, handed, node=host)
         urls = self.targets(info)
         if not urls:
             if host is not None:
@@ -396,16 +381,7 @@ class Forwarder:
             self.metrics.forwards.labels(posted.outcome).inc()
             if posted.outcome == "delivered":
                 return posted
-            log_event(
-                log,
-                "forward_failed",
-                level=logging.DEBUG,
-                message_id=held.message_id,
-                receiver=held.receiver,
-                url=url,
-                outcome=posted.outcome,
-                detail=posted.detail,
-            )
+            _log_failure(held, posted, url=url)
             refused += posted.outcome == "refused"
             last = posted
         if refused == len(urls):
@@ -491,6 +467,19 @@ class Forwarder:
             at=now,
         )
         return notice, sender
+
+
+def _log_failure(held: Held, result: Posted, **where: str) -> None:
+    log_event(
+        log,
+        "forward_failed",
+        level=logging.DEBUG,
+        message_id=held.message_id,
+        receiver=held.receiver,
+        outcome=result.outcome,
+        detail=result.detail,
+        **where,
+    )
 
 
 def _message_type(raw: bytes) -> str | None:
