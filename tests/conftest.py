@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.ids import derive_agent_id
+from ocpd.verifier import Answer
 
 NOW = 1_775_217_600.0  # 2026-04-03T12:00:00Z
 NETWORK = "testnet"
@@ -57,3 +62,57 @@ def restore_logging() -> Iterator[None]:
     saved = (list(root.handlers), root.level, root.propagate)
     yield
     root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+
+
+class _Hold:
+    """Counts work going on outside the trio loop; while there is any, an
+    autojump clock does not jump."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.saved = 0.0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        clock = trio.lowlevel.current_clock()
+        if not isinstance(clock, MockClock):
+            yield
+            return
+        if self.busy == 0:
+            self.saved, clock.autojump_threshold = clock.autojump_threshold, math.inf
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            if self.busy == 0:
+                clock.autojump_threshold = self.saved
+
+
+@pytest.fixture(autouse=True)
+def outside_work_holds_the_mock_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No autojump while a worker thread (SQLite, key files, DNS) or the
+    signature helper process is busy.
+
+    An autojump clock counts a task waiting on a thread or a pipe as idle: on
+    a loaded machine a slow ``fsync`` or a slow helper would otherwise let it
+    jump past every deadline of the test. That is real work; virtual time
+    stands still for it.
+    """
+    hold = _Hold()
+    run_sync = trio.to_thread.run_sync
+
+    async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with hold.held():
+            return await run_sync(fn, *args, **kwargs)
+
+    wait = Answer.wait
+
+    async def answer(self: Answer[Any]) -> Any:
+        if self.done.is_set():
+            return await wait(self)
+        with hold.held():
+            return await wait(self)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", in_thread)
+    monkeypatch.setattr(Answer, "wait", answer)

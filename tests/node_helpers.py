@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from typing import Any, Final
 
 import attrs
 import trio
-from trio.testing import MockClock
 
 from conftest import NETWORK, NOW, Agent
 from ocpd.config import RateLimitingSection, WebSocketSection
@@ -158,18 +156,8 @@ async def running_node(
     (by default ``OCPD_TEST_VERIFIER``, else ``loop``)."""
     own_database = database is None
     if database is None:
-        # Opening runs migrations on a worker thread, which an autojump
-        # clock counts as idle: on a loaded machine it would jump the test
-        # to its deadline. No jumps while the file is being created.
-        mock = trio.lowlevel.current_clock()
-        if isinstance(mock, MockClock):
-            threshold, mock.autojump_threshold = mock.autojump_threshold, math.inf
-            try:
-                database = await open_database(tmp_path / "node.db", "node")
-            finally:
-                mock.autojump_threshold = threshold
-        else:
-            database = await open_database(tmp_path / "node.db", "node")
+        # (worker threads hold an autojump clock still: conftest.py)
+        database = await open_database(tmp_path / "node.db", "node")
     clock = clock or TrioWallClock()
     metrics = Metrics()
     directory = FakeDirectory()

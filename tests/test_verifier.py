@@ -140,6 +140,31 @@ async def test_a_crashed_helper_loses_no_answer_and_is_started_again() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_checks_asked_while_a_dead_helper_is_cleared_away_are_answered() -> None:
+    verifier = Verifier(helper=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(verifier.run)
+        await running(verifier)
+        first_pid = verifier.helper_pid
+        assert first_pid is not None
+        answers: list[Answer[list[bool]]] = []
+
+        async def hammer() -> None:
+            # A caller in every scheduling round, through the whole time the
+            # dead helper's pipes and tasks are being cleared away.
+            while verifier.helper_pid in (None, first_pid):
+                answers.append(verifier.submit([good(len(answers)), bad(1)]))
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as callers:
+            callers.start_soon(hammer)
+            await trio.sleep(0.05)
+            os.kill(first_pid, signal.SIGKILL)
+        assert len(answers) > 10
+        assert [await a.wait() for a in answers] == [[True, False]] * len(answers)
+        nursery.cancel_scope.cancel()
+
+
 async def test_stopping_the_service_stops_the_helper() -> None:
     verifier = Verifier(helper=True)
     async with trio.open_nursery() as nursery:

@@ -443,7 +443,12 @@ class Verifier:
             async with trio.open_nursery() as nursery:
                 self._sender = OnDemand(nursery, self._send_queued)
                 self._stdin = stdin
-                await self._read_answers(stdout)
+                try:
+                    await self._read_answers(stdout)
+                finally:
+                    # From here on callers are answered here: the nursery
+                    # the sender ran in takes no new tasks while it closes.
+                    self._stdin = self._sender = None
                 nursery.cancel_scope.cancel()
             log_event(log, "verifier_exited", level=logging.WARNING, returncode=process.poll())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

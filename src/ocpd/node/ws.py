@@ -263,17 +263,21 @@ class WebSocketEndpoint:
                 session.on_wake = writer.kick
                 if session.woken:
                     writer.kick()
-                pipeline = _Pipeline(self, session, nursery)
-                if self.stopping is not None and self.stopping.is_set():
-                    live.stop()
-                with live.reading:
-                    await self._read(session, receive, pipeline, live)
-                # However reading ended, what was read is checked and committed;
-                # on the ttl or the daemon's stop, its receipts are written too.
-                with trio.move_on_after(DRAIN_SECONDS):
-                    await pipeline.settle()
-                    if live.reading.cancelled_caught:
-                        await session.flush()
+                try:
+                    pipeline = _Pipeline(self, session, nursery)
+                    if self.stopping is not None and self.stopping.is_set():
+                        live.stop()
+                    with live.reading:
+                        await self._read(session, receive, pipeline, live)
+                    # However reading ended, what was read is checked and committed;
+                    # on the ttl or the daemon's stop, its receipts are written too.
+                    with trio.move_on_after(DRAIN_SECONDS):
+                        await pipeline.settle()
+                        if live.reading.cancelled_caught:
+                            await session.flush()
+                finally:
+                    # The writer's nursery takes no new task once it closes.
+                    session.on_wake = None
                 nursery.cancel_scope.cancel()
         finally:
             self._live.discard(live)
