@@ -34,7 +34,17 @@ from conformance.process import ReadyProcess
 
 from bench.federation import free_port
 from bench.harness import load_average, machine_facts
-from bench.node import NETWORK, agents, build_batches, connect, register_many, run_traffic
+from bench.node import (
+    NETWORK,
+    _children_ticks,
+    _machine_busy_ticks,
+    _ticks,
+    agents,
+    build_batches,
+    connect,
+    register_many,
+    run_traffic,
+)
 from ocpd.client.websocket import parse_endpoint
 from ocpd.identity import init_identity
 
@@ -59,6 +69,11 @@ def _stamp(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+#: ``--profile DIR``: each daemon runs under cProfile, writing ``DIR/<name>-<n>.prof``.
+PROFILE: dict[str, Path] = {}
+PROFILE_RUNS: list[str] = []
+
+
 def _daemon(
     workdir: Path, name: str, tls: Any, env: dict[str, str], component: str
 ) -> ReadyProcess:
@@ -76,8 +91,13 @@ def _daemon(
             **env,
         }
     )
+    python = [sys.executable]
+    if "dir" in PROFILE:
+        runs = sum(1 for started in PROFILE_RUNS if started == name)
+        PROFILE_RUNS.append(name)
+        python += ["-m", "cProfile", "-o", str(PROFILE["dir"] / f"{name}-{runs}.prof")]
     return ReadyProcess(
-        command=[sys.executable, "-m", "ocpd", "run", "--component", component],
+        command=[*python, "-m", "ocpd", "run", "--component", component],
         env=base,
         cwd=workdir,
         name=name,
@@ -160,12 +180,22 @@ async def run_bench(messages: int, workdir: Path) -> dict[str, Any]:
         warm = build_batches(senders, receiver.agent_id, 400)
         await run_traffic(sessions, inbox, warm, window=WINDOW)
         batches = build_batches(senders, receiver.agent_id, messages)
+        pids = {name: _pid(process) for name, process in (("a", a), ("b", b))}
+        cpu_before = _cpu(pids)
         traffic, began = await run_traffic(sessions, inbox, batches, window=WINDOW)
+        cpu_after = _cpu(pids)
         elapsed = max(traffic.delivered_at.values()) - began
         result["forwarded_messages"] = messages
         result["forwarded_seconds"] = round(elapsed, 3)
         result["forwarded_per_s"] = round(messages / elapsed, 1)
         result["duplicate_deliveries"] = traffic.duplicate_deliveries
+        # Where the CPU went: each daemon with its signature helper, this
+        # process (the agents' side), and the whole machine (2 cores here).
+        spent = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
+        result["cpu_ms_per_message"] = {
+            k: round(v * 1000 / messages, 3) for k, v in spent.items() if k != "machine"
+        }
+        result["machine_busy_cores"] = round(spent["machine"] / elapsed, 2)
         for session in (*sessions, inbox):
             await session.ws.aclose()
         b_scope.cancel()
@@ -177,6 +207,22 @@ async def run_bench(messages: int, workdir: Path) -> dict[str, Any]:
         "forwarded_met": result["forwarded_per_s"] >= FORWARD_TARGET,
     }
     return result
+
+
+def _pid(process: ReadyProcess) -> int:
+    return int(next(e for e in _events(process) if e.get("event") == "ready")["pid"])
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far: each daemon and its helper, this process, the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {
+        name: (_ticks(f"/proc/{pid}/stat") + _children_ticks(pid)) / tick
+        for name, pid in pids.items()
+    }
+    out["bench"] = time.process_time()
+    out["machine"] = _machine_busy_ticks() / tick
+    return out
 
 
 def _scoped(process: ReadyProcess) -> tuple[trio.CancelScope, Any]:
@@ -210,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.net", description=__doc__)
     parser.add_argument("--out", default="bench/results/net.json")
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="run the daemons under cProfile (slower)"
+    )
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        PROFILE["dir"] = args.profile.resolve()
     before = load_average()
     with tempfile.TemporaryDirectory(prefix="ocpd-bench-net-") as tmp:
         result = trio.run(run_bench, args.messages, Path(tmp))
@@ -219,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_facts(["trio", "trio-websocket", "cryptography"]),
         "load_before": before,
         "load_after": load_average(),
+        "profiled": args.profile is not None,
         "results": result,
     }
     out = Path(args.out)

@@ -31,6 +31,7 @@ from node_helpers import (
     running_node,
 )
 from ocpd.node.forward import BACKOFF, Posted, deliverable, endpoint_key
+from ocpd.node.intake import Attempt
 from ocpd.node.presence import REGISTER_PATH, ServiceRegistration, service_registration
 from ocpd.node.store import MessageStore
 from ocpd.proto.artifacts import verify_registration
@@ -423,3 +424,81 @@ async def test_the_service_agent_is_registered_retried_and_renewed(clock: MockCl
         await trio.sleep(1801)  # renewed at half the record's ttl of 1 hour
         assert [round(t - start) for t in registry.at] == [0, 5, 15, 1815]
         nursery.cancel_scope.cancel()
+
+
+# --- over a peer session --------------------------------------------------------------------
+
+
+@attrs.define
+class ScriptedPeers:
+    """A session with ``node``: takes at most ``room`` messages per call, answers from
+    ``answers`` by message id (delivered otherwise); records every call."""
+
+    node: str
+    room: int = 1000
+    answers: dict[str, list[Posted]] = attrs.Factory(dict)
+    calls: list[list[str]] = attrs.Factory(list)
+
+    def host_of(self, urls: Any) -> str | None:
+        return self.node if BOB_HTTP in list(urls) else None
+
+    def connected(self, node_id: str) -> bool:
+        return node_id == self.node
+
+    async def wait_connected(self, node_id: str) -> None:
+        await trio.sleep_forever()
+
+    async def hand_on(self, node_id: str, items: Any) -> list[Posted]:
+        taken = list(items)[: self.room]
+        self.calls.append([message_id for _, message_id in taken])
+        await trio.sleep(0.1)
+        out = []
+        for _, message_id in taken:
+            answers = self.answers.get(message_id, [DELIVERED])
+            out.append(answers.pop(0) if len(answers) > 1 else answers[0])
+        return out
+
+
+async def test_a_receivers_backlog_crosses_a_peer_session_in_bursts(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
+) -> None:
+    poster = ScriptedPoster({BOB_HTTP: [DOWN]})
+    peers = ScriptedPeers("node:b", room=40)
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
+        assert node.forwarder is not None
+        node.forwarder.peers = peers
+        # one write for all 100: a backlog for bob
+        bodies = [message(alice, bob.id, clock_now=node.clock.now()) for _ in range(100)]
+        ids = [json.loads(b)["message_id"] for b in bodies]
+        await node.intake.commit([await node.intake.check(b, Attempt("http", 0)) for b in bodies])
+        await _until(lambda: _deliveries(node, "forwarded") == 100)
+        sent = [m for call in peers.calls for m in call]
+        assert sent == ids  # in order, each once
+        assert max(len(call) for call in peers.calls) == 40  # the session's room
+        assert poster.calls == []
+        assert await _rows(node.store) == []
+
+
+async def test_a_burst_settles_what_it_can_and_retries_the_rest_in_order(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
+) -> None:
+    poster = ScriptedPoster({BOB_HTTP: [DOWN]})
+    peers = ScriptedPeers("node:b")
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
+        assert node.forwarder is not None
+        node.forwarder.peers = peers
+        bodies = [message(alice, bob.id, clock_now=node.clock.now()) for _ in range(6)]
+        ids = [json.loads(b)["message_id"] for b in bodies]
+        lost = Posted("unreachable", "no receipt in time")
+        peers.answers = {ids[2]: [lost, DELIVERED], ids[4]: [GONE]}
+        checked = [await node.intake.check(b, Attempt("http", 0)) for b in bodies]
+        await node.intake.commit(checked)
+        await _until(lambda: _deliveries(node, "forwarded") == 5)
+        # one burst; then the row without a receipt alone, after its backoff
+        assert peers.calls[0] == ids
+        assert peers.calls[1:] == [[ids[2]]]
+        assert _deliveries(node, "failed") == 1  # the refused one: its sender is told
+        errors = [json.loads(p.raw) for p in await node.store.pending(alice.id, after=0)]
+        assert [e["payload"]["error_code"] for e in errors] == ["OCP-502"]
+        assert errors[0]["payload"]["details"]["remote_error_code"] == "OCP-404"
+        assert [receiver for _, receiver, _ in await _rows(node.store)] == [alice.id]

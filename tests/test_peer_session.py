@@ -336,6 +336,39 @@ def test_messages_and_receipts_travel_exactly() -> None:
     ]
 
 
+def test_receipts_for_a_group_travel_in_one_frame_per_256() -> None:
+    a, b = opened()
+    receipts = [
+        ReceiptReceived(f"msg-{n}", "rejected", "OCP-401")
+        if n % 7 == 0
+        else ReceiptReceived(f"msg-{n}", "accepted")
+        for n in range(300)
+    ]
+    b.send_receipts(receipts, now=T0)
+    assert b.queued == 2  # 256 + 44
+    assert deliver(b, a) == receipts
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        "msg-1",
+        [{"message_id": "msg-1", "status": "lost"}],
+        ["msg-1"],
+        [{"message_id": f"m{n}", "status": "accepted"} for n in range(257)],
+    ],
+)
+def test_a_malformed_receipts_frame_is_refused_and_the_session_goes_on(items: Any) -> None:
+    a, b = opened()
+    b._control({"type": "receipts", "items": items}, T0)
+    [refused] = deliver(b, a)
+    assert isinstance(refused, Refused)
+    assert refused.error.code == "E_PROTO_INVALID"
+    b.send_receipts([ReceiptReceived("msg-1", "duplicate")], now=T0)
+    assert deliver(b, a) == [ReceiptReceived("msg-1", "duplicate")]
+
+
 def test_a_signal_marker_is_verified_against_the_session_peer() -> None:
     a, b = opened()
     marker = build_signal_marker(A, kind="signal/presence", now=T0, body="hello")

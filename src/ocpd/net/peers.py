@@ -246,17 +246,10 @@ class Live:
             for frame in self.session.data_to_send():
                 await self.carrier.send(frame)
 
-    def receipt(
-        self,
-        message_id: str,
-        status: Literal["accepted", "duplicate", "rejected"],
-        *,
-        now: float,
-        code: str | None = None,
-    ) -> None:
-        """Answer one of the peer's messages."""
-        if self.end_reason is None:
-            self.session.send_receipt(message_id, status, now=now, code=code)
+    def receipts(self, receipts: Sequence[ReceiptReceived], *, now: float) -> None:
+        """Answer several of the peer's messages at once."""
+        if self.end_reason is None and receipts:
+            self.session.send_receipts(receipts, now=now)
             self.kick()
 
     def refuse(self, error: NetError, *, now: float) -> None:
@@ -1040,23 +1033,49 @@ class PeerService:
         while not self.connected(node_id):
             await self._changed.wait()
 
-    async def hand_on(self, node_id: str, raw: bytes, message_id: str) -> Delivery:
-        """Send one OCP message to ``node_id`` and wait for its receipt."""
+    async def hand_on(self, node_id: str, items: Sequence[tuple[bytes, str]]) -> list[Delivery]:
+        """Send OCP messages (raw bytes, message id) to ``node_id`` in order and
+        wait for their receipts.
+
+        Sends at least one unless there is no session, and no more than the
+        session's window has room for at once: the outcomes are those of the
+        first ``len(result)`` items; the rest were not sent.
+        """
+        if not items:
+            return []
         live = self.sessions.get(node_id)
         if live is None or not self.connected(node_id):
-            return Delivery("unreachable", "no session with the hosting node")
-        async with live.window:
+            return [Delivery("unreachable", "no session with the hosting node")]
+        await live.window.acquire()
+        taken = 1
+        while taken < len(items):
+            try:
+                live.window.acquire_nowait()
+            except trio.WouldBlock:
+                break
+            taken += 1
+        sent: list[tuple[str, _Waiter]] = []
+        try:
             if live.end_reason is not None:
-                return Delivery("unreachable", "the peer session ended")
-            waiter = live.waiting.setdefault(message_id, _Waiter())
-            live.session.send_message(raw, now=self.clock.now(), capability=CAP_RELAY)
+                return [Delivery("unreachable", "the peer session ended")]
+            now = self.clock.now()
+            for raw, message_id in items[:taken]:
+                waiter = live.waiting.setdefault(message_id, _Waiter())
+                live.session.send_message(raw, now=now, capability=CAP_RELAY)
+                sent.append((message_id, waiter))
             live.kick()
             with trio.move_on_after(RECEIPT_TIMEOUT):
-                await waiter.done.wait()
-            live.waiting.pop(message_id, None)
-        result = waiter.result or Delivery("unreachable", "no receipt in time")
-        self.metrics.peer_messages.labels("sent", result.outcome).inc()
-        return result
+                for _, waiter in sent:
+                    await waiter.done.wait()
+        finally:
+            for message_id, _ in sent:
+                live.waiting.pop(message_id, None)
+            for _ in range(taken):
+                live.window.release()
+        results = [w.result or Delivery("unreachable", "no receipt in time") for _, w in sent]
+        for result in results:
+            self.metrics.peer_messages.labels("sent", result.outcome).inc()
+        return results
 
     def propagate(self, raw: bytes, *, exclude: str | None = None) -> int:
         """Hand a broadcast to every peer that takes OCP messages; returns how many."""

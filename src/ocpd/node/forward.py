@@ -39,6 +39,7 @@ message again, and the receiving node's dedup makes that harmless.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import ssl
@@ -62,7 +63,7 @@ from ocpd.proto.hosts import is_loopback_host
 from ocpd.proto.strictjson import loads_strict
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from ocpd.clock import WallClock
     from ocpd.node.directory import AgentDirectory, AgentInfo
@@ -77,6 +78,8 @@ __all__ = ["BACKOFF", "Forwarder", "HttpPoster", "Posted", "Poster", "endpoint_k
 BACKOFF: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: Messages on their way to other nodes at once.
 MAX_IN_FLIGHT: Final = 32
+#: Rows for one agent handed on over a peer session at once.
+BURST: Final = 256
 #: How long an ``error`` notice about an undeliverable message lives.
 NOTICE_TTL: Final = 3600
 #: 4xx answers that mean "not now" rather than "never": retried like a 5xx.
@@ -121,7 +124,7 @@ class PeerRoutes(Protocol):
 
     async def wait_connected(self, node_id: str) -> None: ...
 
-    async def hand_on(self, node_id: str, raw: bytes, message_id: str) -> Delivery: ...
+    async def hand_on(self, node_id: str, items: Sequence[tuple[bytes, str]]) -> list[Delivery]: ...
 
 
 class HttpPoster:
@@ -285,6 +288,8 @@ class Forwarder:
         try:
             round_no = 0
             while queue.seqs:
+                if round_no == 0 and len(queue.seqs) > 1 and await self._burst(receiver, queue):
+                    continue
                 seq = queue.seqs[0]
                 held = await self.store.held(seq)
                 if held is None:
@@ -345,6 +350,52 @@ class Forwarder:
     def _pop(queue: _Queue) -> None:
         queue.queued.discard(queue.seqs.popleft())
 
+    async def _burst(self, receiver: str, queue: _Queue) -> bool:
+        """Rows for an agent on a connected peer node, handed on together.
+
+        Up to :data:`BURST` rows from the head of the queue leave over the
+        session in order and their receipts are awaited together; delivered
+        and expired rows go in one write. Rows the session did not take stay
+        queued for the one-at-a-time path, with its backoff. False when
+        nothing could be settled this way.
+        """
+        if self.peers is None:
+            return False
+        try:
+            info = await self.directory.lookup(receiver)
+        except OcpError:
+            return False
+        host = None if info is None or not info.active else self.host(info)
+        if host is None or not self.peers.connected(host):
+            return False
+        seqs = list(itertools.islice(queue.seqs, BURST))
+        rows = await self.store.held_many(seqs)
+        now = self.clock.now()
+        settled = {seq for seq in seqs if seq not in rows}  # delivered here, or swept
+        expired = [seq for seq, held in rows.items() if held.expires_at < now]
+        sending = [rows[seq] for seq in seqs if seq in rows and rows[seq].expires_at >= now]
+        results = await self.peers.hand_on(host, [(h.raw, h.message_id) for h in sending])
+        delivered = []
+        for held, result in zip(sending, results, strict=False):
+            if result.outcome == "delivered":
+                delivered.append(held.seq)
+            elif result.outcome == "refused":
+                await self._give_up(held, result)
+                settled.add(held.seq)
+            else:
+                _log_failure(held, result, node=host)
+        if delivered or expired:
+            await self.store.delivered([*delivered, *expired])
+            self.metrics.deliveries.labels("forwarded").inc(len(delivered))
+            self.metrics.deliveries.labels("expired").inc(len(expired))
+            settled.update(delivered, expired)
+        if not settled:
+            return False
+        kept = [seq for seq in queue.seqs if seq not in settled]
+        queue.seqs = deque(kept)
+        queue.queued.difference_update(settled)
+        return True
+
     async def _round(self, held: Held) -> tuple[Posted, str | None]:
         """One pass: the session with the receiver's node, then its endpoints.
 
@@ -358,7 +409,7 @@ class Forwarder:
             return Posted("refused", "the receiver is no longer registered and active"), None
         host = self.host(info)
         if host is not None and self.peers is not None and self.peers.connected(host):
-            handed = await self.peers.hand_on(host, held.raw, held.message_id)
+            (handed,) = await self.peers.hand_on(host, [(held.raw, held.message_id)])
             if handed.outcome != "unreachable":
                 return handed, host
             _log_failure(held, handed, node=host)

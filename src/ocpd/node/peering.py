@@ -6,18 +6,20 @@ posted over HTTPS by a relaying node (:mod:`ocpd.node.intake`), except that
 the session has already authenticated the peer node. Messages are taken in
 groups as they arrive: all of a group are started (their signatures travel
 to the verifier together), completed, committed in one write, and answered
-with one receipt each, in order.
+in one ``receipts`` frame, in order; the next group is checked while one
+commits.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import attrs
 import trio
 
 from ocpd.node.intake import Attempt, Checked, Outcome, Started
 from ocpd.proto.errors import NetError, OcpError
+from ocpd.proto.peer import ReceiptReceived
 
 if TYPE_CHECKING:
     from ocpd.clock import WallClock
@@ -30,6 +32,9 @@ __all__ = ["NodeTraffic"]
 #: The most messages taken into one group.
 GROUP: Final = 64
 
+#: A group's messages after the checks, each with its attempt.
+_Checked: TypeAlias = list[tuple[Attempt, "Checked | OcpError"]]
+
 
 @attrs.define(eq=False)
 class NodeTraffic:
@@ -38,20 +43,24 @@ class NodeTraffic:
     metrics: Metrics
 
     async def serve(self, live: Live, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with inbox:
-            while True:
-                try:
-                    group = [await inbox.receive()]
-                except trio.EndOfChannel:
-                    return
-                while len(group) < GROUP:
+        # Checking one group overlaps the commit of the one before it.
+        checked_send, checked_receive = trio.open_memory_channel[_Checked](1)
+        async with inbox, trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit_groups, live, checked_receive)
+            async with checked_send:
+                while True:
                     try:
-                        group.append(inbox.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._take(live, group)
+                        group = [await inbox.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    while len(group) < GROUP:
+                        try:
+                            group.append(inbox.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await checked_send.send(await self._check(live, group))
 
-    async def _take(self, live: Live, group: list[bytes]) -> None:
+    async def _check(self, live: Live, group: list[bytes]) -> _Checked:
         started: list[tuple[Attempt, Started | OcpError]] = []
         for raw in group:
             attempt = Attempt(transport="peer", started=trio.current_time())
@@ -59,7 +68,7 @@ class NodeTraffic:
                 started.append((attempt, await self.intake.start(raw, attempt, peer=live.node_id)))
             except OcpError as exc:
                 started.append((attempt, exc))
-        results: list[tuple[Attempt, Checked | OcpError]] = []
+        results: _Checked = []
         for attempt, begun in started:
             if isinstance(begun, OcpError):
                 results.append((attempt, begun))
@@ -68,9 +77,18 @@ class NodeTraffic:
                 results.append((attempt, await self.intake.complete(begun)))
             except OcpError as exc:
                 results.append((attempt, exc))
+        return results
+
+    async def _commit_groups(self, live: Live, groups: trio.MemoryReceiveChannel[_Checked]) -> None:
+        async with groups:
+            async for results in groups:
+                await self._commit(live, results)
+
+    async def _commit(self, live: Live, results: _Checked) -> None:
         checked = [done for _, done in results if isinstance(done, Checked)]
         committed = iter(await self.intake.commit(checked) if checked else [])
         now = self.clock.now()
+        receipts = []
         for attempt, done in results:
             result: Outcome | OcpError = next(committed) if isinstance(done, Checked) else done
             self.intake.finish(attempt, result)
@@ -86,10 +104,11 @@ class NodeTraffic:
                     now=now,
                 )
             elif isinstance(result, Outcome):
-                live.receipt(
-                    attempt.message_id,
-                    "duplicate" if result.duplicate else "accepted",
-                    now=now,
+                receipts.append(
+                    ReceiptReceived(
+                        attempt.message_id, "duplicate" if result.duplicate else "accepted"
+                    )
                 )
             else:
-                live.receipt(attempt.message_id, "rejected", now=now, code=result.code)
+                receipts.append(ReceiptReceived(attempt.message_id, "rejected", result.code))
+        live.receipts(receipts, now=now)

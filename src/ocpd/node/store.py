@@ -179,6 +179,15 @@ def held_txn(conn: sqlite3.Connection, seq: int) -> Held | None:
     return Held(seq, str(receiver), str(sender), str(message_id), bytes(raw), float(expires_at))
 
 
+def held_many_txn(conn: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, Held]:
+    found = {}
+    for seq in seqs:
+        held = held_txn(conn, seq)
+        if held is not None:
+            found[seq] = held
+    return found
+
+
 def give_up_txn(
     conn: sqlite3.Connection, seq: int, notice: Accept | None
 ) -> tuple[bool, tuple[int, ...]]:
@@ -249,6 +258,10 @@ class MessageStore:
 
     async def held(self, seq: int) -> Held | None:
         return await self.database.read(lambda conn: held_txn(conn, seq))
+
+    async def held_many(self, seqs: Sequence[int]) -> dict[int, Held]:
+        """The rows of ``seqs`` still waiting, by seq."""
+        return await self.database.read(lambda conn: held_many_txn(conn, seqs))
 
     async def give_up(
         self,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -124,6 +124,8 @@ MAX_CONTROL_BYTES: Final = 65_536
 NONCE_CAPACITY: Final = 65_536
 #: The most OCP endpoint URLs a peer may say it serves, and their longest length.
 MAX_ENDPOINTS: Final = 16
+#: The most receipts in one ``receipts`` frame.
+MAX_RECEIPTS: Final = 256
 MAX_ENDPOINT_URL: Final = 2048
 
 
@@ -601,6 +603,17 @@ class PeerSession:
             receipt["code"] = code
         self._control(receipt, now)
 
+    def send_receipts(self, receipts: Sequence[ReceiptReceived], *, now: float) -> None:
+        """Answer several of the peer's messages: one frame per :data:`MAX_RECEIPTS`."""
+        for start in range(0, len(receipts), MAX_RECEIPTS):
+            items = []
+            for receipt in receipts[start : start + MAX_RECEIPTS]:
+                item: dict[str, Any] = {"message_id": receipt.message_id, "status": receipt.status}
+                if receipt.code is not None:
+                    item["code"] = receipt.code
+                items.append(item)
+            self._control({"type": "receipts", "items": items}, now)
+
     def send_error(self, error: NetError, *, now: float | None = None) -> None:
         self._control(
             {"type": "error", "code": error.code, "detail": error.message[:_MAX_DETAIL]}, now
@@ -664,9 +677,15 @@ class PeerSession:
                 raise
             self.send_error(exc, now=now)
             return [Refused(exc)]
-        return [] if event is None else [event]
+        if event is None:
+            return []
+        if isinstance(event, list):
+            return list[SessionEvent](event)
+        return [event]
 
-    def _interpret(self, plaintext: bytes, now: float) -> SessionEvent | None:
+    def _interpret(
+        self, plaintext: bytes, now: float
+    ) -> SessionEvent | list[ReceiptReceived] | None:
         if not plaintext:
             raise _invalid("empty session frame")
         kind, body = plaintext[0], plaintext[1:]
@@ -695,6 +714,13 @@ class PeerSession:
             return SignalReceived(envelope, marker)
         if kind_name == "receipt":
             return self._receipt(control)
+        if kind_name == "receipts":
+            items = control.get("items")
+            if not isinstance(items, list) or not 0 < len(items) <= MAX_RECEIPTS:
+                raise _invalid(f"receipts needs a list of 1 to {MAX_RECEIPTS} receipts")
+            if not all(isinstance(item, Mapping) for item in items):
+                raise _invalid("each of receipts' items must be an object")
+            return [self._receipt(item) for item in items]
         if kind_name == "advertisement":
             advertisement = control.get("advertisement")
             verify_node_advertisement(advertisement, now=now, expected_node_id=self.peer)
