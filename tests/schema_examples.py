@@ -844,6 +844,18 @@ VALID: dict[str, list[Doc]] = {
         }
     ],
     "signal-marker.v1": [SIGNAL_MARKER, with_(SIGNAL_MARKER, **{"signal/body": None})],
+    "node-overlap-bundle.v1": [
+        {
+            "bundle/type": "node-overlap-bundle.v1",
+            "created-at": T1,
+            "key/alg": "ed25519",
+            "predecessor": {"node/id": NODE_A, "key/public": key("node-a")},
+            "successor": {"node/id": NODE_B, "key/public": key("node-b")},
+            "statement": "local overlap record only: it grants no continuity to discovery, "
+            "routing or peer trust",
+            "signatures": {"predecessor": sig("overlap-a"), "successor": sig("overlap-b")},
+        }
+    ],
     "signal-marker-envelope.v1": [
         {
             "envelope/id": "sme-" + uuid("sme"),
@@ -875,6 +887,7 @@ _IDENTITY = VALID["node-identity.v1"][0]
 _ADV = VALID["node-advertisement.v1"][0]
 _CAPADV = VALID["capability-advertisement.v1"][0]
 _SME = VALID["signal-marker-envelope.v1"][0]
+_OVERLAP = VALID["node-overlap-bundle.v1"][0]
 _DIDU = VALID["did-document-update"][0]
 _REVOC = VALID["vouch-revocation"][0]
 _CERT = CERTIFICATION
@@ -1367,6 +1380,19 @@ INVALID: dict[str, list[tuple[str, Any]]] = {
         ("body-too-long", with_(SIGNAL_MARKER, **{"signal/body": "x" * 4097})),
         ("kind-without-namespace", with_(SIGNAL_MARKER, **{"signal/kind": "online"})),
         ("signed-by-node-id", with_(SIGNAL_MARKER, **{"participant/id": NODE_A})),
+    ],
+    "node-overlap-bundle.v1": [
+        ("type-advertisement", with_(_OVERLAP, **{"bundle/type": "node-advertisement.v1"})),
+        ("statement-edited", with_(_OVERLAP, statement="the successor inherits trust")),
+        ("key-alg-x25519", with_(_OVERLAP, **{"key/alg": "x25519"})),
+        *_cases(
+            _OVERLAP,
+            ("successor-signature-missing", ("signatures", "successor"), DELETE),
+            ("third-signature", ("signatures", "witness"), sig("w")),
+            ("predecessor-participant-id", ("predecessor", "node/id"), participant("node-a")),
+            ("successor-key-missing", ("successor", "key/public"), DELETE),
+            ("successor-extra-field", ("successor", "agent_id"), agent("node-b")),
+        ),
     ],
     "signal-marker-envelope.v1": [
         ("marker-extra-field", set_path(_SME, ("marker", "hops"), 2)),

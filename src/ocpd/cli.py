@@ -85,6 +85,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--record", required=True, metavar="FILE", help="node-identity.v1 JSON")
     imp.add_argument("--key", required=True, metavar="FILE", help="the matching key file")
+    rotate = identity_sub.add_parser(
+        "rotate",
+        help="replace the node key: a new node id and service agent id (daemon stopped)",
+        description="Generate a new node key, hence a new node id and a new service agent "
+        "id, and make it the node identity. The old record and key are kept under "
+        "<data_dir>/identity/retired/. Peers, seed directories and agents know the node "
+        "by its node id: after rotation they see a new node, and nothing carries over. "
+        "Refused while ocpd runs on this data directory: stop it, rotate, start it.",
+    )
+    rotate.add_argument(
+        "--overlap-bundle",
+        metavar="FILE",
+        help="also write a node-overlap-bundle.v1 linking the old and new node ids, signed "
+        "by both keys (a local record: it grants the new id nothing)",
+    )
+    rotate.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation (required without a TTY)"
+    )
+    verify = identity_sub.add_parser(
+        "verify-overlap",
+        help="check a node-overlap-bundle.v1: both signatures and both node ids",
+    )
+    verify.add_argument("file", metavar="FILE")
 
     keygen = sub.add_parser(
         "keygen", help="create an agent key file, its did:ocp id and DID document"
@@ -186,7 +209,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_identity(args: argparse.Namespace) -> int:
+    if args.identity_command == "verify-overlap":
+        return _verify_overlap(Path(args.file))
     config, _ = _load(args)
+    if args.identity_command == "rotate":
+        return _rotate(config, args)
     if args.identity_command == "init":
         identity = init_identity(config.data_dir, now=WallClock().now())
         print(f"created node identity {identity.node_id}")
@@ -209,6 +236,135 @@ def _cmd_identity(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+ROTATE_CONSEQUENCES = (
+    "rotating gives this node a new node id and a new service agent id; peers, seed "
+    "directories and agents will see a new node, and nothing carries over from the old id"
+)
+MAX_BUNDLE_BYTES = 65_536
+
+
+def _rotate(config: Config, args: argparse.Namespace) -> int:
+    from ocpd.control import SOCKET_NAME, daemon_listening
+    from ocpd.identity import rotate_identity
+    from ocpd.proto.overlap import build_overlap_bundle
+
+    socket_path = config.data_dir / SOCKET_NAME
+    running = daemon_listening(socket_path)
+    if running is None:
+        print(
+            f"ocpd: warning: cannot check for a running daemon ({socket_path} is too long "
+            "for a Unix socket); make sure ocpd is stopped",
+            file=sys.stderr,
+        )
+    elif running:
+        raise CliError(
+            f"ocpd is running on {config.data_dir} (its control socket {socket_path} "
+            "accepts connections); stop it, rotate, then start it again"
+        )
+    bundle_path = Path(args.overlap_bundle) if args.overlap_bundle else None
+    if bundle_path is not None:
+        if bundle_path.exists():
+            raise CliError(f"{bundle_path} already exists; refusing to overwrite it")
+        if not bundle_path.parent.is_dir():
+            raise CliError(f"{bundle_path.parent} is not a directory")
+    previous = load_identity(config.data_dir, require_active=False)
+    _confirm_rotation(args.yes, previous.node_id)
+    _retire_sequence(config, previous.node_id)
+
+    clock = WallClock()
+    rotation = rotate_identity(config.data_dir, now=clock.now())
+    network = config.node.network
+    print(f"rotated the node identity of {config.data_dir}")
+    print(f"old node id: {rotation.previous.node_id}")
+    print(f"new node id: {rotation.current.node_id}")
+    print(f"old service agent id: {rotation.previous.service_agent_id(network)}")
+    print(f"new service agent id: {rotation.current.service_agent_id(network)}")
+    print(f"record: {rotation.current.path}")
+    print(f"old record and key kept in: {rotation.retired}")
+    if bundle_path is not None:
+        bundle = build_overlap_bundle(rotation.previous.key, rotation.current.key, now=clock.now())
+        try:
+            _write_public(bundle_path, json.dumps(bundle, indent=2) + "\n")
+        except OSError as exc:
+            raise CliError(
+                f"the identity was rotated, but the overlap bundle was not written: {exc}"
+            ) from None
+        print(f"overlap bundle: {bundle_path} (a local record; it grants the new id nothing)")
+    return 0
+
+
+def _confirm_rotation(yes: bool, node_id: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{ROTATE_CONSEQUENCES}; run again with --yes to rotate {node_id}")
+    print(f"{ROTATE_CONSEQUENCES}.", file=sys.stderr)
+    answer = input(f"rotate {node_id}? type 'rotate' to go on: ")
+    if answer.strip() != "rotate":
+        raise CliError("not rotated")
+
+
+def _retire_sequence(config: Config, node_id: str) -> None:
+    """Leave a pre-rotation advertisement counter with ``node_id`` (decision 115)."""
+    import sqlite3
+
+    from ocpd.daemon import database_path
+    from ocpd.net.adverts import claim_legacy_sequence_txn
+
+    layouts = ("all", "node")  # either layout may hold the node database (decision 36)
+    for path in dict.fromkeys(database_path(config.data_dir, "node", s) for s in layouts):
+        if not path.exists():
+            continue
+        try:
+            conn = sqlite3.connect(path)
+            try:
+                with conn:
+                    has_meta = conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ocpd_meta'"
+                    ).fetchone()
+                    if has_meta:
+                        claim_legacy_sequence_txn(conn, node_id)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise CliError(f"cannot update {path}: {exc}") from None
+
+
+def _write_public(path: Path, text: str) -> None:
+    """Write a new file that anyone may read: a temporary file, then a rename."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _verify_overlap(path: Path) -> int:
+    from ocpd.proto.errors import MalformedError, NetError, PayloadTooLarge
+    from ocpd.proto.overlap import NO_CONTINUITY, verify_overlap_bundle
+    from ocpd.proto.strictjson import loads_strict
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    try:
+        link = verify_overlap_bundle(loads_strict(data, max_size=MAX_BUNDLE_BYTES))
+    except (MalformedError, PayloadTooLarge) as exc:
+        raise CliError(f"E_PROTO_INVALID: {path} is not an overlap bundle: {exc.message}") from None
+    except NetError as exc:
+        raise CliError(f"{exc.code}: {path}: {exc.message}") from None
+    print(f"overlap bundle OK, made {format_timestamp(link.created_at)}")
+    print(f"predecessor: {link.predecessor}")
+    print(f"successor: {link.successor}")
+    print(f"({NO_CONTINUITY})")
     return 0
 
 

@@ -78,6 +78,8 @@ class ComponentRuntime:
     services: list[Service] = attrs.Factory(list)
     routes: dict[str, list[Callable[[QuartTrio], None]]] = attrs.Factory(dict)
     extra: dict[str, Any] = attrs.Factory(dict)
+    #: Operator commands answered on the daemon's control socket, by name.
+    commands: dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]] = attrs.Factory(dict)
 
     def add_routes(self, port: str, installer: Callable[[QuartTrio], None]) -> None:
         self.routes.setdefault(port, []).append(installer)

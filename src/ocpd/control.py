@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from pathlib import Path
 
-__all__ = ["SOCKET_NAME", "ControlError", "ControlSocket", "call"]
+__all__ = ["SOCKET_NAME", "ControlError", "ControlSocket", "call", "daemon_listening"]
 
 SOCKET_NAME: Final = "ocpd.sock"
 MAX_REQUEST: Final = 65_536
@@ -152,3 +152,25 @@ def call(path: Path, command: str, *, timeout: float = REQUEST_TIMEOUT, **argume
         error = reply.get("error") or {}
         raise ControlError(str(error.get("code")), str(error.get("message")))
     return reply.get("result")
+
+
+def daemon_listening(path: Path, *, timeout: float = 2.0) -> bool | None:
+    """Whether a daemon accepts connections on the control socket at ``path``.
+
+    ``False`` when there is no socket or nobody listens on it (a stale file
+    left by a crash); ``None`` when the path is too long to ever be bound, so
+    the question cannot be answered this way. Any other connection failure
+    counts as listening: the callers use this to refuse work that must not
+    happen under a running daemon.
+    """
+    if len(os.fsencode(path)) > MAX_PATH:
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+    except OSError:
+        return True
+    return True

@@ -40,6 +40,7 @@ from ocpd.components import (
     build_component,
 )
 from ocpd.config import COMPONENTS, Config, ConfigError
+from ocpd.control import SOCKET_NAME, ControlSocket
 from ocpd.identity import NodeIdentity, load_or_init_identity
 from ocpd.logs import get_logger, hold_lines, log_event, release_lines
 from ocpd.net.peers import FRAME_OVERHEAD
@@ -51,7 +52,7 @@ from ocpd.storage import Database, open_database
 from ocpd.web import ComponentState, Metrics, create_app
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
 __all__ = ["EXIT_FORCED", "FlushLogs", "Tls13Config", "database_path", "run_daemon"]
@@ -351,9 +352,18 @@ async def _supervise(
             )
         )
 
+    commands = {name: h for runtime in runtimes.values() for name, h in runtime.commands.items()}
+
+    async def status(_: Mapping[str, Any]) -> Any:
+        return {"pid": os.getpid(), "components": list(components), "node_id": identity.node_id}
+
+    control = ControlSocket(config.data_dir / SOCKET_NAME, {"daemon.status": status, **commands})
+
     with trio.CancelScope() as force:
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, stopper, force, notifier)
+            # Operator commands, and the sign that a daemon runs on this data directory.
+            await services.start(control.run)
             for c in components:
                 await services.start(databases[c].run)
             for c in ordered:

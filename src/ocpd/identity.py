@@ -4,6 +4,9 @@ Layout under the data directory::
 
     identity/node-identity.json   public node-identity.v1 record (0644)
     identity/node.key             the secret: {"key/alg": "ed25519", "seed": <b64url>} (0600)
+    identity/retired/<UTC time>-<did:key fingerprint>/
+                                  an identity replaced by ``ocpd identity rotate``:
+                                  its record and key exactly as they were, kept
 
 The record points at the secret through ``key/storage-ref``
 (``local-file:node.key``, relative to the identity directory, so a data
@@ -11,6 +14,12 @@ directory can move). Both go through the schema gate whenever they are read
 or written; an identity whose ``identity/status`` is not ``active`` refuses
 to run. The node also owns a did:ocp service agent id derived from the same
 key (D4), which signs the node's own OCP messages.
+
+Rotation (NET FR-002b, decision 115) replaces both with a new key, hence a
+new node id and a new service agent id; nothing of the old identity carries
+over. The old pair is copied into ``retired/`` (and synced) before anything
+in the active place changes, then the new key and record are each written to
+a temporary file and renamed into place.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any, Final
 import attrs
 
 from ocpd.proto.crypto import SigningKey
-from ocpd.proto.encoding import b64url_decode, b64url_encode
+from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp
 from ocpd.proto.errors import MalformedError, NetError
 from ocpd.proto.ids import derive_agent_id
 from ocpd.proto.netartifacts import (
@@ -35,15 +44,18 @@ from ocpd.proto.netartifacts import (
 __all__ = [
     "IdentityError",
     "NodeIdentity",
+    "Rotation",
     "import_identity",
     "init_identity",
     "load_identity",
     "read_key_file",
+    "rotate_identity",
     "write_key_file",
 ]
 
 RECORD_NAME: Final = "node-identity.json"
 KEY_NAME: Final = "node.key"
+RETIRED_NAME: Final = "retired"
 STORAGE_SCHEME: Final = "local-file:"
 
 
@@ -69,14 +81,25 @@ class NodeIdentity:
         return derive_agent_id(self.key.public_key, network)
 
 
+def _key_text(key: SigningKey, extra: dict[str, Any] | None = None) -> str:
+    body = {"key/alg": "ed25519", "seed": b64url_encode(key.seed()), **(extra or {})}
+    return json.dumps(body, indent=2) + "\n"
+
+
+def _write_new(path: Path, data: bytes, *, mode: int, sync: bool = False) -> None:
+    """Create ``path`` with ``mode`` (never through an existing file) and write ``data``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 def write_key_file(path: Path, key: SigningKey, *, extra: dict[str, Any] | None = None) -> None:
     """Write a secret key file with mode 0600, refusing to overwrite one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    body = {"key/alg": "ed25519", "seed": b64url_encode(key.seed()), **(extra or {})}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(body, handle, indent=2)
-        handle.write("\n")
+    _write_new(path, _key_text(key, extra).encode(), mode=0o600)
 
 
 def read_key_file(path: Path) -> SigningKey:
@@ -175,3 +198,92 @@ def load_or_init_identity(data_dir: Path, *, now: float) -> tuple[NodeIdentity, 
     if _record_path(data_dir).exists():
         return load_identity(data_dir), False
     return init_identity(data_dir, now=now), True
+
+
+@attrs.frozen
+class Rotation:
+    """A finished rotation: the identity that left, the one now active, and where the old went."""
+
+    previous: NodeIdentity
+    current: NodeIdentity
+    retired: Path
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(path: Path, data: bytes, *, mode: int) -> None:
+    """Atomically put ``data`` at ``path``: a synced temporary file, then a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # left by an interrupted rotation; never a live file
+    _write_new(tmp, data, mode=mode, sync=True)
+    os.replace(tmp, path)
+
+
+def _retired_name(node_id: str, now: float) -> str:
+    stamp = format_timestamp(now).replace("-", "").replace(":", "")
+    return f"{stamp}-{node_id.rsplit(':', 1)[1]}"
+
+
+def rotate_identity(data_dir: Path, *, now: float, key: SigningKey | None = None) -> Rotation:
+    """Replace the node identity with one on a fresh key (NET FR-002b).
+
+    The caller makes sure no daemon runs on ``data_dir``. The old record and
+    the key file it references are copied byte for byte into
+    ``identity/retired/<time>-<fingerprint>/`` and synced first; only then
+    are the new key and record renamed into place. Nothing is deleted: a key
+    file the rotation overwrites is always one of the retired copies.
+    """
+    directory = data_dir / "identity"
+    previous = load_identity(data_dir, require_active=False)
+    key = key if key is not None else SigningKey.generate()
+    if key.public_key == previous.key.public_key:
+        raise IdentityError("the new key is the current node key")
+    ref = str(previous.record["key/storage-ref"])
+    old_key_path = _resolve_storage_ref(directory, ref)
+    active_key_path = directory / KEY_NAME
+    try:
+        record_bytes = previous.path.read_bytes()
+        key_bytes = old_key_path.read_bytes()
+        stray = None
+        if active_key_path.exists() and not active_key_path.samefile(old_key_path):
+            stray = active_key_path.read_bytes()
+    except OSError as exc:
+        raise IdentityError(f"cannot read the current identity: {exc}") from None
+    if ref != STORAGE_SCHEME + KEY_NAME:
+        # Keep the retired pair self-contained: its record names the key beside it.
+        retired_record = {**previous.record, "key/storage-ref": STORAGE_SCHEME + KEY_NAME}
+        record_bytes = (json.dumps(retired_record, indent=2) + "\n").encode()
+
+    retired = directory / RETIRED_NAME / _retired_name(previous.node_id, now)
+    try:
+        retired.parent.mkdir(mode=0o700, exist_ok=True)
+        retired.mkdir(mode=0o700)
+        _write_new(retired / KEY_NAME, key_bytes, mode=0o600, sync=True)
+        _write_new(retired / RECORD_NAME, record_bytes, mode=0o644, sync=True)
+        if stray is not None:
+            _write_new(retired / f"{KEY_NAME}.replaced", stray, mode=0o600, sync=True)
+        _sync_directory(retired)
+        _sync_directory(retired.parent)
+    except OSError as exc:
+        raise IdentityError(f"cannot keep the current identity in {retired}: {exc}") from None
+
+    record = build_node_identity(key, storage_ref=STORAGE_SCHEME + KEY_NAME, now=now)
+    try:
+        _replace(active_key_path, _key_text(key).encode(), mode=0o600)
+        _replace(previous.path, (json.dumps(record, indent=2) + "\n").encode(), mode=0o644)
+        _sync_directory(directory)
+    except OSError as exc:
+        raise IdentityError(
+            f"rotation interrupted: {exc}; the previous identity is kept in {retired}"
+        ) from None
+    return Rotation(
+        previous=NodeIdentity(record=previous.record, key=previous.key, path=retired / RECORD_NAME),
+        current=NodeIdentity(record=record, key=key, path=previous.path),
+        retired=retired,
+    )

@@ -10,7 +10,9 @@
   any advertisement signed before that has expired by itself.
 * :class:`OwnAdvertisement` signs this node's advertisements with a
   sequence number taken from the database before each is published, so
-  numbers only ever grow, across restarts too.
+  numbers only ever grow, across restarts too. The counter is kept per
+  node id: after ``ocpd identity rotate`` the new id counts from 1 and the
+  old id's counter stays with the old id (decision 115).
 * :class:`NonceStore` keeps the handshake replay memory
   (:class:`~ocpd.proto.peer.NonceMemory`) on disk.
 
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ocpd.proto.encoding import parse_timestamp
+from ocpd.proto.ids import format_node_id
 from ocpd.proto.netartifacts import (
     MAX_ADVERTISEMENT_LIFETIME,
     build_node_advertisement,
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AdvertisementCache", "NonceStore", "Offered", "OwnAdvertisement"]
 
+#: ``ocpd_meta`` key prefix of the own-advertisement counters, one per node id
+#: (``net/advertisement-sequence/<node id>``). The bare key is the single
+#: counter written before counters were kept per node id.
 SEQUENCE_KEY: Final = "net/advertisement-sequence"
 
 
@@ -110,14 +116,45 @@ def sweep_txn(conn: sqlite3.Connection, now: float) -> int:
     return int(removed)
 
 
-def next_sequence_txn(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM ocpd_meta WHERE key = ?", (SEQUENCE_KEY,)).fetchone()
-    sequence = (int(row[0]) if row is not None else 0) + 1
+def sequence_key(node_id: str) -> str:
+    return f"{SEQUENCE_KEY}/{node_id}"
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> int | None:
+    row = conn.execute("SELECT value FROM ocpd_meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
     conn.execute(
         "INSERT INTO ocpd_meta (key, value) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (SEQUENCE_KEY, str(sequence)),
+        (key, str(value)),
     )
+
+
+def claim_legacy_sequence_txn(conn: sqlite3.Connection, node_id: str) -> bool:
+    """Give the single pre-rotation counter, if the database still has one, to ``node_id``.
+
+    It was written by the identity the node ran with before counters were
+    kept per node id. ``ocpd identity rotate`` calls this for the outgoing id
+    so that the new id does not inherit the old id's numbers; the daemon
+    calls it for its own id. Returns whether there was such a counter.
+    """
+    legacy = _meta(conn, SEQUENCE_KEY)
+    if legacy is None:
+        return False
+    own = _meta(conn, sequence_key(node_id))
+    _set_meta(conn, sequence_key(node_id), max(legacy, own or 0))
+    conn.execute("DELETE FROM ocpd_meta WHERE key = ?", (SEQUENCE_KEY,))
+    return True
+
+
+def next_sequence_txn(conn: sqlite3.Connection, node_id: str) -> int:
+    """The next ``sequence/no`` of ``node_id``'s own advertisements (1 for a new id)."""
+    claim_legacy_sequence_txn(conn, node_id)
+    sequence = (_meta(conn, sequence_key(node_id)) or 0) + 1
+    _set_meta(conn, sequence_key(node_id), sequence)
     return sequence
 
 
@@ -200,7 +237,8 @@ class OwnAdvertisement:
         succession: Mapping[str, object] | None = None,
     ) -> dict[str, Any]:
         """A new advertisement; its number is durable before it is returned."""
-        sequence = await self.database.write(next_sequence_txn)
+        node_id = format_node_id(self.key.public_key)
+        sequence = await self.database.write(lambda conn: next_sequence_txn(conn, node_id))
         self.latest = build_node_advertisement(
             self.key,
             sequence=sequence,

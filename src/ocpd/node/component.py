@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import trio
 
-from ocpd.control import SOCKET_NAME, ControlSocket
 from ocpd.logs import get_logger, log_event
 from ocpd.net.adverts import AdvertisementCache, NonceStore, OwnAdvertisement
 from ocpd.net.carrier import client_context
@@ -35,7 +34,7 @@ from ocpd.proto.taxonomy import Taxonomy
 from ocpd.verifier import Verifier, helper_wanted
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from ocpd.components import ComponentContext, ComponentRuntime
     from ocpd.node.directory import AgentDirectory
@@ -75,8 +74,8 @@ def _directory(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirecto
     return directory
 
 
-def _control(ctx: ComponentContext, peers: PeerService) -> ControlSocket:
-    """``ocpd peer list`` and ``ocpd peer signal`` reach the daemon here."""
+def _commands(peers: PeerService) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]]:
+    """``ocpd peer list`` and ``ocpd peer signal``, on the daemon's control socket."""
 
     async def peer_list(_: Mapping[str, Any]) -> Any:
         return peers.describe()
@@ -90,10 +89,7 @@ def _control(ctx: ComponentContext, peers: PeerService) -> ControlSocket:
         )
         return {"trace/id": sent["trace/id"], "marker/id": sent["marker/id"]}
 
-    return ControlSocket(
-        ctx.config.data_dir / SOCKET_NAME,
-        {"peer.list": peer_list, "peer.signal": peer_signal},
-    )
+    return {"peer.list": peer_list, "peer.signal": peer_signal}
 
 
 def _peers(ctx: ComponentContext, intake: Intake) -> PeerService:
@@ -226,7 +222,7 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         runtime.services.append(peers.run)
         runtime.add_routes("ws", peers.install)
         runtime.extra["peers"] = peers
-        runtime.services.append(_control(ctx, peers).run)
+        runtime.commands.update(_commands(peers))
     runtime.extra.update(
         directory=directory,
         store=store,
