@@ -43,6 +43,13 @@ def _base_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _peer_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("wss", "ws", "https", "http") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not a ws(s) or http(s) URL: {value!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m conformance",
@@ -53,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--node", required=True, type=_base_url, help="node HTTP base URL")
     parser.add_argument(
         "--node-ws", type=_base_url, help="node WebSocket port base URL (default: --node)"
+    )
+    parser.add_argument(
+        "--node-peer",
+        type=_peer_url,
+        metavar="URL",
+        help="the node's peer endpoint (default: /ocp/v1/peer on --node-ws, else --node)",
     )
     parser.add_argument("--registry", required=True, type=_base_url, help="registry base URL")
     parser.add_argument("--custodian", required=True, type=_base_url, help="custodian base URL")
@@ -93,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--ca-file: no such file: {args.ca_file}", file=sys.stderr)
         return EXIT_USAGE
     targets = Targets(
-        node=args.node, registry=args.registry, custodian=args.custodian, node_ws=args.node_ws
+        node=args.node,
+        registry=args.registry,
+        custodian=args.custodian,
+        node_ws=args.node_ws,
+        node_peer=args.node_peer,
     )
     config = SuiteConfig(
         targets=targets,

@@ -54,6 +54,7 @@ from ocpd.proto.signing import artifact_digest
 
 __all__ = [
     "CHECKS",
+    "NET_CLASSES",
     "Answer",
     "Component",
     "Outcome",
@@ -115,6 +116,9 @@ class Probe:
     context: ssl.SSLContext
     request_timeout: float
     route_listener: RouteListener = "auto"
+    #: The node's peer endpoint (``wss://…/ocp/v1/peer``) when given explicitly; by
+    #: default the peer checks derive it from the node's WebSocket listener.
+    peer_url: str | None = None
 
     async def get(self, component: Component, path: str) -> HttpResponse:
         url = endpoint_url(component.url, path)
@@ -155,7 +159,9 @@ class Probe:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: Literal["pass", "fail"]
+    """What a check found. ``not_tested``: the check could not judge (it says why)."""
+
+    status: Literal["pass", "fail", "not_tested"]
     detail: str
 
     @classmethod
@@ -1134,12 +1140,21 @@ async def check_discovery_rate_limit(probe: Probe) -> Outcome:
 SEED_ENDPOINTS: Final = (
     {"url": "wss://conformance.invalid/ocp/v1/peer", "transport": "wss", "priority": 0},
 )
-#: NET FR-022/FR-023: the frozen codes the seed directory checks expect, with their class.
+#: NET FR-022/FR-023: the frozen boundary error codes, each with its frozen class (the
+#: two lists of the specification, pairwise). Copied from the specification, not from
+#: ocpd, so that the suite judges the node by the text.
 NET_CLASSES: Final = {
-    "E_ADV_STALE_SEQ": "advertisement/stale-sequence",
+    "E_TRANSPORT_UNAVAILABLE": "transport/unavailable",
+    "E_TRANSPORT_REJECTED": "transport/rejected",
     "E_ADV_EXPIRED": "advertisement/expired",
+    "E_ADV_STALE_SEQ": "advertisement/stale-sequence",
     "E_SIG_INVALID": "signature/invalid",
+    "E_SIG_UNKNOWN_SIGNER": "signature/unknown-signer",
+    "E_HS_REPLAY": "handshake/replay-suspected",
+    "E_HS_UNKNOWN_REF": "handshake/unknown-ref",
+    "E_PROTO_VERSION": "protocol/version-mismatch",
     "E_PROTO_INVALID": "protocol/invalid-contract",
+    "E_PROTO_CAP_MISSING": "protocol/capability-missing",
 }
 
 

@@ -3,8 +3,9 @@
 1. A throwaway CA from ``trustme`` issues a certificate for 127.0.0.1 and
    localhost; certificate, key and CA go to a temporary directory.
 2. ``ocpd run --component all`` starts with TLS, every port 0 (any free
-   port), a temporary data directory and its own minimal config file (so no
-   system configuration or ``OCP_*`` variable of the caller leaks in).
+   port), peering on (``/ocp/v1/peer`` for the peer checks), a temporary
+   data directory and its own minimal config file (so no system
+   configuration or ``OCP_*`` variable of the caller leaks in).
 3. Its JSON ``ready`` line names the listener URLs; the suite runs against
    them as a separate process (``python -m conformance ... --ca-file``),
    exactly as it would against a remote node, and writes
@@ -87,6 +88,8 @@ def ocpd_process(
             "OCP_WS_PORT": "0",
             "OCP_REGISTRY_PORT": "0",
             "OCP_CUSTODIAN_PORT": "0",
+            # The peer checks dial /ocp/v1/peer (on by default; said here so it stays on).
+            "OCP_PEERING_ENABLED": "true",
         }
     )
     if tls is not None:
@@ -116,6 +119,8 @@ def _suite_command(targets: Targets, ca: Path, level: str, out: Path) -> list[st
     command += ["--custodian", targets.custodian]
     if targets.node_ws:
         command += ["--node-ws", targets.node_ws]
+    if targets.node_peer:
+        command += ["--node-peer", targets.node_peer]
     command += ["--report-json", str(out / "report.json"), "--junit", str(out / "junit.xml")]
     return command
 

@@ -15,7 +15,14 @@ import xml.etree.ElementTree as ET
 from datetime import UTC
 from typing import TYPE_CHECKING, Final
 
-from conformance.suite import SUITE_NAME, SUITE_VERSION, VECTOR_NOTE, Report, Result
+from conformance.suite import (
+    NOT_IMPLEMENTED,
+    SUITE_NAME,
+    SUITE_VERSION,
+    VECTOR_NOTE,
+    Report,
+    Result,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,20 +105,22 @@ def format_table(report: Report) -> str:
         f"{SUITE_NAME} {SUITE_VERSION}: level {report.level}",
         *(f"  {k:<10} {v}" for k, v in report.targets.as_json().items() if v),
         "",
-        f"{'STATUS':<10} {'REQ':<6} {'KIND':<6} {'ID':<26} DETAIL (TITLE when not tested)",
+        f"{'STATUS':<10} {'REQ':<6} {'KIND':<6} {'ID':<26} DETAIL (TITLE when no check)",
     ]
     indent = " " * 51
     for result in report.results:
         r = result.requirement
         head = f"{STATUS_LABELS[result.status]:<10} {r.strength:<6} {r.kind:<6} {r.id:<26}"
-        if result.status == "fail":
-            # A failure is the point of the table: its whole detail, wrapped.
+        unchecked = result.status == "not_tested" and result.detail == NOT_IMPLEMENTED
+        if result.status == "fail" or (result.status == "not_tested" and not unchecked):
+            # A failure is the point of the table, and so is why a check could not
+            # judge (an absent peer endpoint...): the whole detail, wrapped.
             wrapped = textwrap.wrap(result.detail, TABLE_WIDTH - len(indent)) or [""]
             lines.append(f"{head} {wrapped[0]}")
             lines.extend(indent + line for line in wrapped[1:])
         else:
             # One line each; the full text is in the JSON and JUnit reports.
-            text = r.title if result.status == "not_tested" else result.detail
+            text = r.title if unchecked else result.detail
             short = textwrap.shorten(text, TABLE_WIDTH - len(indent), placeholder=" ...")
             lines.append(f"{head} {short}")
     s = report.summary()

@@ -4,7 +4,8 @@ Theory of operation: the requirements of the level (and every lower level)
 are taken in the order of :data:`conformance.requirements.REQUIREMENTS`. A
 requirement with a check against the target (:data:`TARGET_CHECKS`: the
 operations, TLS and registry checks of :mod:`conformance.checks` and the node
-transport checks of :mod:`conformance.transport`) runs it under its own
+transport checks of :mod:`conformance.transport` and the peer session checks of
+:mod:`conformance.peer`, where the suite plays a remote node) runs it under its own
 deadline; a ``vector`` requirement re-verifies the published vectors
 (:data:`conformance.vectorcheck.VECTOR_CHECKS`); anything else is
 ``not_tested``. Checks run one after another, so their traffic never
@@ -25,7 +26,7 @@ from typing import Any, Final, Literal
 
 import trio
 
-from conformance import checks, transport
+from conformance import checks, peer, transport
 from conformance.checks import Check, Component, Outcome, Probe, RouteListener
 from conformance.client import suite_ssl_context
 from conformance.requirements import Level, Requirement, for_level
@@ -54,8 +55,10 @@ VECTOR_NOTE: Final = (
 )
 
 #: Requirement id -> the check against the target that covers it.
-TARGET_CHECKS: Final[dict[str, Check]] = {**checks.CHECKS, **transport.CHECKS}
-assert len(TARGET_CHECKS) == len(checks.CHECKS) + len(transport.CHECKS), "one check per id"
+TARGET_CHECKS: Final[dict[str, Check]] = {**checks.CHECKS, **transport.CHECKS, **peer.CHECKS}
+assert len(TARGET_CHECKS) == len(checks.CHECKS) + len(transport.CHECKS) + len(peer.CHECKS), (
+    "one check per id"
+)
 
 Status = Literal["pass", "fail", "not_tested"]
 NOT_IMPLEMENTED: Final = "no check implemented yet"
@@ -63,12 +66,19 @@ NOT_IMPLEMENTED: Final = "no check implemented yet"
 
 @dataclass(frozen=True)
 class Targets:
-    """Base URLs of the components under test (``https://host:port``)."""
+    """Base URLs of the components under test (``https://host:port``).
+
+    ``node_peer`` is the node's peer endpoint (``wss://host:port/ocp/v1/peer``)
+    when it is not the default, ``/ocp/v1/peer`` on ``node_ws`` (else ``node``).
+    It is not a listener of its own (no ``/health`` there): only the peer
+    checks use it.
+    """
 
     node: str
     registry: str
     custodian: str
     node_ws: str | None = None
+    node_peer: str | None = None
 
     def components(self) -> tuple[Component, ...]:
         found = [Component("node", "node", self.node)]
@@ -84,6 +94,7 @@ class Targets:
             "node_ws": self.node_ws,
             "registry": self.registry,
             "custodian": self.custodian,
+            "node_peer": self.node_peer,
         }
 
 
@@ -215,6 +226,7 @@ async def run_suite(config: SuiteConfig) -> Report:
         context=suite_ssl_context(ca_file=config.ca_file, insecure=config.insecure),
         request_timeout=config.request_timeout,
         route_listener=config.route_listener,
+        peer_url=config.targets.node_peer,
     )
     report = Report(level=config.level, targets=config.targets, started_at=_now())
     for requirement in for_level(config.level):

@@ -23,6 +23,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
+    BytesMessage,
     CloseConnection,
     Ping,
     RejectConnection,
@@ -84,7 +85,12 @@ async def _receive(stream: trio.abc.Stream) -> bytes | None:
 
 
 class WsConnection:
-    """An open connection after the upgrade: text frames in and out, the close code."""
+    """An open connection after the upgrade: text (and binary) frames in and out, the close code.
+
+    :meth:`receive` is for text-only protocols (``ocp.v1``): binary messages are
+    skipped. :meth:`receive_message` returns either kind, for the peer protocol
+    (``ocp.peer.v1``), whose session frames are binary.
+    """
 
     def __init__(
         self,
@@ -98,6 +104,7 @@ class WsConnection:
         self._ws = connection
         self._events: deque[Event] = deque(pending)
         self._parts: list[str] = []
+        self._binary_parts: list[bytes] = []
         self._lock = trio.Lock()
         self.closed: WsClosed | None = None
 
@@ -114,10 +121,17 @@ class WsConnection:
         return self.closed
 
     async def send(self, text: str) -> None:
+        await self._send_message(TextMessage(data=text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary message."""
+        await self._send_message(BytesMessage(data=data))
+
+    async def _send_message(self, message: TextMessage | BytesMessage) -> None:
         if self.closed is not None:
             raise self.closed
         try:
-            data = self._ws.send(TextMessage(data=text))
+            data = self._ws.send(message)
         except LocalProtocolError as exc:
             raise self._lost(f"cannot send: {exc}") from None
         await self._write(data)
@@ -139,6 +153,16 @@ class WsConnection:
 
     async def receive(self) -> str:
         """The next text message (pings are answered on the way); :class:`WsClosed` at the end."""
+        while True:
+            message = await self._receive(binary=False)
+            if isinstance(message, str):
+                return message
+
+    async def receive_message(self) -> str | bytes:
+        """The next message, text or binary; :class:`WsClosed` at the end."""
+        return await self._receive(binary=True)
+
+    async def _receive(self, *, binary: bool) -> str | bytes:
         if self.closed is not None:
             raise self.closed
         while True:
@@ -149,6 +173,14 @@ class WsConnection:
                     text = "".join(self._parts)
                     self._parts.clear()
                     return text
+            elif isinstance(event, BytesMessage):
+                if not binary:
+                    continue  # a text-only protocol: skipped, as before
+                self._binary_parts.append(bytes(event.data))
+                if event.message_finished:
+                    data = b"".join(self._binary_parts)
+                    self._binary_parts.clear()
+                    return data
             elif isinstance(event, Ping) and self._ws.state is ConnectionState.OPEN:
                 await self._write(self._ws.send(event.response()))
             elif isinstance(event, CloseConnection):

@@ -6,11 +6,15 @@ a throwaway trustme CA, every port 0 and a temporary data directory (through
 runs in-process against the URLs of its ``ready`` line. The implemented
 checks must pass (health, metrics, TLS 1.3 and TLS 1.2 refused, the registry,
 trust and seed directory checks, the node's transport and envelope checks,
-vectors), and every other requirement must be reported ``not_tested`` and
-count against conformance. A plaintext daemon must fail the TLS requirements
-only, and a daemon without rate limits must fail the two rate limit checks.
-The transport checks are also run against a misbehaving fake node in
-``tests/test_conformance_transport.py``.
+the peer session checks with the suite as a remote node, vectors), and every
+other requirement must be reported ``not_tested`` and count against
+conformance; so must the signal-marker check, which cannot see a signal
+accepted over the wire and says so. A plaintext daemon must fail the TLS
+requirements and the WSS of its peer endpoint only, a daemon without rate
+limits must fail the two rate limit checks, and against a daemon without
+peering the peer checks are skipped (``not_tested``, saying why). The
+transport and peer checks are also run against misbehaving fakes in
+``tests/test_conformance_transport.py`` and ``tests/test_conformance_peer.py``.
 
 Unit tests cover the validators, the verdict rules, the JSON and JUnit
 writers, the vector checks on tampered files and the command line.
@@ -56,6 +60,7 @@ from conformance.local import (  # noqa: E402
     targets_from_ready,
     write_tls_files,
 )
+from conformance.peer import CHECKS as PEER_CHECKS  # noqa: E402
 from conformance.process import ProcessFailed, ReadyProcess  # noqa: E402
 from conformance.report import format_table, junit_xml, write_json, write_junit  # noqa: E402
 from conformance.requirements import REQUIREMENTS, by_id, for_level  # noqa: E402
@@ -120,11 +125,25 @@ TRANSPORT_CHECKED = {
     "OCP-CORE-SIZE-001",
     "OCP-CORE-RATE-001",
 }
+#: The node's peer endpoint, the suite playing a remote node (conformance/peer.py).
+PEER_CHECKED = {
+    "NET-HS-001",
+    "NET-HS-002",
+    "NET-HS-003",
+    "NET-SESSION-001",
+    "NET-CAP-001",
+    "NET-KA-001",
+    "NET-ERR-001",
+}
+#: Checked, but reported not_tested against ocpd: nothing on the wire shows the result.
+PEER_UNOBSERVABLE = {"NET-SIG-001"}
+SIGNAL_SKIPPED = "skipped: a node does not acknowledge a signal-marker on the wire"
 TARGET_CHECKED = (
     {"OCP-CORE-HEALTH-001", "OCP-CORE-METRICS-001"}
     | TLS_CHECKED
     | REGISTRY_CHECKED
     | TRANSPORT_CHECKED
+    | PEER_CHECKED
 )
 
 
@@ -174,8 +193,9 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
     assert results["OCP-CORE-TLS-001"].detail == "TLSv1.3 on 4 listener(s)"
     assert results["OCP-CORE-TLS-002"].detail.startswith("refused by 4 listener(s)")
     # Every check that talks to the target is one of these: nothing unchecked slips in.
-    assert set(TARGET_CHECKS) == TARGET_CHECKED
-    assert set(CHECKS) == TARGET_CHECKED - TRANSPORT_CHECKED
+    assert set(TARGET_CHECKS) == TARGET_CHECKED | PEER_UNOBSERVABLE
+    assert set(CHECKS) == TARGET_CHECKED - TRANSPORT_CHECKED - PEER_CHECKED
+    assert set(PEER_CHECKS) == PEER_CHECKED | PEER_UNOBSERVABLE
     assert results["OCP-CORE-REG-001"].detail.startswith("mode centralized, network mainnet")
     assert results["OCP-CORE-DID-001"].detail.endswith("(HTTP 401 OCP-401)")
     assert "HTTP 409 E_ADV_STALE_SEQ" in results["NET-ADV-002"].detail
@@ -191,6 +211,21 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
     routed = results["OCP-CORE-ROUTE-001"].detail
     assert re.search(r"; the endpoints got priority 1, priority 2 by did:ocp:mainnet:", routed)
     assert results["OCP-CORE-ROUTE-001"].duration_seconds < 5, routed
+    # The peer endpoint, as docs/networking.md describes it.
+    assert results["NET-HS-001"].detail.startswith("ack signed by node:did:key:z6Mk")
+    assert "E_HS_REPLAY (handshake/replay-suspected)" in results["NET-HS-002"].detail
+    assert results["NET-HS-003"].detail == (
+        "refused and closed: bit-flipped signature E_SIG_INVALID, protocol/version 2.0 "
+        "E_PROTO_VERSION, another recipient E_PROTO_INVALID"
+    )
+    assert "a bit-flipped frame (close 1008)" in results["NET-SESSION-001"].detail
+    assert "capabilities/core ['core/messaging', 'ocp/relay']" in results["NET-CAP-001"].detail
+    assert "E_HS_UNKNOWN_REF (handshake/unknown-ref)" in results["NET-ERR-001"].detail
+    signal = results["NET-SIG-001"]
+    assert signal.status == "not_tested", signal.detail
+    assert signal.detail.startswith(SIGNAL_SKIPPED), signal.detail
+    for rid in PEER_CHECKED | PEER_UNOBSERVABLE:
+        assert results[rid].duration_seconds < 5, (rid, results[rid].detail)
 
 
 async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
@@ -203,11 +238,16 @@ async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
         )
     assert len(report.results) == len(REQUIREMENTS)
     not_tested = [r for r in report.results if r.status == "not_tested"]
-    assert {r.requirement.id for r in not_tested} == {r.id for r in REQUIREMENTS} - IMPLEMENTED
-    assert all(r.detail == "no check implemented yet" for r in not_tested)
+    unimplemented = {r.id for r in REQUIREMENTS} - IMPLEMENTED
+    assert {r.requirement.id for r in not_tested} == unimplemented | PEER_UNOBSERVABLE
+    for r in not_tested:
+        if r.requirement.id in PEER_UNOBSERVABLE:
+            assert r.detail.startswith(SIGNAL_SKIPPED), r.detail
+        else:
+            assert r.detail == "no check implemented yet", r.requirement.id
     assert {r.requirement.level for r in not_tested} == {"core", "knowledge", "full"}
     summary = report.summary()
-    assert summary["passed"] == len(IMPLEMENTED)
+    assert summary["passed"] == len(IMPLEMENTED - PEER_UNOBSERVABLE)
     assert summary["failed"] == 0
     assert summary["not_tested"] == len(not_tested)
     assert summary["total"] == len(REQUIREMENTS)
@@ -234,12 +274,17 @@ async def test_plaintext_ocpd_fails_the_tls_requirements(tmp_path: Path) -> None
     assert routing.status == "pass", routing.detail
     assert "the registry's URLs as refusing endpoints" in routing.detail
     results = _results(report)
-    for rid in TARGET_CHECKED - TLS_CHECKED:
+    for rid in TARGET_CHECKED - TLS_CHECKED - {"NET-HS-001"}:
         assert results[rid].status == "pass", (rid, results[rid].detail)
     for rid in TLS_CHECKED:
         assert results[rid].status == "fail"
         assert "plaintext" in results[rid].detail
-    assert report.summary()["failed"] == 2
+    # The peer checks run over ws:// all the same; only the handshake check holds D8's WSS.
+    assert targets.node_ws is not None
+    peer_url = targets.node_ws.replace("http://", "ws://") + "/ocp/v1/peer"
+    assert results["NET-HS-001"].status == "fail"
+    assert results["NET-HS-001"].detail == f"{peer_url} is not WSS (D8, FR-008)"
+    assert report.summary()["failed"] == 3
 
 
 async def test_daemon_without_rate_limits_fails_the_rate_limits(tmp_path: Path) -> None:
@@ -271,6 +316,28 @@ async def test_daemon_without_rate_limits_fails_the_rate_limits(tmp_path: Path) 
     assert messages.requirement.strength == "MUST"
     failed = [r.requirement.id for r in report.results if r.status == "fail"]
     assert failed == ["OCP-CORE-RATE-001", "OCP-CORE-RATE-002"]
+
+
+async def test_daemon_without_peering_skips_the_peer_checks(tmp_path: Path) -> None:
+    """No /ocp/v1/peer: the peer requirements are unchecked (not_tested, saying why), not failed."""
+    tls = write_tls_files(tmp_path / "tls")
+    process = ocpd_process(tmp_path / "ocpd", tls=tls, extra_env={"OCP_PEERING_ENABLED": "false"})
+    with trio.fail_after(DAEMON_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(process.run)
+            targets = targets_from_ready(ready)
+            probe = Probe(targets.components(), suite_ssl_context(ca_file=tls.ca), 5.0)
+            outcomes = {rid: await check(probe) for rid, check in PEER_CHECKS.items()}
+            nursery.cancel_scope.cancel()
+    assert targets.node_ws is not None
+    peer_url = targets.node_ws.replace("https://", "wss://") + "/ocp/v1/peer"
+    for rid, outcome in outcomes.items():
+        assert outcome.status == "not_tested", (rid, outcome.detail)
+        # ocpd answers an upgrade to a path it does not serve with 403.
+        assert outcome.detail == (
+            f"skipped: no peer endpoint at {peer_url}: the upgrade to ocp.peer.v1 was "
+            "refused with HTTP 403"
+        ), rid
 
 
 async def test_local_ocpd_exits_0_on_sigterm(tmp_path: Path) -> None:
@@ -610,6 +677,7 @@ def test_json_report(tmp_path: Path) -> None:
     assert data["level"] == "core"
     assert data["targets"]["node"] == "https://127.0.0.1:8420"
     assert data["targets"]["node_ws"] is None
+    assert data["targets"]["node_peer"] is None
     assert data["summary"]["total"] == 5
     assert "not the target" in data["vector_note"]
     first = data["requirements"][0]
@@ -663,6 +731,16 @@ def test_table() -> None:
     assert "2 passed, 2 failed, 1 not tested, 5 requirements at level core" in table
     assert "MUST not met: 2 (1 failed, 1 not tested); SHOULD not met: 1" in table
     assert lines[-1] == "verdict: NOT CONFORMANT to level core: 2 MUST requirement(s) not met"
+    # A check that could not judge says why, in full; an unchecked requirement shows its title.
+    skipped = _report()
+    reason = (
+        "skipped: no peer endpoint at wss://127.0.0.1:8421/ocp/v1/peer: the upgrade to "
+        "ocp.peer.v1 was refused with HTTP 404"
+    )
+    skipped.results.append(Result(by_id("NET-HS-001"), "not_tested", reason))
+    flat = " ".join(format_table(skipped).split())
+    assert f"NOT TESTED MUST target NET-HS-001 {reason}" in flat
+    assert f"NOT TESTED MUST target OCP-CORE-WS-001 {by_id('OCP-CORE-WS-001').title[:20]}" in flat
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -705,6 +783,23 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert suite_main([*missing, "--ca-file", "/nonexistent/ca.pem"]) == 2
     with pytest.raises(SystemExit) as exc:
         suite_main([*missing, "--route-listener", "maybe"])
+    assert exc.value.code == 2
+
+
+def test_cli_passes_the_peer_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[SuiteConfig] = []
+
+    async def fake_run_suite(config: SuiteConfig) -> Report:
+        seen.append(config)
+        return Report(level=config.level, targets=config.targets, started_at=datetime.now(UTC))
+
+    monkeypatch.setattr("conformance.__main__.run_suite", fake_run_suite)
+    urls = ["--node", "https://a", "--registry", "https://a", "--custodian", "https://b"]
+    assert suite_main(urls) == 1
+    assert suite_main([*urls, "--node-peer", "wss://a:9443/ocp/v1/peer"]) == 1
+    assert [c.targets.node_peer for c in seen] == [None, "wss://a:9443/ocp/v1/peer"]
+    with pytest.raises(SystemExit) as exc:
+        suite_main([*urls, "--node-peer", "ftp://a/ocp/v1/peer"])
     assert exc.value.code == 2
 
 
