@@ -287,7 +287,7 @@ FAULTS: dict[str, list[tuple[str, str]]] = {
         ("keeps-bad-sessions", "a bit-flipped frame: the session still open 1 s later"),
     ],
     "NET-CAP-001": [
-        ("no-core-messaging", "the node's frame fails: E_PROTO_INVALID"),
+        ("no-core-messaging", "the node's frame fails: E_PROTO_CAP_MISSING"),
     ],
     "NET-KA-001": [
         ("no-pong", "keepalive ping 1: no pong within 1 s"),

@@ -82,6 +82,7 @@ from ocpd.proto.netartifacts import (
     verify_signal_marker_envelope,
 )
 from ocpd.proto.peer import (
+    ADVERTISEMENT_ARTIFACT,
     NONCE_RETENTION,
     PEER_PATH,
     PEER_SUBPROTOCOL,
@@ -457,20 +458,11 @@ class PeerService:
                 advertisement, now=now, source=source, expected_node_id=expected_node_id
             )
         except NetError as exc:
-            if exc.code == "E_ADV_STALE_SEQ" and exc.details.get("current") == exc.details.get(
-                "offered"
-            ):
+            if exc.code == "E_ADV_STALE_SEQ" and await self._held_again(advertisement):
                 return False  # the one already held, seen again
-            self.metrics.peer_advertisements.labels(exc.code).inc()
-            peer = node_id if isinstance(node_id, str) else None
-            trace = self.tracer.emit(
-                "advertisement/rejected",
-                peer=peer,
-                detail=exc.message,
-                level=logging.WARNING,
-                fields={"source": source, "error/code": exc.code},
+            self._advertisement_rejected(
+                exc, peer=node_id if isinstance(node_id, str) else None, source=source
             )
-            self.tracer.error(exc, trace_id=trace, peer=peer)
             return False
         self.metrics.peer_advertisements.labels("accepted").inc()
         self.tracer.emit(
@@ -480,6 +472,36 @@ class PeerService:
         )
         self._discovered_advertisement(offered.advertisement, source=source)
         return True
+
+    async def _held_again(self, advertisement: object) -> bool:
+        """Whether ``advertisement`` is exactly the one the cache holds for its node."""
+        if not isinstance(advertisement, dict) or not isinstance(advertisement.get("node/id"), str):
+            return False
+        held = await self.cache.current(advertisement["node/id"], now=self.clock.now())
+        return held is not None and held == advertisement
+
+    def _advertisement_rejected(
+        self, exc: NetError, *, peer: str | None, source: str, trace_id: str | None = None
+    ) -> None:
+        self.metrics.peer_advertisements.labels(exc.code).inc()
+        trace = self.tracer.emit(
+            "advertisement/rejected",
+            trace_id=trace_id,
+            peer=peer,
+            detail=exc.message,
+            level=logging.WARNING,
+            fields={"source": source, "error/code": exc.code},
+        )
+        self.tracer.error(exc, trace_id=trace, peer=peer)
+
+    def _session_error(self, live: Live, exc: NetError) -> None:
+        """Trace a refusal within a session (an advertisement's as a rejected advertisement)."""
+        if exc.details.get("artifact") == ADVERTISEMENT_ARTIFACT:
+            self._advertisement_rejected(
+                exc, peer=live.node_id, source=f"peer:{live.node_id}", trace_id=live.trace_id
+            )
+        else:
+            self.tracer.error(exc, trace_id=live.trace_id, peer=live.node_id)
 
     async def _directory_loop(self, directory: str) -> None:
         cursor = 0
@@ -873,7 +895,7 @@ class PeerService:
             live.end("closed", f"connection closed ({exc.code})")
         except NetError as exc:
             live.end("error", exc.message)
-            self.tracer.error(exc, trace_id=live.trace_id, peer=live.node_id)
+            self._session_error(live, exc)
         live.scope.cancel()
 
     async def _read(self, live: Live) -> None:
@@ -907,6 +929,9 @@ class PeerService:
             try:
                 deadline = live.session.poll(self.clock.now())
             except NetError as exc:
+                # (a session closed by another failure was traced where it failed)
+                if exc.details.get("keepalive") == "lost" and live.end_reason is None:
+                    self.tracer.error(exc, trace_id=live.trace_id, peer=live.node_id)
                 live.end("keepalive", exc.message)
                 return
             live.kick()
@@ -965,7 +990,7 @@ class PeerService:
                 detail=event.detail,
             )
         elif isinstance(event, Refused):
-            self.tracer.error(event.error, trace_id=live.trace_id, peer=peer)
+            self._session_error(live, event.error)
 
     def _hosting(self, live: Live, urls: Iterable[str]) -> None:
         """Agents at these URLs are hosted by the peer, if its host names agree."""

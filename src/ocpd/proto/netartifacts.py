@@ -445,16 +445,26 @@ def verify_capability_advertisement(
 ) -> frozenset[str]:
     """Check a capability advertisement; returns its core capability set."""
     _check_version(adv)
-    adv = _validate(CAPABILITY_ADVERTISEMENT, adv)
-    if expected_node_id is not None and adv["node/id"] != expected_node_id:
+    core = adv.get("capabilities/core") if isinstance(adv, Mapping) else None
+    lacking = isinstance(adv, Mapping) and isinstance(core, list) and CORE_MESSAGING not in core
+    if lacking and isinstance(adv, Mapping) and isinstance(core, list):
+        # The schema asks for core/messaging; everything else about this one
+        # must hold (shape, node, signature) for it to count as the
+        # capability missing rather than a malformed advertisement.
+        _validate(CAPABILITY_ADVERTISEMENT, {**adv, "capabilities/core": [*core, CORE_MESSAGING]})
+        checked: Mapping[str, Any] = adv
+    else:
+        checked = _validate(CAPABILITY_ADVERTISEMENT, adv)
+    if expected_node_id is not None and checked["node/id"] != expected_node_id:
         raise _invalid("capability advertisement is for another node id")
-    key = _signer_key(adv, id_field="node/id")
-    verify_net_artifact(CAPABILITY_ADVERTISEMENT, adv, key)
-    _net_time(adv["published-at"], "published-at")
-    caps = frozenset(adv["capabilities/core"])
-    if CORE_MESSAGING not in caps:
-        raise CapabilityMissing("peer does not advertise core/messaging")
-    return caps
+    key = _signer_key(checked, id_field="node/id")
+    verify_net_artifact(CAPABILITY_ADVERTISEMENT, checked, key)
+    _net_time(checked["published-at"], "published-at")
+    if lacking:
+        raise CapabilityMissing(
+            "peer does not advertise core/messaging", details={"needed": CORE_MESSAGING}
+        )
+    return frozenset(checked["capabilities/core"])
 
 
 def require_capability(capabilities: frozenset[str], needed: str) -> None:

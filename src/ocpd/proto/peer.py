@@ -124,6 +124,8 @@ MAX_CONTROL_BYTES: Final = 65_536
 NONCE_CAPACITY: Final = 65_536
 #: The most OCP endpoint URLs a peer may say it serves, and their longest length.
 MAX_ENDPOINTS: Final = 16
+#: ``details["artifact"]`` of a :class:`NetError` refusing a node advertisement.
+ADVERTISEMENT_ARTIFACT: Final = "node-advertisement.v1"
 #: The most receipts in one ``receipts`` frame.
 MAX_RECEIPTS: Final = 256
 MAX_ENDPOINT_URL: Final = 2048
@@ -723,7 +725,12 @@ class PeerSession:
             return [self._receipt(item) for item in items]
         if kind_name == "advertisement":
             advertisement = control.get("advertisement")
-            verify_node_advertisement(advertisement, now=now, expected_node_id=self.peer)
+            try:
+                verify_node_advertisement(advertisement, now=now, expected_node_id=self.peer)
+            except NetError as exc:
+                # (the node counts and traces refused advertisements apart)
+                exc.details["artifact"] = ADVERTISEMENT_ARTIFACT
+                raise
             assert isinstance(advertisement, Mapping)  # noqa: S101 - verified above
             return AdvertisementReceived(advertisement)
         if kind_name == "endpoints":
