@@ -39,6 +39,7 @@ __all__ = [
     "suite_ssl_context",
     "tls_handshake",
     "tls_probe_context",
+    "ws_scheme",
 ]
 
 USER_AGENT: Final = "ocpd-conformance"
@@ -58,6 +59,15 @@ class HttpResponse:
 def endpoint_url(base: str, path: str) -> str:
     """``base`` (``https://host:port`` with an optional path prefix) joined with ``path``."""
     return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def ws_scheme(url: str) -> str:
+    """``url`` with ``https``/``http`` spelled ``wss``/``ws`` (other schemes kept)."""
+    if url.startswith("https://"):
+        return "wss://" + url.removeprefix("https://")
+    if url.startswith("http://"):
+        return "ws://" + url.removeprefix("http://")
+    return url
 
 
 def host_port(url: str) -> tuple[str, int]:

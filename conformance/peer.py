@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from conformance.checks import NET_CLASSES, Outcome, Unexpected, checked
-from conformance.client import endpoint_url
+from conformance.client import endpoint_url, ws_scheme
 from conformance.ws import WsClosed, WsFailed, WsRefused, ws_connect
 from ocpd.proto.crypto import SigningKey, X25519KeyPair
 from ocpd.proto.encoding import b64url_decode, b64url_encode, parse_timestamp
@@ -137,20 +137,12 @@ def peer_check(check: Check) -> Check:
     return run
 
 
-def _ws_scheme(url: str) -> str:
-    if url.startswith("https://"):
-        return "wss://" + url.removeprefix("https://")
-    if url.startswith("http://"):
-        return "ws://" + url.removeprefix("http://")
-    return url
-
-
 def peer_endpoint_url(probe: Probe) -> str:
     """``--node-peer``, or the node's WebSocket base URL with ``/ocp/v1/peer`` (D8)."""
     if probe.peer_url:
-        return _ws_scheme(probe.peer_url)
+        return ws_scheme(probe.peer_url)
     base = probe.listener("node-ws") or probe.role("node")
-    return _ws_scheme(endpoint_url(base.url, PEER_PATH))
+    return ws_scheme(endpoint_url(base.url, PEER_PATH))
 
 
 def _dumps(value: object) -> str:

@@ -67,7 +67,7 @@ from conformance.checks import (
     checked,
     compact,
 )
-from conformance.client import endpoint_url, http_head_only, path_and_query
+from conformance.client import endpoint_url, http_head_only, path_and_query, ws_scheme
 from conformance.ws import WsClosed, WsConnection, WsFailed, WsRefused, receive_within, ws_connect
 from ocpd.proto.auth import (
     ReplayWindow,
@@ -199,14 +199,6 @@ def _json_or_text(text: str) -> object:
         return text
 
 
-def _ws_scheme(url: str) -> str:
-    if url.startswith("https://"):
-        return "wss://" + url.removeprefix("https://")
-    if url.startswith("http://"):
-        return "ws://" + url.removeprefix("http://")
-    return url
-
-
 def _probe_payload() -> dict[str, Any]:
     """A capability_query payload no other message has: every message is distinct content."""
     return {"capabilities": [f"cap:custom:conformance:probe_{secrets.token_hex(6)}"]}
@@ -303,7 +295,7 @@ class TargetNode:
 
     def endpoints(self) -> list[dict[str, Any]]:
         """Where a probe agent is reached: its WebSocket sessions with the node under test."""
-        return [{"transport": "ocp-ws", "url": _ws_scheme(self.ws_url), "priority": 1}]
+        return [{"transport": "ocp-ws", "url": ws_scheme(self.ws_url), "priority": 1}]
 
     async def agent(self) -> ProbeAgent:
         """A fresh agent, registered (Level 1) with the node under test as its endpoint."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ocpd.proto.encoding import parse_timestamp
+from ocpd.proto.errors import NetError
 from ocpd.proto.ids import format_node_id
 from ocpd.proto.netartifacts import (
     MAX_ADVERTISEMENT_LIFETIME,
@@ -75,11 +76,21 @@ def offer_txn(
     source: str,
     now: float,
 ) -> bool:
-    """Store the advertisement unless it is not newer; returns whether one was replaced."""
+    """Store the advertisement unless it is not newer; returns whether one was replaced.
+
+    ``E_ADV_STALE_SEQ`` for the very advertisement held carries
+    ``details["held"]``: it is seen again (every session and publish sends
+    it), not a conflicting twin.
+    """
     row = conn.execute(
-        "SELECT sequence_no FROM peer_advertisements WHERE node_id = ?", (node_id,)
+        "SELECT sequence_no, artifact FROM peer_advertisements WHERE node_id = ?", (node_id,)
     ).fetchone()
-    check_sequence(None if row is None else int(row[0]), sequence)
+    try:
+        check_sequence(None if row is None else int(row[0]), sequence)
+    except NetError as exc:
+        if row is not None and json.loads(row[1]) == json.loads(artifact):
+            exc.details["held"] = True
+        raise
     conn.execute(
         "INSERT INTO peer_advertisements "
         "(node_id, sequence_no, advertised_at, expires_at, artifact, source, received_at) "

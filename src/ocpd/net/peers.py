@@ -458,7 +458,7 @@ class PeerService:
                 advertisement, now=now, source=source, expected_node_id=expected_node_id
             )
         except NetError as exc:
-            if exc.code == "E_ADV_STALE_SEQ" and await self._held_again(advertisement):
+            if exc.details.get("held"):
                 return False  # the one already held, seen again
             self._advertisement_rejected(
                 exc, peer=node_id if isinstance(node_id, str) else None, source=source
@@ -472,13 +472,6 @@ class PeerService:
         )
         self._discovered_advertisement(offered.advertisement, source=source)
         return True
-
-    async def _held_again(self, advertisement: object) -> bool:
-        """Whether ``advertisement`` is exactly the one the cache holds for its node."""
-        if not isinstance(advertisement, dict) or not isinstance(advertisement.get("node/id"), str):
-            return False
-        held = await self.cache.current(advertisement["node/id"], now=self.clock.now())
-        return held is not None and held == advertisement
 
     def _advertisement_rejected(
         self, exc: NetError, *, peer: str | None, source: str, trace_id: str | None = None

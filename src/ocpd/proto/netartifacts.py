@@ -446,15 +446,15 @@ def verify_capability_advertisement(
     """Check a capability advertisement; returns its core capability set."""
     _check_version(adv)
     core = adv.get("capabilities/core") if isinstance(adv, Mapping) else None
-    lacking = isinstance(adv, Mapping) and isinstance(core, list) and CORE_MESSAGING not in core
-    if lacking and isinstance(adv, Mapping) and isinstance(core, list):
+    checked: Mapping[str, Any]
+    if isinstance(adv, Mapping) and isinstance(core, list) and CORE_MESSAGING not in core:
         # The schema asks for core/messaging; everything else about this one
         # must hold (shape, node, signature) for it to count as the
         # capability missing rather than a malformed advertisement.
         _validate(CAPABILITY_ADVERTISEMENT, {**adv, "capabilities/core": [*core, CORE_MESSAGING]})
-        checked: Mapping[str, Any] = adv
+        checked, lacking = adv, True
     else:
-        checked = _validate(CAPABILITY_ADVERTISEMENT, adv)
+        checked, lacking = _validate(CAPABILITY_ADVERTISEMENT, adv), False
     if expected_node_id is not None and checked["node/id"] != expected_node_id:
         raise _invalid("capability advertisement is for another node id")
     key = _signer_key(checked, id_field="node/id")

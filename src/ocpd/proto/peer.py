@@ -592,19 +592,6 @@ class PeerSession:
         self.require(capability)
         self._queue(bytes((_MESSAGE,)) + raw, now)
 
-    def send_receipt(
-        self,
-        message_id: str,
-        status: Literal["accepted", "duplicate", "rejected"],
-        *,
-        now: float,
-        code: str | None = None,
-    ) -> None:
-        receipt: dict[str, Any] = {"type": "receipt", "message_id": message_id, "status": status}
-        if code is not None:
-            receipt["code"] = code
-        self._control(receipt, now)
-
     def send_receipts(self, receipts: Sequence[ReceiptReceived], *, now: float) -> None:
         """Answer several of the peer's messages: one frame per :data:`MAX_RECEIPTS`."""
         for start in range(0, len(receipts), MAX_RECEIPTS):
