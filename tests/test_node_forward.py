@@ -502,3 +502,47 @@ async def test_a_burst_settles_what_it_can_and_retries_the_rest_in_order(
         assert [e["payload"]["error_code"] for e in errors] == ["OCP-502"]
         assert errors[0]["payload"]["details"]["remote_error_code"] == "OCP-404"
         assert [receiver for _, receiver, _ in await _rows(node.store)] == [alice.id]
+
+
+@attrs.define
+class AwayPeers(ScriptedPeers):
+    """:class:`ScriptedPeers` whose session with ``node`` is down until :meth:`back`."""
+
+    up: bool = False
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    def connected(self, node_id: str) -> bool:
+        return self.up and node_id == self.node
+
+    async def wait_connected(self, node_id: str) -> None:
+        while not self.connected(node_id):
+            await self._changed.wait()
+
+    def back(self) -> None:
+        self.up = True
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+async def test_rows_for_a_peer_that_was_away_leave_as_soon_as_its_session_is_back(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent
+) -> None:
+    poster = ScriptedPoster({BOB_HTTP: [DOWN]})
+    peers = AwayPeers("node:b")
+    async with _alice_and_bob(tmp_path, poster, alice, bob) as node:
+        assert node.forwarder is not None
+        node.forwarder.peers = peers
+        start = trio.current_time()
+        bodies = [await _send(node, alice, bob.id) for _ in range(3)]
+        ids = [json.loads(b)["message_id"] for b in bodies]
+        # tried at 0 and after 1 s; the next try would be 2 s later, at 3 s
+        await _until(lambda: len(poster.calls) == 2)
+        await trio.sleep_until(start + 1.5)
+        peers.back()
+        back_at = trio.current_time()
+        await _until(lambda: _deliveries(node, "forwarded") == 3)
+        # not at the end of the pause: at once, in one burst, in order
+        assert peers.calls == [ids]
+        assert trio.current_time() - back_at < 0.5
+        assert len(poster.calls) == 2
+        assert await _rows(node.store) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -31,6 +32,7 @@ from ocpd.verifier import (
     encode_verdict,
     examine,
     helper_wanted,
+    serve,
 )
 
 KEYS = [SigningKey(bytes([n]) * 32) for n in range(1, 4)]
@@ -291,6 +293,36 @@ def test_verdicts_and_checks_cross_the_pipe_unchanged() -> None:
             verdict.signature_ok,
             verdict.header_ok,
         )
+
+
+def test_the_helper_loop_answers_frames_however_they_are_cut() -> None:
+    """Frames split across reads and many frames in one read: every answer, in order."""
+    checks = [[c] for c in mixed(40)]
+    stream = b"".join(encode_checks(c) for c in checks)
+    to_helper, helper_in = os.pipe()
+    helper_out, from_helper = os.pipe()
+    pieces = [stream[:3], stream[3:700], stream[700:701], stream[701:]]
+    done = []
+
+    def feed() -> None:
+        for piece in pieces:
+            os.write(helper_in, piece)
+        os.close(helper_in)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    serve(to_helper, from_helper)
+    writer.join()
+    os.close(from_helper)
+    with os.fdopen(helper_out, "rb") as answers:
+        data = answers.read()
+    os.close(to_helper)
+    while data:
+        size = int.from_bytes(data[:4], "big")
+        done.append(data[4 : 4 + size])
+        data = data[4 + size :]
+    assert done == [bytes([check_here(c[0])]) for c in checks]
+    assert b"\x00" in done and b"\x01" in done
 
 
 @pytest.mark.parametrize("answer", [b"", b"\x00", b"\x01\x00not json", b"\x00\x00short"])

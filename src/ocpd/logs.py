@@ -39,6 +39,10 @@ _ROOT: Final = "ocpd"
 
 _stamp_cache: list[Any] = [-1, ""]
 
+#: ``json.dumps(line, ensure_ascii=False, default=str)`` without building an
+#: encoder for every line (a log line holds no cycles to look for).
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False).encode
+
 
 def _timestamp(created: float) -> str:
     """``created`` (epoch s) as UTC with milliseconds; one formatting per millisecond."""
@@ -192,7 +196,7 @@ class _JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
             "event": event,
         }
         line.update(fields)
-        text = json.dumps(line, ensure_ascii=False, default=str) + self.terminator
+        text = _ENCODE(line) + self.terminator
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.stream.write(text)

@@ -15,9 +15,9 @@ a caller's signature checks, :meth:`Verifier.submit_message` a whole
 message to :func:`examine` (decision 103); each is one frame, and
 :meth:`Answer.wait` waits for its answer. A sender task, started when
 frames are queued and gone once they are sent, writes the frames queued in
-the same scheduling round in one write. The helper answers each frame, in
-order, as soon as it has done it, so the first callers go on (to the group
-commit) while it works on the later ones.
+the same scheduling round in one write. The helper reads many frames at once
+and answers them in order, a few answers per write, so the first callers
+go on (to the group commit) while it works on the later ones.
 
 Frames are a 4-byte big-endian length and a body whose first byte is its
 kind. Kind 0 is a caller's signature checks, each: the number of keys (1
@@ -507,17 +507,6 @@ class Verifier:
 # --- the helper process -------------------------------------------------------------------
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
 def answer_frame(body: bytes) -> bytes:
     """The answer to one frame; an unknown kind gets an empty answer (the daemon works it out)."""
     if body[:1] == _KIND_CHECKS:
@@ -527,19 +516,50 @@ def answer_frame(body: bytes) -> bytes:
     return b""
 
 
+#: The most bytes the helper reads at once (many frames in one system call).
+READ_SIZE: Final = 1 << 20
+
+#: Answers the helper writes together when frames are waiting: the first
+#: callers of a group go on while it works on the rest, with one system call
+#: for several answers.
+ANSWERS_PER_WRITE: Final = 8
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    out = memoryview(data)
+    while out:
+        out = out[os.write(fd, out) :]
+
+
 def serve(read_fd: int, write_fd: int) -> None:
-    """Answer frames until the input closes."""
+    """Answer frames until the input closes.
+
+    Input is read in large chunks; the frames complete in a chunk are
+    answered in order, :data:`ANSWERS_PER_WRITE` at a time, and the last
+    answers of a chunk are written before the helper waits for more.
+    """
+    buffer = bytearray()
     while True:
-        head = _read_exactly(read_fd, _LENGTH.size)
-        if head is None:
+        chunk = os.read(read_fd, READ_SIZE)
+        if not chunk:
             return
-        body = _read_exactly(read_fd, _LENGTH.unpack(head)[0])
-        if body is None:
-            return
-        answers = answer_frame(body)
-        out = memoryview(_LENGTH.pack(len(answers)) + answers)
-        while out:
-            out = out[os.write(write_fd, out) :]
+        buffer += chunk
+        answers: list[bytes] = []
+        at = 0
+        while len(buffer) - at >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, at)
+            end = at + _LENGTH.size + size
+            if len(buffer) < end:
+                break
+            answer = answer_frame(bytes(buffer[at + _LENGTH.size : end]))
+            at = end
+            answers.append(_LENGTH.pack(len(answer)) + answer)
+            if len(answers) >= ANSWERS_PER_WRITE:
+                _write_all(write_fd, b"".join(answers))
+                answers.clear()
+        del buffer[:at]
+        if answers:
+            _write_all(write_fd, b"".join(answers))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ BACKOFF: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: Messages on their way to other nodes at once.
 MAX_IN_FLIGHT: Final = 32
 #: Rows for one agent handed on over a peer session at once.
-BURST: Final = 256
+BURST: Final = 512
 #: How long an ``error`` notice about an undeliverable message lives.
 NOTICE_TTL: Final = 3600
 #: 4xx answers that mean "not now" rather than "never": retried like a 5xx.
@@ -309,8 +309,18 @@ class Forwarder:
                     await self._give_up(held, result)
                     self._pop(queue)
                 elif round_no < len(BACKOFF):
-                    await trio.sleep(BACKOFF[round_no])
-                    round_no += 1
+                    # The pause ends early when the receiver's node, away
+                    # now, gets a session back: its rows go at once.
+                    with trio.move_on_after(BACKOFF[round_no]) as pause:
+                        if (
+                            host is not None
+                            and self.peers is not None
+                            and not self.peers.connected(host)
+                        ):
+                            await self.peers.wait_connected(host)
+                        else:
+                            await trio.sleep_forever()
+                    round_no = round_no + 1 if pause.cancelled_caught else 0
                 elif host is not None and self.peers is not None:
                     # The receiver's node is a peer that is away: its rows
                     # wait for the session to come back (or for their expiry).

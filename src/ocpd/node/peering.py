@@ -6,8 +6,8 @@ posted over HTTPS by a relaying node (:mod:`ocpd.node.intake`), except that
 the session has already authenticated the peer node. Messages are taken in
 groups as they arrive: all of a group are started (their signatures travel
 to the verifier together), completed, committed in one write, and answered
-in one ``receipts`` frame, in order; the next group is checked while one
-commits.
+in one ``receipts`` frame, in order; the next group is started while one
+completes and one commits.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ __all__ = ["NodeTraffic"]
 #: The most messages taken into one group.
 GROUP: Final = 64
 
+#: Groups started and waiting for their verdicts.
+AHEAD: Final = 1
+
+#: A group's messages once started, each with its attempt.
+_Started: TypeAlias = list[tuple[Attempt, "Started | OcpError"]]
 #: A group's messages after the checks, each with its attempt.
 _Checked: TypeAlias = list[tuple[Attempt, "Checked | OcpError"]]
 
@@ -43,11 +48,16 @@ class NodeTraffic:
     metrics: Metrics
 
     async def serve(self, live: Live, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
-        # Checking one group overlaps the commit of the one before it.
+        # Three stages, each a group behind the one before: starting a
+        # group (its signatures go to the verifier together), completing
+        # it as the verdicts come back, committing it. The verifier always
+        # has the next group in hand while one completes and one commits.
+        started_send, started_receive = trio.open_memory_channel[_Started](AHEAD)
         checked_send, checked_receive = trio.open_memory_channel[_Checked](1)
         async with inbox, trio.open_nursery() as nursery:
+            nursery.start_soon(self._complete_groups, started_receive, checked_send)
             nursery.start_soon(self._commit_groups, live, checked_receive)
-            async with checked_send:
+            async with started_send:
                 while True:
                     try:
                         group = [await inbox.receive()]
@@ -58,16 +68,28 @@ class NodeTraffic:
                             group.append(inbox.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await checked_send.send(await self._check(live, group))
+                    await started_send.send(await self._start(live, group))
 
-    async def _check(self, live: Live, group: list[bytes]) -> _Checked:
-        started: list[tuple[Attempt, Started | OcpError]] = []
+    async def _start(self, live: Live, group: list[bytes]) -> _Started:
+        started: _Started = []
         for raw in group:
             attempt = Attempt(transport="peer", started=trio.current_time())
             try:
                 started.append((attempt, await self.intake.start(raw, attempt, peer=live.node_id)))
             except OcpError as exc:
                 started.append((attempt, exc))
+        return started
+
+    async def _complete_groups(
+        self,
+        groups: trio.MemoryReceiveChannel[_Started],
+        checked: trio.MemorySendChannel[_Checked],
+    ) -> None:
+        async with groups, checked:
+            async for started in groups:
+                await checked.send(await self._complete(started))
+
+    async def _complete(self, started: _Started) -> _Checked:
         results: _Checked = []
         for attempt, begun in started:
             if isinstance(begun, OcpError):
