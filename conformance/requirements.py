@@ -5,7 +5,7 @@ One line per requirement: an id, the conformance level it belongs to (OCP
 §11.1), its strength (RFC 2119 MUST or SHOULD), a one-line title and the
 section it comes from. ``OCP §`` is the OCP Technical Specification, ``Docker §``
 the Docker specification, ``NET FR-`` the node networking baseline and ``D<n>``
-the project's binding decisions (``/work/shared/spec/DECISIONS.md``).
+the implementation decisions that settle what the specifications leave open.
 
 Levels are cumulative: ``knowledge`` includes ``core``, ``full`` includes
 both. The node networking (NET) requirements are ``core``: in ocpd NET is the
