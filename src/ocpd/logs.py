@@ -39,8 +39,8 @@ _ROOT: Final = "ocpd"
 
 _stamp_cache: list[Any] = [-1, ""]
 
-#: ``json.dumps(line, ensure_ascii=False, default=str)`` without building an
-#: encoder for every line (a log line holds no cycles to look for).
+#: A log line as JSON (non-ASCII kept, other objects as ``str``), with one
+#: encoder for every line rather than one per line (a line holds no cycles).
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False).encode
 
 
@@ -69,7 +69,7 @@ class _JsonFormatter(logging.Formatter):
             line["message"] = record.getMessage()
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _ENCODE(line)
 
 
 class _TextFormatter(logging.Formatter):
