@@ -631,6 +631,11 @@ async def test_sdk_traffic_matches_the_spec(harness: Harness) -> None:
         )
         signed = a1.sign_bond(a0.sign_bond(bond))
         assert (await a0.submit_bond(signed))["state"] == "active"
+        assert [b["bond_id"] for b in await cx.bonds(harness.anchors[1].agent_id)] == [
+            bond["bond_id"]
+        ]
+        assert await cx.bonds(x.agent_id) == []
+        assert await _status(cx.bonds(AgentKey.generate(NETWORK).agent_id)) == 404
 
         # a certification lifts the bonded anchor to Level 4; the same again is
         # not stored twice; an unknown certifier and a forgery are refused

@@ -200,6 +200,12 @@ class RegistryClient:
         result: dict[str, Any] = await self._request("GET", f"/agents/{agent_id}/trust")
         return result
 
+    async def bonds(self, agent_id: str) -> list[dict[str, Any]]:
+        """The agent's bonds in force, newest established first."""
+        result: dict[str, Any] = await self._request("GET", f"/agents/{agent_id}/bonds")
+        bonds: list[dict[str, Any]] = result["bonds"]
+        return bonds
+
     async def info(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("GET", "/info")
         return result

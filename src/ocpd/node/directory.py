@@ -36,6 +36,7 @@ import trio
 
 from ocpd.logs import get_logger, log_event
 from ocpd.node.presence import RELAY_CAPABILITY
+from ocpd.proto import schema
 from ocpd.proto.auth import signed_post_headers
 from ocpd.proto.diddoc import parse_did_document
 from ocpd.proto.encoding import format_timestamp
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentDirectory",
     "AgentInfo",
+    "BondInfo",
     "HttpDirectory",
     "LedgerDirectory",
     "SessionSpan",
@@ -84,6 +86,18 @@ class AgentInfo:
     endpoints: tuple[Mapping[str, Any], ...] = ()
     #: The record declares ``cap:ocp:relay``: a node's service agent.
     relay: bool = False
+    #: The capability ids the record declares.
+    capabilities: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class BondInfo:
+    """A bond in force between two agents, as far as the node applies it."""
+
+    bond_id: str
+    agents: tuple[str, str]
+    #: The bond's ``permissions`` object (OCP §4.3.2), as both parties signed it.
+    permissions: Mapping[str, Any]
 
 
 class AgentDirectory(Protocol):
@@ -91,6 +105,10 @@ class AgentDirectory(Protocol):
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
         """The agent, ``None`` when the registry does not know it; OCP-503 when unsure."""
+        ...
+
+    async def bond_between(self, first: str, second: str) -> BondInfo | None:
+        """The newest bond in force between the two agents; OCP-503 when unsure."""
         ...
 
     async def report_sessions(self, sessions: Sequence[SessionSpan]) -> None:
@@ -106,6 +124,20 @@ def _relays(record: Mapping[str, Any]) -> bool:
     found = record.get("capabilities", ())
     return isinstance(found, list) and any(
         isinstance(c, dict) and c.get("id") == RELAY_CAPABILITY for c in found
+    )
+
+
+def _capabilities(record: Mapping[str, Any]) -> frozenset[str]:
+    found = record.get("capabilities", ())
+    if not isinstance(found, list):
+        return frozenset()
+    return frozenset(c["id"] for c in found if isinstance(c, dict) and isinstance(c.get("id"), str))
+
+
+def _bond_info(artifact: Mapping[str, Any]) -> BondInfo:
+    first, second = artifact["agents"]
+    return BondInfo(
+        bond_id=artifact["bond_id"], agents=(first, second), permissions=artifact["permissions"]
     )
 
 
@@ -151,11 +183,21 @@ class LedgerDirectory:
             domains=entry.domains,
             endpoints=_endpoints(entry.record),
             relay=_relays(entry.record),
+            capabilities=entry.capabilities,
         )
         if len(self._built) > 2 * len(ledger.agents) + 1024:
             self._built.clear()
         self._built[agent_id] = (basis, info)
         return info
+
+    async def bond_between(self, first: str, second: str) -> BondInfo | None:
+        registry = self._registry
+        if not registry.loaded.is_set():
+            await registry.loaded.wait()
+        for entry in registry.ledger.bonds_of(first, now=registry.clock.now()):
+            if second in entry.fact.agents and first != second:
+                return _bond_info(entry.artifact)
+        return None
 
     async def register(self, raw: bytes, *, authorization: str, path: str) -> None:
         registry = self._registry
@@ -213,6 +255,8 @@ class HttpDirectory:
         self._max_entries = max_entries
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, trio.Event] = {}
+        #: Each agent's bonds in force, by agent, with when the answer goes stale.
+        self._bonds: dict[str, tuple[float, tuple[BondInfo, ...]]] = {}
         verify: ssl.SSLContext | bool = True
         if self.url is not None and self.url.startswith("https:"):
             verify = ssl.create_default_context()
@@ -261,6 +305,38 @@ class HttpDirectory:
         finally:
             del self._inflight[agent_id]
             done.set()
+
+    async def bond_between(self, first: str, second: str) -> BondInfo | None:
+        """From ``GET …/agents/{first}/bonds``, cached like agent lookups."""
+        cached = self._bonds.get(first)
+        if cached is None or cached[0] <= trio.current_time():
+            bonds = await self._fetch_bonds(first)
+            if len(self._bonds) >= self._max_entries:
+                self._bonds.clear()
+            self._bonds[first] = (trio.current_time() + self._ttl, bonds)
+        else:
+            bonds = cached[1]
+        for bond in bonds:
+            if second in bond.agents and first != second:
+                return bond
+        return None
+
+    async def _fetch_bonds(self, agent_id: str) -> tuple[BondInfo, ...]:
+        if self.url is None:
+            raise Unavailable("this node has no registry configured (transport.registry_url)")
+        answer = await self._get(f"/agents/{agent_id}/bonds")
+        if answer is None:
+            return ()
+        try:
+            found = []
+            for artifact in answer["bonds"]:
+                schema.validate("bond", artifact)
+                if agent_id not in artifact["agents"]:
+                    raise ValueError("a bond of other agents")
+                found.append(_bond_info(artifact))
+            return tuple(found)
+        except (KeyError, TypeError, ValueError, OcpError) as exc:
+            raise Unavailable("the registry's answer about bonds does not check out") from exc
 
     def _prune(self) -> None:
         now = trio.current_time()
@@ -387,6 +463,7 @@ class HttpDirectory:
                 domains=tuple(domains),
                 endpoints=_endpoints(record),
                 relay=_relays(record),
+                capabilities=_capabilities(record),
             )
         except (KeyError, TypeError, ValueError, OcpError) as exc:
             raise Unavailable("the registry's answer about an agent does not check out") from exc

@@ -437,17 +437,19 @@ class ArtifactStore:
 
     def _remember_bond(self, artifact: dict[str, Any], *, revoked: bool) -> None:
         first, second = artifact["agents"]
-        self.ledger.bonds[artifact["bond_id"]] = BondEntry(
-            bond_id=artifact["bond_id"],
-            artifact=artifact,
-            text=text(artifact),
-            fact=BondFact(
+        self.ledger.put_bond(
+            BondEntry(
                 bond_id=artifact["bond_id"],
-                agents=(first, second),
-                established_at=parse_timestamp(artifact["established_at"]),
-                expires_at=parse_timestamp(artifact["expires_at"]),
-                revoked=revoked,
-            ),
+                artifact=artifact,
+                text=text(artifact),
+                fact=BondFact(
+                    bond_id=artifact["bond_id"],
+                    agents=(first, second),
+                    established_at=parse_timestamp(artifact["established_at"]),
+                    expires_at=parse_timestamp(artifact["expires_at"]),
+                    revoked=revoked,
+                ),
+            )
         )
 
     def _remember_certification(self, artifact: dict[str, Any], *, revoked: bool) -> None:

@@ -147,6 +147,8 @@ class Ledger:
         self.agents: dict[str, AgentEntry] = {}
         self.vouches: dict[str, VouchEntry] = {}
         self.bonds: dict[str, BondEntry] = {}
+        #: Each agent's bonds by id, whatever their state (see :meth:`bonds_of`).
+        self._bonds_by_agent: dict[str, set[str]] = {}
         self.certifications: dict[str, CertificationEntry] = {}
         self.ratings: dict[str, list[RatingFact]] = {}
         self.levels: dict[str, int] = {}
@@ -235,6 +237,23 @@ class Ledger:
     def keys_of(self, agent_id: str) -> list[bytes]:
         entry = self.agents.get(agent_id)
         return [] if entry is None else entry.document.verification_keys()
+
+    # --- bonds ------------------------------------------------------------------------
+
+    def put_bond(self, entry: BondEntry) -> None:
+        self.bonds[entry.bond_id] = entry
+        for agent_id in entry.fact.agents:
+            self._bonds_by_agent.setdefault(agent_id, set()).add(entry.bond_id)
+
+    def bonds_of(self, agent_id: str, *, now: float) -> list[BondEntry]:
+        """The agent's bonds in force at ``now``, newest established first."""
+        found = [
+            self.bonds[bond_id]
+            for bond_id in self._bonds_by_agent.get(agent_id, ())
+            if self.bonds[bond_id].fact.active(now)
+        ]
+        found.sort(key=lambda e: (-e.fact.established_at, e.bond_id))
+        return found
 
     # --- trust ------------------------------------------------------------------------
 

@@ -586,6 +586,17 @@ class RegistryService:
             }
         )
 
+    def bonds(self, agent_id: str) -> Response:
+        """The agent's bonds in force, newest established first (for nodes and SDKs)."""
+        self._registered(agent_id, "agent_id")
+        now = self.clock.now()
+        return _json_response(
+            {
+                "agent_id": agent_id,
+                "bonds": [entry.artifact for entry in self.ledger.bonds_of(agent_id, now=now)],
+            }
+        )
+
     def info(self) -> Response:
         return _json_response(
             {
@@ -635,6 +646,7 @@ class RegistryService:
             ("GET", "/agents/<agent_id>/did.json", "get_did", _awaitable(self.get_did)),
             ("POST", "/agents/<agent_id>/did", "update_did", self.update_did),
             ("GET", "/agents/<agent_id>/trust", "trust", _awaitable(self.trust)),
+            ("GET", "/agents/<agent_id>/bonds", "bonds", _awaitable(self.bonds)),
             ("POST", "/discover", "discover", self.discover),
             ("POST", "/vouches", "add_vouch", self.add_vouch),
             ("POST", "/vouches/revocations", "revoke_vouch", self.revoke_vouch),
