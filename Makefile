@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.federation --out bench/results/federation.json
 	$(BIN)/python -m bench.node --out bench/results/node.json
 	$(BIN)/python -m bench.net --out bench/results/net.json
+	$(BIN)/python -m bench.pvl --out bench/results/pvl.json
+	$(BIN)/python -m bench.consensus --out bench/results/consensus.json
 
 # The black-box suite against a throwaway local ocpd (TLS from a temporary CA, ports 0).
 # Exits with the suite's status: non-zero while required checks are not implemented.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,8 @@ import trio
 
 from conftest import NETWORK, NOW, Agent
 from ocpd.config import RateLimitingSection, WebSocketSection
-from ocpd.node.directory import AgentInfo
+from ocpd.node.collab import Collaboration, Deadlines
+from ocpd.node.directory import AgentInfo, BondInfo
 from ocpd.node.forward import Forwarder, Poster
 from ocpd.node.http import MessagesEndpoint
 from ocpd.node.intake import Intake, MessageLimits
@@ -30,6 +32,7 @@ from ocpd.proto.auth import (
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.envelope import build_message, sign_message
 from ocpd.proto.ids import derive_agent_id
+from ocpd.proto.pvl import PvlPolicy
 from ocpd.proto.taxonomy import Taxonomy
 from ocpd.server import ACCEPTED_EXTENSION
 from ocpd.storage import Database, open_database
@@ -59,6 +62,7 @@ class FakeDirectory:
         self.lookups = 0
         self.sessions: list[tuple[str, float, float]] = []
         self.registrations: list[tuple[bytes, str, str]] = []
+        self.bonds: dict[frozenset[str], BondInfo] = {}
 
     def add(
         self,
@@ -69,6 +73,7 @@ class FakeDirectory:
         domains: Iterable[str] = (),
         endpoints: Iterable[dict[str, Any]] = (),
         relay: bool = False,
+        capabilities: Iterable[str] = (),
     ) -> AgentInfo:
         info = AgentInfo(
             agent_id=agent.id,
@@ -78,9 +83,21 @@ class FakeDirectory:
             domains=tuple(self.taxonomy.normalise(d) for d in domains),
             endpoints=tuple(sorted(endpoints, key=lambda e: e["priority"])),
             relay=relay,
+            capabilities=frozenset(capabilities),
         )
         self.agents[agent.id] = info
         return info
+
+    def bond(self, first: Agent, second: Agent, permissions: dict[str, Any]) -> BondInfo:
+        """A bond in force between the two agents (the newest wins)."""
+        bond = BondInfo(
+            bond_id=f"bond-{uuid.uuid4()}", agents=(first.id, second.id), permissions=permissions
+        )
+        self.bonds[frozenset((first.id, second.id))] = bond
+        return bond
+
+    async def bond_between(self, first: str, second: str) -> BondInfo | None:
+        return self.bonds.get(frozenset((first, second)))
 
     async def lookup(self, agent_id: str) -> AgentInfo | None:
         self.lookups += 1
@@ -107,6 +124,7 @@ class Node:
     sweeper: Sweeper
     stopping: trio.Event
     forwarder: Forwarder | None = None
+    deadlines: Deadlines | None = None
 
 
 class WireVerifier(Verifier):
@@ -151,6 +169,8 @@ async def running_node(
     database: Database | None = None,
     poster: Poster | None = None,
     verifier: str | None = None,
+    collab: bool = True,
+    accept_within: float = 30,
 ) -> AsyncIterator[Node]:
     """A node's parts on ``tmp_path``; ``verifier`` one of :data:`VERIFIERS`
     (by default ``OCPD_TEST_VERIFIER``, else ``loop``)."""
@@ -195,6 +215,27 @@ async def running_node(
         max_payload_bytes=max_payload_bytes,
         verifier=VERIFIERS[verifier or os.environ.get("OCPD_TEST_VERIFIER", "loop")](),
     )
+    deadlines: Deadlines | None = None
+    if collab:
+        deadlines = Deadlines(
+            database=database,
+            clock=clock,
+            metrics=metrics,
+            router=router,
+            directory=directory,
+            key=NODE_KEY,
+            service_agent=SERVICE_AGENT,
+        )
+        intake.rules = Collaboration(
+            directory=directory,
+            database=database,
+            clock=clock,
+            metrics=metrics,
+            policy=PvlPolicy(max_payload_bytes=max_payload_bytes),
+            router=router,
+            accept_within=accept_within,
+            deadlines=deadlines,
+        )
     stopping = trio.Event()
     ws = WebSocketEndpoint(
         intake=intake,
@@ -222,6 +263,8 @@ async def running_node(
                         await trio.sleep(0.01)
             if forwarder is not None:
                 await nursery.start(forwarder.run)
+            if deadlines is not None:
+                await nursery.start(deadlines.run)
             yield Node(
                 database,
                 directory,
@@ -235,6 +278,7 @@ async def running_node(
                 sweeper,
                 stopping,
                 forwarder,
+                deadlines,
             )
             nursery.cancel_scope.cancel()
     finally:

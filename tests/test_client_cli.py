@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from daemon_process import Daemon, TlsFiles, run_cli
+from ocpd.client import AgentKey
 
 INSIGHT = {
     "knowledge_type": "insight",
@@ -25,6 +26,9 @@ INSIGHT = {
     "anonymized": True,
     "payload": {"finding": "responders share marker X"},
 }
+
+
+ANCHORS = ("alice", "bob")
 
 
 class Env:
@@ -44,11 +48,16 @@ class Env:
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return run_cli(["agent", *args], env={**self.env, **env})
 
-    def agent(self, name: str, *, register: bool = True) -> tuple[str, str]:
-        key = str(self.tmp / f"{name}.key")
-        made = self.run("keygen", "--out", key)
-        assert made.returncode == 0, made.stderr
-        agent_id = made.stdout.strip()
+    def agent(self, name: str, *, register: bool = True, anchor: bool = False) -> tuple[str, str]:
+        """A new agent's id and key file; ``anchor``: one of the daemon's trust anchors."""
+        if anchor:
+            key = str(self.daemon.data_dir.parent / "anchors" / f"{name}.key")
+            agent_id = json.loads(Path(key).read_text())["agent_id"]
+        else:
+            key = str(self.tmp / f"{name}.key")
+            made = self.run("keygen", "--out", key)
+            assert made.returncode == 0, made.stderr
+            agent_id = made.stdout.strip()
         if register:
             done = self.run(
                 "register",
@@ -69,7 +78,16 @@ class Env:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, TlsFiles]]:
     tmp = tmp_path_factory.mktemp("cli-daemon")
     tls = TlsFiles(tmp)
-    daemon = Daemon(tmp / "data", component="all", tls=tls)
+    # Level 2 agents for knowledge exchange: trust anchors by configuration.
+    (tmp / "anchors").mkdir()
+    anchors = []
+    for name in ANCHORS:
+        key = AgentKey.generate("testnet")
+        key.save(tmp / "anchors" / f"{name}.key")
+        anchors.append(key.agent_id)
+    daemon = Daemon(
+        tmp / "data", component="all", tls=tls, env={"OCP_TRUST_ANCHORS": ",".join(anchors)}
+    )
     daemon.start()
     try:
         daemon.wait_ready()
@@ -188,8 +206,8 @@ class Listener:
 
 
 def test_send_encrypted_with_ack_over_websocket_and_https(env: Env) -> None:
-    alice_id, alice_key = env.agent("alice")
-    bob_id, bob_key = env.agent("bob")
+    alice_id, alice_key = env.agent("alice", anchor=True)
+    bob_id, bob_key = env.agent("bob", anchor=True)
     listener = Listener(env, bob_key, "--count", "2")
     try:
         results = []
@@ -250,3 +268,25 @@ def test_listen_stops_cleanly_on_sigterm(env: Env) -> None:
         assert listener.lines == []
     finally:
         listener.close()
+
+
+def test_pvl_checks_a_payload_without_sending_it(env: Env) -> None:
+    _, key = env.agent("erin", register=False)
+    good = {
+        **INSIGHT,
+        "provenance": {
+            "source_agent": "did:ocp:testnet:agent-0123456789ab",
+            "derived_from": "anonymized_records",
+            "methodology": "cohort_analysis",
+            "timestamp": "2026-03-09T09:00:00Z",
+            "reproducibility_hash": "ab" * 32,
+        },
+    }
+    passed = env.run("pvl", "--key", key, "--payload", json.dumps(good))
+    assert passed.returncode == 0, passed.stderr
+    assert json.loads(passed.stdout) == {"status": "passed", "knowledge_type": "insight"}
+    personal = {**good, "payload": {"contact": "+44 20 7946 0958"}}
+    refused = env.run("pvl", "--key", key, "--payload", json.dumps(personal))
+    assert "PVL-001" in one_error_line(refused)
+    no_provenance = env.run("pvl", "--key", key, "--payload", json.dumps(INSIGHT))
+    assert "PVL-004" in one_error_line(no_provenance)

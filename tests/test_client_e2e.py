@@ -42,9 +42,11 @@ class World:
                 "OCP_WS_PORT": str(free_port()),
                 "OCP_REGISTRY_PORT": str(free_port()),
             }
-        self.daemon = Daemon(tmp / "data", component="all", tls=self.tls, env=env)
         self.alice = AgentKey(SigningKey(b"\x31" * 32), NETWORK)
         self.bob = AgentKey(SigningKey(b"\x32" * 32), NETWORK)
+        # Knowledge exchange needs Level 2: both are trust anchors.
+        env["OCP_TRUST_ANCHORS"] = f"{self.alice.agent_id},{self.bob.agent_id}"
+        self.daemon = Daemon(tmp / "data", component="all", tls=self.tls, env=env)
 
     @property
     def urls(self) -> dict[str, str]:

@@ -123,7 +123,9 @@ def trio_world(tmp_path: Path) -> Iterator[tuple[Peer, Peer, Peer, TlsFiles]]:
         f"peering:\n  ca_file: {tls.ca_file}\n  directory_sync_seconds: 5\n"
         f"  seed_directories: [{directory}]\n"
     )
-    a.configure(common)
+    # The agents that exchange knowledge across the nodes need Level 2.
+    anchors = [AgentKey(SigningKey(bytes([seed]) * 32), NETWORK).agent_id for seed in (0x51, 0x52)]
+    a.configure(common + f"trust:\n  anchors: [{', '.join(anchors)}]\n")
     b.configure(
         common + f"  seed_peers:\n    - node_id: {a.node_id}\n      address: {a.peer_url}\n"
         "      label: seed-a\n"

@@ -5,7 +5,13 @@
 * ``discover`` query a registry;
 * ``send``     send one message (optionally encrypted, optionally waiting
   for the receiver's ack) over WebSocket or HTTPS;
-* ``listen``   print incoming messages as JSON lines until interrupted.
+* ``listen``   print incoming messages as JSON lines until interrupted;
+* ``pvl``      run the Privacy Validation Layer on a knowledge payload;
+* ``share``    share knowledge (checked by the PVL first, encrypted by default);
+* ``task``     ``delegate`` a task (and follow it with ``--wait``) or
+  ``answer`` one;
+* ``consensus`` ``run`` a round as its initiator (open, collect until the
+  deadline, tally, announce) or ``vote`` in one.
 
 URLs and files fall back to environment variables (``OCP_AGENT_KEY``,
 ``OCP_REGISTRY_URL``, ``OCP_NODE_URL``, ``OCP_NODE_HTTP_URL``,
@@ -34,9 +40,18 @@ from ocpd.client import (
     RegistryError,
     UnknownAgent,
 )
+from ocpd.client.collab import (
+    ConsensusRoundRunner,
+    KnowledgeExchange,
+    TaskDelegation,
+    bond_permissions,
+    check_knowledge,
+    send_vote,
+)
 from ocpd.identity import IdentityError, read_key_file
 from ocpd.proto.errors import OcpError
 from ocpd.proto.ids import parse_agent_id
+from ocpd.proto.pvl import PvlPolicy
 from ocpd.proto.strictjson import loads_strict
 
 if TYPE_CHECKING:
@@ -194,6 +209,87 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--no-auto-ack", action="store_true", help="do not ack messages that ask for one"
     )
     listen.add_argument("--count", type=int, default=None, help="exit after this many messages")
+
+    pvl = actions.add_parser("pvl", help="check a knowledge payload with the PVL, send nothing")
+    _add_key(pvl)
+    _add_registry(pvl, required=False)
+    _add_tls(pvl)
+    pvl.add_argument(
+        "--to", default=None, metavar="AGENT_ID", help="apply the bond with this agent"
+    )
+    pvl.add_argument("--payload", required=True, metavar="JSON", help="JSON, @FILE or -")
+
+    share = actions.add_parser("share", help="share knowledge (PVL-checked, encrypted)")
+    _add_key(share)
+    _add_node(share)
+    _add_registry(share, required=True)
+    _add_tls(share)
+    share.add_argument("--to", required=True, metavar="AGENT_ID")
+    share.add_argument("--payload", required=True, metavar="JSON", help="JSON, @FILE or -")
+    share.add_argument("--plain", action="store_true", help="do not encrypt the payload")
+    share.add_argument("--ack", action="store_true", help="wait for the receiver's ack")
+
+    task = actions.add_parser("task", help="delegate a task, or answer one")
+    task_actions = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    delegate = task_actions.add_parser("delegate", help="send a task_request")
+    answer = task_actions.add_parser("answer", help="send a task_response")
+    for parser in (delegate, answer):
+        _add_key(parser)
+        _add_node(parser)
+        _add_registry(parser, required=False)
+        _add_tls(parser)
+        parser.add_argument("--to", required=True, metavar="AGENT_ID")
+    delegate.add_argument("--task-type", required=True)
+    delegate.add_argument("--data", default="null", metavar="JSON", help="input data (JSON)")
+    delegate.add_argument("--description", default=None)
+    delegate.add_argument("--max-duration", type=int, required=True, metavar="SECONDS")
+    delegate.add_argument("--capability", action="append", default=[], metavar="CAP")
+    delegate.add_argument("--min-trust-level", type=int, default=None)
+    delegate.add_argument(
+        "--wait", action="store_true", help="print each task_response until the task ends"
+    )
+    answer.add_argument("--task-id", required=True)
+    answer.add_argument(
+        "--status",
+        required=True,
+        choices=("accepted", "in_progress", "completed", "failed", "rejected"),
+    )
+    answer.add_argument("--data", default=None, metavar="JSON", help="result data (completed)")
+    answer.add_argument("--confidence", type=float, default=None)
+    answer.add_argument("--reason", default=None)
+
+    rounds = actions.add_parser("consensus", help="run a consensus round, or vote in one")
+    round_actions = rounds.add_subparsers(dest="consensus_command", metavar="ACTION", required=True)
+    run_round = round_actions.add_parser(
+        "run", help="open a round, collect votes until the deadline, tally and announce"
+    )
+    _add_key(run_round)
+    _add_node(run_round)
+    _add_registry(run_round, required=True)
+    _add_tls(run_round)
+    run_round.add_argument(
+        "--participant", action="append", required=True, metavar="AGENT_ID", help="(repeat)"
+    )
+    run_round.add_argument("--topic", required=True)
+    run_round.add_argument("--option", action="append", required=True, help="(repeat, ≥ 2)")
+    run_round.add_argument("--deadline-in", type=float, required=True, metavar="SECONDS")
+    run_round.add_argument("--min-participants", type=int, required=True)
+    run_round.add_argument("--threshold", type=float, required=True)
+    run_round.add_argument("--unweighted", action="store_true", help="ignore trust scores")
+    run_round.add_argument("--min-trust-level", type=int, default=None)
+    run_round.add_argument("--domain", action="append", default=[], help="required domain")
+    vote = round_actions.add_parser("vote", help="sign a vote and send it to the initiator")
+    _add_key(vote)
+    _add_node(vote)
+    _add_registry(vote, required=False)
+    _add_tls(vote)
+    vote.add_argument("--to", required=True, metavar="INITIATOR")
+    vote.add_argument("--consensus-id", required=True)
+    vote.add_argument("--vote", required=True, dest="choice")
+    vote.add_argument("--confidence", type=float, required=True)
+    vote.add_argument(
+        "--rationale", required=True, help="private rationale; only its SHA3-256 is sent"
+    )
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -429,6 +525,150 @@ async def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json(text: str, what: str) -> Any:
+    try:
+        return loads_strict(text.encode("utf-8"), max_size=MAX_PAYLOAD_FILE)
+    except OcpError as exc:
+        _fail(f"{what}: {exc.message}")
+
+
+def _transport(args: argparse.Namespace) -> Literal["ws", "http"]:
+    return "http" if args.http_url else "ws"
+
+
+async def _pvl(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    payload = _payload(args.payload)
+    bond = None
+    if args.to:
+        async with _registry(args, agent) as registry:
+            bond = await bond_permissions(registry, agent.agent_id, args.to)
+    check_knowledge(payload, policy=PvlPolicy(), bond=bond)
+    _print({"status": "passed", "knowledge_type": payload.get("knowledge_type")})
+    return 0
+
+
+async def _share(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    payload = _payload(args.payload)
+    async with _registry(args, agent) as registry:
+        via = _transport(args)
+        client = _node_client(
+            args, agent, registry, ws=via == "ws" or args.ack, http=via == "http", auto_ack=False
+        )
+        async with client:
+            delivery = await KnowledgeExchange(client, registry).share(
+                args.to, payload, encrypt=not args.plain, requires_ack=args.ack
+            )
+    result: dict[str, Any] = {"message_id": delivery.message_id, "encrypted": not args.plain}
+    if delivery.ack is not None:
+        result["ack"] = delivery.ack.summary()
+    _print(result)
+    return 0
+
+
+async def _task(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    registry = _registry(args, agent) if args.registry_url else None
+    wait = args.task_command == "delegate" and args.wait
+    via = _transport(args)
+    client = _node_client(
+        args, agent, registry, ws=via == "ws" or wait, http=via == "http", auto_ack=True
+    )
+    try:
+        async with client:
+            tasks = TaskDelegation(client)
+            if args.task_command == "delegate":
+                task_id = await tasks.delegate(
+                    args.to,
+                    args.task_type,
+                    _json(args.data, "--data"),
+                    max_duration=args.max_duration,
+                    description=args.description,
+                    required_capabilities=args.capability,
+                    min_trust_level=args.min_trust_level,
+                )
+                _print({"task_id": task_id})
+                if wait:
+                    # The node's own timeout answer ends the wait at the latest.
+                    limit = args.max_duration + 60.0
+                    for update in await tasks.wait(task_id, limit=limit):
+                        _print(update.payload)
+            else:
+                data = _json(args.data, "--data") if args.data is not None else None
+                delivery = await tasks.answer(
+                    args.to,
+                    args.task_id,
+                    args.status,
+                    data=data,
+                    confidence=args.confidence,
+                    reason=args.reason,
+                )
+                _print({"message_id": delivery.message_id, "status": args.status})
+    finally:
+        if registry is not None:
+            await registry.aclose()
+    return 0
+
+
+async def _consensus(args: argparse.Namespace) -> int:
+    agent = _load_agent(args)
+    if args.consensus_command == "vote":
+        registry = _registry(args, agent) if args.registry_url else None
+        via = _transport(args)
+        client = _node_client(args, agent, registry, ws=via == "ws", http=via == "http")
+        try:
+            async with client:
+                delivery = await send_vote(
+                    client,
+                    args.to,
+                    args.consensus_id,
+                    args.choice,
+                    confidence=args.confidence,
+                    rationale=args.rationale,
+                )
+        finally:
+            if registry is not None:
+                await registry.aclose()
+        _print({"message_id": delivery.message_id, "consensus_id": args.consensus_id})
+        return 0
+    async with _registry(args, agent) as registry:
+        client = _node_client(args, agent, registry, ws=True, http=False, auto_ack=True)
+        async with client:
+            runner = ConsensusRoundRunner(
+                client,
+                registry,
+                participants=args.participant,
+                topic=args.topic,
+                options=args.option,
+                deadline=client.now() + args.deadline_in,
+                min_participants=args.min_participants,
+                threshold=args.threshold,
+                weighted=not args.unweighted,
+                min_trust_level=args.min_trust_level,
+                required_domains=args.domain,
+            )
+            await runner.start()
+            _print({"consensus_id": runner.consensus_id, "deadline": runner.payload["deadline"]})
+            await runner.collect()
+            # Past the deadline by a moment: the nodes take results after it.
+            await trio.sleep(max(0.0, runner.round.deadline - client.now()) + 1.0)
+            result = await runner.finish()
+    _print(
+        {
+            "consensus_id": runner.consensus_id,
+            "outcome": result.outcome,
+            "reason": result.reason,
+            "scores": dict(result.scores),
+            "total_weighted_score": result.total_weighted_score,
+            "participants": result.participants,
+            "excluded": list(result.excluded),
+            "refused": [{"voter": v, "reason": r} for v, r in runner.refused],
+        }
+    )
+    return 0
+
+
 async def _stop_on_signal(
     scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -465,6 +705,10 @@ def run(args: argparse.Namespace) -> int:
         "discover": _discover,
         "send": _send,
         "listen": _listen,
+        "pvl": _pvl,
+        "share": _share,
+        "task": _task,
+        "consensus": _consensus,
     }
     try:
         if args.agent_command == "keygen":

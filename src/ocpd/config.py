@@ -568,6 +568,7 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "OCP_MAX_AGENTS": ("registry.max_agents", "int"),
     "OCP_REGISTRY_SESSION_REPORTERS": ("registry.session_reporters", "list"),
     "OCP_TAXONOMY_EXTENSIONS": ("taxonomy.extensions", "list"),
+    "OCP_TRUST_ANCHORS": ("trust.anchors", "list"),
     "OCP_RATE_LIMIT_ENABLED": ("rate_limiting.enabled", "bool"),
     "OCP_CUSTODIAN_KEY_FILE": ("custodian.key_file", "str"),
     "OCP_CUSTODIAN_DEV_MODE": ("custodian.development_mode", "bool"),

@@ -153,6 +153,66 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
             PRIMARY KEY (peer, nonce)
         ) WITHOUT ROWID;
         """,
+        # v6: Layers 3 and 4 (D10). ``tasks`` holds every task this node
+        # routed, with the two limits it enforces (``accept_by``: an accept
+        # or reject is due; ``finish_by``: completion is due); ``notify``
+        # is 1 where the requester is served here, so the timeout
+        # ``task_response`` goes out from this node only. ``consensus_rounds``
+        # keeps each round's ``consensus_initiate`` payload as received and
+        # ``consensus_votes`` each admitted vote as signed. ``knowledge_log``
+        # records each knowledge share the node accepted, never its content.
+        """
+        CREATE TABLE tasks (
+            task_id TEXT PRIMARY KEY,
+            requester TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            bond_id TEXT NOT NULL,
+            task_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            requested_at REAL NOT NULL,
+            accept_by REAL NOT NULL,
+            finish_by REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            notify INTEGER NOT NULL,
+            request_message_id TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX tasks_open ON tasks (requester, receiver) WHERE status IN
+            ('requested', 'accepted', 'in_progress');
+        CREATE TABLE consensus_rounds (
+            consensus_id TEXT PRIMARY KEY,
+            initiator TEXT NOT NULL,
+            initiate TEXT NOT NULL,
+            deadline REAL NOT NULL,
+            status TEXT NOT NULL,
+            outcome TEXT,
+            created_at REAL NOT NULL,
+            resolved_at REAL
+        ) WITHOUT ROWID;
+        CREATE INDEX consensus_rounds_open ON consensus_rounds (deadline)
+            WHERE status = 'open';
+        CREATE TABLE consensus_votes (
+            consensus_id TEXT NOT NULL,
+            voter TEXT NOT NULL,
+            vote TEXT NOT NULL,
+            confidence REAL NOT NULL,
+            digest TEXT NOT NULL,
+            artifact TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (consensus_id, voter)
+        ) WITHOUT ROWID;
+        CREATE TABLE knowledge_log (
+            id INTEGER PRIMARY KEY,
+            message_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            knowledge_type TEXT,
+            knowledge_id TEXT,
+            payload_bytes INTEGER NOT NULL,
+            encrypted INTEGER NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX knowledge_log_at ON knowledge_log (at);
+        """,
     ),
     "registry": (
         """

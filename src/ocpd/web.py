@@ -98,6 +98,24 @@ class Metrics:
         self.active_websockets = Gauge(
             "ocp_active_websockets", "Current WebSocket connections", registry=self.registry
         )
+        self.pvl_rejections = Counter(
+            "ocp_pvl_rejections_total",
+            "PVL rejections by code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.consensus_rounds = Counter(
+            "ocp_consensus_rounds_total",
+            "Consensus rounds by status (resolved, no_consensus, unresolved)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.tasks = Counter(
+            "ocpd_tasks_total",
+            "Task status changes the node recorded, by the new status",
+            ["status"],
+            registry=self.registry,
+        )
         self.rate_limit_hits = Counter(
             "ocp_rate_limit_hits_total",
             "Rate limit rejections",

@@ -255,6 +255,10 @@ class NodeClient:
             self._inbox_send.close()
             await self._http.aclose()
 
+    def now(self) -> float:
+        """The wall clock this client signs timestamps with (epoch seconds)."""
+        return self._wall_clock()
+
     @property
     def connected(self) -> bool:
         session = self._session

@@ -19,6 +19,7 @@ from ocpd.net.carrier import client_context
 from ocpd.net.peers import CAP_RELAY, PeerService
 from ocpd.net.seeds import SeedDirectoryClient
 from ocpd.net.traces import Tracer
+from ocpd.node.collab import Collaboration, Deadlines
 from ocpd.node.directory import HttpDirectory, LedgerDirectory
 from ocpd.node.forward import Forwarder, HttpPoster
 from ocpd.node.http import MessagesEndpoint
@@ -30,6 +31,7 @@ from ocpd.node.store import MessageStore
 from ocpd.node.ws import WebSocketEndpoint
 from ocpd.proto.auth import ReplayWindow
 from ocpd.proto.hosts import is_unspecified_host
+from ocpd.proto.pvl import PvlPolicy
 from ocpd.proto.taxonomy import Taxonomy
 from ocpd.verifier import Verifier, helper_wanted
 
@@ -157,6 +159,32 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         max_payload_bytes=config.knowledge.max_payload_bytes,
         verifier=verifier,
     )
+    deadlines = Deadlines(
+        database=ctx.database,
+        clock=ctx.clock,
+        metrics=ctx.metrics,
+        router=router,
+        directory=directory,
+        key=ctx.identity.key,
+        service_agent=service_agent,
+        clock_skew=t.clock_skew_seconds,
+    )
+    intake.rules = Collaboration(
+        directory=directory,
+        database=ctx.database,
+        clock=ctx.clock,
+        metrics=ctx.metrics,
+        policy=PvlPolicy(
+            max_payload_bytes=config.knowledge.max_payload_bytes,
+            max_epsilon=config.knowledge.max_epsilon,
+        ),
+        router=router,
+        accept_within=config.collaboration.ack_timeout_seconds,
+        default_max_duration=config.collaboration.task_default_timeout_seconds,
+        clock_skew=t.clock_skew_seconds,
+        deadlines=deadlines,
+    )
+    runtime.services.append(deadlines.run)
     sweeper = Sweeper(
         store,
         ctx.clock,

@@ -19,10 +19,14 @@ little and never touches a rate-limit bucket or the dedup window):
    must be registered (OCP-404) and Level 1; a broadcast goes to the
    matching agents local to this node;
 6. rate limits per verified sender (OCP §9, OCP-429 with ``Retry-After``);
+   then, for knowledge, task and consensus messages, the rules of Layers 3
+   and 4 (:mod:`ocpd.node.collab`: trust and bond permissions, the Privacy
+   Validation Layer, task limits, vote admission), whose refusals keep the
+   rate tokens they took;
 7. :meth:`Intake.commit`: dedup by ``message_id`` and one group-commit write
    (dedup row, the exact bytes, one queue row per receiver, an interactions
-   row); only then is the message accepted (D6), and its rows are handed to
-   the router.
+   row, and the Layer 3/4 effect: a task, a vote, a round); only then is
+   the message accepted (D6), and its rows are handed to the router.
 
 Large messages are parsed and verified in a worker thread so that one 16 MiB
 message does not stall every other connection.
@@ -39,6 +43,7 @@ import attrs
 import trio
 
 from ocpd.logs import get_logger, log_event
+from ocpd.node.collab import COLLABORATION_TYPES
 from ocpd.node.store import Accept
 from ocpd.proto import schema
 from ocpd.proto.auth import (
@@ -65,6 +70,7 @@ from ocpd.proto.errors import (
     NotFoundError,
     OcpError,
     PayloadTooLarge,
+    PvlRejection,
     RateLimited,
 )
 from ocpd.proto.ids import broadcast_did, is_broadcast_did, parse_agent_id
@@ -78,6 +84,7 @@ if TYPE_CHECKING:
 
     from ocpd.clock import WallClock
     from ocpd.config import RateLimitingSection
+    from ocpd.node.collab import Collaboration, Ruling
     from ocpd.node.directory import AgentDirectory, AgentInfo
     from ocpd.node.router import Router
     from ocpd.node.store import Accepted, MessageStore
@@ -138,6 +145,8 @@ class Checked:
     broadcast: bool = False
     #: The peer node that handed the message on over a session.
     peer: str | None = None
+    #: What Layers 3 and 4 change when the message is accepted.
+    ruling: Ruling | None = None
 
 
 @attrs.define(eq=False)
@@ -300,6 +309,8 @@ class Intake:
     verifier: Verifier = attrs.Factory(lambda: Verifier(helper=False))
     #: Hands a newly accepted broadcast to the peer nodes (all but the one it came from).
     propagate: Callable[[bytes, str | None], object] | None = None
+    #: Layers 3 and 4 (knowledge, tasks, consensus); without it those pass as plain messages.
+    rules: Collaboration | None = None
     broadcast_id: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -463,6 +474,19 @@ class Intake:
             sender, attempt.message_type or "", broadcast=broadcast, now=trio.current_time()
         )
         sent_at, expires_at = started.sent_at, started.expires_at
+        ruling: Ruling | None = None
+        if self.rules is not None and message["message_type"] in COLLABORATION_TYPES:
+            # Step 6b. A refusal here keeps its rate tokens: the work was done.
+            ruling = await self.rules.check(
+                message,
+                info,
+                receivers,
+                broadcast=broadcast,
+                raw_size=len(started.raw),
+                sent_at=sent_at,
+            )
+            if ruling is not None and ruling.receivers is not None:
+                receivers = ruling.receivers
         verified = VerifiedMessage(
             message=message,
             raw=started.raw,
@@ -482,6 +506,7 @@ class Intake:
             taken,
             broadcast=broadcast,
             peer=started.peer,
+            ruling=ruling,
         )
 
     def _header_check(self, started: Started) -> SignatureCheck | None:
@@ -653,6 +678,7 @@ class Intake:
                 dedup_until=c.dedup_until,
                 recipients=tuple((r.agent_id, self.router.placement(r)) for r in c.receivers),
                 at=now,
+                effect=c.ruling.effect if c.ruling is not None else None,
             )
             for c in batch
         ]
@@ -689,8 +715,13 @@ class Intake:
                 )
             elif result.status == "duplicate":
                 out.append(Outcome(verified.message_id, duplicate=True))
+            elif result.status == "refused":
+                assert result.error is not None  # noqa: S101 - set with the status
+                out.append(result.error)
             else:
                 out.append(Outcome(verified.message_id))
+                if checked.ruling is not None and checked.ruling.after is not None:
+                    checked.ruling.after()
                 if checked.broadcast and self.propagate is not None:
                     # First sight of this broadcast here: on to the other peer
                     # nodes (each one's dedup stops it coming round again).
@@ -719,6 +750,10 @@ class Intake:
         if isinstance(result, Outcome):
             status = "duplicate" if result.duplicate else "accepted"
             code = None
+        elif isinstance(result, PvlRejection):
+            status = "pvl_rejected"
+            code = result.code
+            self.metrics.pvl_rejections.labels(code).inc()
         else:
             status = "rate_limited" if isinstance(result, RateLimited) else "rejected"
             code = result.code

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 
+from ocpd.proto.errors import OcpError
+
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Sequence
@@ -55,6 +57,10 @@ class Accept:
     dedup_until: float
     recipients: tuple[tuple[str, Placement], ...]
     at: float
+    #: What else accepting the message changes (a task, a vote, …), in the same
+    #: transaction; an :class:`~ocpd.proto.errors.OcpError` it raises refuses
+    #: the message and undoes everything stored for it.
+    effect: Callable[[sqlite3.Connection], object] | None = None
 
 
 @attrs.frozen
@@ -62,12 +68,14 @@ class Accepted:
     """The outcome of one :class:`Accept`.
 
     ``status`` is ``accepted`` (new: ``seqs`` are its queue rows, one per
-    recipient in order), ``duplicate`` (same id, same digest: nothing stored)
-    or ``conflict`` (same id, other content).
+    recipient in order), ``duplicate`` (same id, same digest: nothing stored),
+    ``conflict`` (same id, other content) or ``refused`` (its effect raised
+    ``error``: nothing stored).
     """
 
-    status: Literal["accepted", "duplicate", "conflict"]
+    status: Literal["accepted", "duplicate", "conflict", "refused"]
     seqs: tuple[int, ...] = ()
+    error: OcpError | None = None
 
 
 @attrs.frozen
@@ -100,37 +108,52 @@ def accept_txn(conn: sqlite3.Connection, batch: Sequence[Accept]) -> list[Accept
     """Dedup, then store each new message of ``batch``; one outcome per item."""
     out: list[Accepted] = []
     for item in batch:
-        inserted = conn.execute(
-            "INSERT INTO message_ids (message_id, digest, sender, expires_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (message_id) DO NOTHING",
-            (item.message_id, item.digest, item.sender, item.dedup_until),
-        ).rowcount
-        if not inserted:
-            row = conn.execute(
-                "SELECT digest FROM message_ids WHERE message_id = ?", (item.message_id,)
-            ).fetchone()
-            out.append(Accepted("duplicate" if bytes(row[0]) == item.digest else "conflict"))
+        if item.effect is None:
+            out.append(_accept_one(conn, item))
             continue
-        seqs: list[int] = []
-        if item.recipients:
-            body = conn.execute(
-                "INSERT INTO message_bodies (message_id, raw, expires_at) VALUES (?, ?, ?)",
-                (item.message_id, item.raw, item.expires_at),
-            ).lastrowid
-            for receiver, placement in item.recipients:
-                cursor = conn.execute(
-                    "INSERT INTO deliveries "
-                    "(receiver, message_id, body, sender, expires_at, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (receiver, item.message_id, body, item.sender, item.expires_at, placement),
-                )
-                seqs.append(int(cursor.lastrowid or 0))
-        conn.execute(
-            "INSERT INTO interactions (sender, receiver, message_type, at) VALUES (?, ?, ?, ?)",
-            (item.sender, item.receiver, item.message_type, item.at),
-        )
-        out.append(Accepted("accepted", tuple(seqs)))
+        conn.execute("SAVEPOINT effect")
+        try:
+            accepted = _accept_one(conn, item)
+            if accepted.status == "accepted":
+                item.effect(conn)
+        except OcpError as exc:
+            conn.execute("ROLLBACK TO effect")
+            accepted = Accepted("refused", error=exc)
+        conn.execute("RELEASE effect")
+        out.append(accepted)
     return out
+
+
+def _accept_one(conn: sqlite3.Connection, item: Accept) -> Accepted:
+    inserted = conn.execute(
+        "INSERT INTO message_ids (message_id, digest, sender, expires_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (message_id) DO NOTHING",
+        (item.message_id, item.digest, item.sender, item.dedup_until),
+    ).rowcount
+    if not inserted:
+        row = conn.execute(
+            "SELECT digest FROM message_ids WHERE message_id = ?", (item.message_id,)
+        ).fetchone()
+        return Accepted("duplicate" if bytes(row[0]) == item.digest else "conflict")
+    seqs: list[int] = []
+    if item.recipients:
+        body = conn.execute(
+            "INSERT INTO message_bodies (message_id, raw, expires_at) VALUES (?, ?, ?)",
+            (item.message_id, item.raw, item.expires_at),
+        ).lastrowid
+        for receiver, placement in item.recipients:
+            cursor = conn.execute(
+                "INSERT INTO deliveries "
+                "(receiver, message_id, body, sender, expires_at, state) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (receiver, item.message_id, body, item.sender, item.expires_at, placement),
+            )
+            seqs.append(int(cursor.lastrowid or 0))
+    conn.execute(
+        "INSERT INTO interactions (sender, receiver, message_type, at) VALUES (?, ?, ?, ?)",
+        (item.sender, item.receiver, item.message_type, item.at),
+    )
+    return Accepted("accepted", tuple(seqs))
 
 
 def pending_txn(conn: sqlite3.Connection, receiver: str, after: int, limit: int) -> list[Pending]:
