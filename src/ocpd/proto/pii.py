@@ -75,6 +75,10 @@ The patterns are written against catastrophic backtracking: each begins
 with a look-behind that forbids starting inside a run of the characters it
 consumes, and repetition is bounded or possessive, so the work grows with
 the length of the string rather than exploding on crafted input.
+
+:func:`scan` first examines all the text of a large value at once (see
+"prefilter" below) and walks only for the kinds that may be present there;
+the findings are the same as a walk over everything.
 """
 
 from __future__ import annotations
@@ -521,7 +525,8 @@ _PREFILTER_MIN_BYTES: Final = 8192
 #: byte and is shorter than this, so a core that starts in the data is seen
 #: whole without bounds checks.
 _PAD: Final = 64
-_ZEROS: Final = bytes(_PAD)
+# Joined after the last string, it ends the text with _PAD zero bytes.
+_TRAILER: Final = "\x00" * (_PAD - 1)
 #: How far past the data anchors are collected: the longest chain (six IPv6
 #: groups, 30 bytes) started before the end is seen whole, and every check
 #: (at most 16 bytes after an anchor) stays inside the zeros.
@@ -610,11 +615,11 @@ def _digits(first: int, last: int) -> list[_Check]:
 class _Cores:
     """The joined text of a value and the core test of each kind.
 
-    One dense pass finds the bytes every digit-bearing core is anchored on:
-    digits and ``( + . :`` (with the rest of ``( ) * + , - . / 0-9 :``, one
-    range). Each test then starts from its anchors and checks the core one
-    byte offset at a time, keeping only the positions that still match; on
-    ordinary text the candidates run out after a check or two.
+    One dense pass finds the bytes the cores are anchored on: digits and
+    ``( + . : @`` (bytes 40 to 64, one range, so ``) * , - / ; < = > ?``
+    come along). Each test then starts from its anchors and checks the core
+    one byte offset at a time, keeping only the positions that still match;
+    on ordinary text the candidates run out after a check or two.
     """
 
     def __init__(self, data: bytes) -> None:
@@ -807,6 +812,7 @@ def _joined_text(value: object) -> bytes | None:
     if sys.implementation.name != "cpython":
         return None  # gc.get_referents is CPython's traversal
     texts: list[str] = []
+    keys: set[str] = set()  # the same few keys recur in every record
     seen: set[int] = set()
     level: list[object] = [value]
     while level:
@@ -823,14 +829,16 @@ def _joined_text(value: object) -> bytes | None:
                 return None
         for item in level:
             if type(item) is dict:
-                texts.extend(item.keys())
+                keys.update(item)
         level = below
     if type(value) is str:
         texts.append(value)
     elif type(value) not in _CONTAINERS:
         return None
+    texts.extend(keys)
+    texts.append(_TRAILER)
     try:
-        return "\x00".join(texts).encode("utf-8", "surrogatepass") + _ZEROS
+        return "\x00".join(texts).encode("utf-8", "surrogatepass")
     except TypeError:
         return None  # a key that is not a string
 

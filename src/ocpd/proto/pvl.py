@@ -62,6 +62,8 @@ __all__ = [
     "DP_MECHANISMS",
     "ENCODING_WIDTHS",
     "INSIGHT_PROVENANCE",
+    "MAX_EPSILON",
+    "MAX_PAYLOAD_SIZE",
     "MODEL_DELTA_PROVENANCE",
     "RECORD_BYTES",
     "RECORD_REPEAT_LIMIT",
@@ -97,8 +99,10 @@ INSIGHT_PROVENANCE: Final = (
     "reproducibility_hash",
 )
 MODEL_DELTA_PROVENANCE: Final = ("source_agent", "training_samples", "timestamp")
-#: Default bound on a model delta after decompression: six times the largest
-#: payload, room for any honest compression ratio of numeric data.
+#: Default bound on a model delta after decompression. The largest payload
+#: carries at most 7.5 MiB of compressed bytes, so this allows a ratio of
+#: about 8.5: noisy float data compresses to 85-95 % of its size; mostly-zero
+#: sparse updates compress further and may need a larger bound.
 DEFAULT_MAX_DECOMPRESSED_BYTES: Final = 64 * 1024 * 1024
 #: A model delta holding this many consecutive text bytes is refused.
 TEXT_RUN_BYTES: Final = 64
@@ -310,11 +314,13 @@ def _check_provenance(kind: str, payload: Mapping[str, Any]) -> None:
 
 
 def _without_vector(item: object) -> object:
-    if not isinstance(item, dict):
-        return item
-    copy = dict(item)
-    copy.pop("vector", None)
-    return copy
+    if isinstance(item, dict):
+        copy = dict(item)
+        copy.pop("vector", None)
+        return copy
+    if isinstance(item, Mapping):
+        return {k: v for k, v in item.items() if k != "vector"}
+    return item
 
 
 def _without_binary(kind: str, payload: Mapping[str, Any]) -> object:
@@ -348,9 +354,10 @@ def check_differential_privacy(payload: Mapping[str, Any], *, max_epsilon: float
     All of ``mechanism``, ``epsilon``, ``delta`` and ``noise_multiplier``
     are required. The mechanism is one of :data:`DP_MECHANISMS`;
     0 < ε <= ``max_epsilon``; 0 < δ < 1, or 0 <= δ < 1 for the Laplace
-    mechanism (pure ε-DP); δ < 1/n for n = ``provenance.training_samples``
-    > 0, the usual bound under which δ cannot cover leaking one whole
-    record; ``noise_multiplier`` > 0. Every number must be finite.
+    mechanism (pure ε-DP); δ < 1/n when n = ``provenance.training_samples``
+    is positive (the usual requirement: with δ >= 1/n the guarantee would
+    still hold for a mechanism that publishes one of the n records
+    outright); ``noise_multiplier`` > 0. Every number must be finite.
     """
     block = payload.get("differential_privacy")
     field = "$.differential_privacy"
@@ -647,7 +654,10 @@ def encode_vector(values: Sequence[float] | npt.ArrayLike, encoding: str = "floa
     """
     if encoding not in ENCODING_WIDTHS:
         raise ValueError(f"unknown encoding {encoding!r}")
-    array = np.asarray(values, dtype=np.float64)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (OverflowError, TypeError) as exc:
+        raise ValueError("a vector is a sequence of numbers") from exc
     if array.ndim != 1 or not np.isfinite(array).all():
         raise ValueError("a vector is a one-dimensional sequence of finite numbers")
     with np.errstate(over="ignore"):
