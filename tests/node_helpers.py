@@ -218,7 +218,7 @@ async def running_node(
     deadlines: Deadlines | None = None
     if collab:
         deadlines = Deadlines(
-            database=database,
+            store=store,
             clock=clock,
             metrics=metrics,
             router=router,

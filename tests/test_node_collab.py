@@ -18,7 +18,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from conftest import Agent
+from conftest import NETWORK, Agent
 from node_helpers import (
     NODE_KEY,
     SERVICE_AGENT,
@@ -38,6 +38,7 @@ from ocpd.proto.envelope import (
     sign_message,
     verify_message_signature,
 )
+from ocpd.proto.ids import broadcast_did
 from ocpd.proto.pvl import compress_delta, encode_vector
 from ocpd.proto.schema import validate_envelope
 
@@ -293,6 +294,10 @@ async def test_task_requests_the_node_refuses(
         # a Level 2 requester
         node.directory.add(alice, level=2)
         assert await refused(alice, bob, task()) == (403, "OCP-403", "trust_level")
+        # refused requests, also those refused inside the commit, left nothing for bob
+        queued = [m["payload"]["task_id"] for m in await delivered_to(node, bob)]
+        assert len(queued) == 3 and queued[:2] == [first["task_id"], second["task_id"]]
+        assert len(await rows(node, "SELECT 1 FROM tasks")) == 3
 
 
 async def test_task_responses_the_node_refuses(
@@ -312,7 +317,7 @@ async def test_task_responses_the_node_refuses(
         # an unknown task
         unknown = {"task_id": task()["task_id"], "status": "accepted"}
         assert (await send(node, bob, alice.id, "task_response", unknown))[0] == 404
-        # completed straight after in_progress is fine; accepted after accepted is not
+        # accepted once, then accepted again is no transition
         assert (await send(node, bob, alice.id, "task_response", answer))[0] == 202
         status, error = await send(node, bob, alice.id, "task_response", answer)
         assert (status, error["details"]["reason"]) == (400, "bad_transition")
@@ -496,7 +501,9 @@ def model_delta(epsilon: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def share_encrypted(node: Node, sender: Agent, receiver: Agent, payload: Any) -> int:
+async def share_encrypted(
+    node: Node, sender: Agent, receiver: Agent, payload: Any
+) -> tuple[int, str | None]:
     now = node.clock.now()
     unsigned = build_message(
         sender=sender.id, receiver=receiver.id, message_type="knowledge_share",
@@ -505,9 +512,9 @@ async def share_encrypted(node: Node, sender: Agent, receiver: Agent, payload: A
     encrypted = encrypt_payload(unsigned, receiver.key.x25519_public_key())
     body = json.dumps(sign_message(encrypted, sender.key)).encode()
     answer = await post(node.http, body, headers=message_headers(sender, body, now))
-    if answer.status != 202:
-        assert answer.json()["payload"]["error_code"] == "PVL-005"
-    return answer.status
+    if answer.status == 202:
+        return 202, None
+    return answer.status, answer.json()["payload"]["error_code"]
 
 
 async def test_knowledge_passes_the_pvl_under_the_bond(
@@ -548,8 +555,9 @@ async def test_knowledge_passes_the_pvl_under_the_bond(
             "PVL-005",
         )
         # an encrypted share is held to the bond's size limit too (its exact plaintext size)
-        assert await share_encrypted(node, alice, bob, insight(payload={"n": "y" * 3000})) == 413
-        assert await share_encrypted(node, alice, bob, insight()) == 202
+        oversized = insight(payload={"n": "y" * 3000})
+        assert await share_encrypted(node, alice, bob, oversized) == (413, "PVL-005")
+        assert await share_encrypted(node, alice, bob, insight()) == (202, None)
         # a model delta over the epsilon limit, with a bond that allows deltas
         node.directory.bond(
             alice, bob,
@@ -557,6 +565,9 @@ async def test_knowledge_passes_the_pvl_under_the_bond(
         )  # fmt: skip
         assert await share(model_delta(10.5)) == (403, "PVL-003")
         assert await share(model_delta(2.0)) == (202, None)
+        # a bond that switches knowledge off holds for encrypted shares too
+        node.directory.bond(alice, bob, {"knowledge_share": {"enabled": False}})
+        assert await share_encrypted(node, alice, bob, insight()) == (403, "PVL-006")
         # Level 1 receivers and senders are out of knowledge exchange
         assert await share(insight(), to=carol) == (403, "OCP-403")
         status, error = await send(node, carol, alice.id, "knowledge_share", insight())
@@ -576,8 +587,34 @@ async def test_knowledge_passes_the_pvl_under_the_bond(
             c: rejections.labels(c)._value.get()
             for c in ("PVL-001", "PVL-003", "PVL-005", "PVL-006")
         }
-        assert counted == {"PVL-001": 1, "PVL-003": 1, "PVL-005": 2, "PVL-006": 2}
+        assert counted == {"PVL-001": 1, "PVL-003": 1, "PVL-005": 2, "PVL-006": 3}
         refused = node.metrics.messages.labels("knowledge_share", "pvl_rejected")._value.get()
-        assert refused == 8
+        assert refused == 9
         # nothing refused was queued for bob
         assert len(await delivered_to(node, bob)) == 4
+
+
+async def test_a_broadcast_share_reaches_level_2_agents_only(
+    tmp_path: Path, clock: MockClock, alice: Agent, bob: Agent, carol: Agent
+) -> None:
+    async with node_with(tmp_path) as node:
+        node.directory.add(alice, level=2, domains=["finance"])
+        node.directory.add(bob, level=2, domains=["finance"])
+        node.directory.add(carol, level=1, domains=["finance"])
+        node.router.local.update({alice.id, bob.id, carol.id})
+        now = node.clock.now()
+        body = message(
+            alice, broadcast_did(NETWORK), clock_now=now, message_type="knowledge_share",
+            payload=insight(), broadcast=True, metadata={"tags": ["finance"]},
+        )  # fmt: skip
+        answer = await post(node.http, body, headers=message_headers(alice, body, now))
+        assert answer.status == 202
+        assert len(await delivered_to(node, bob)) == 1
+        assert await delivered_to(node, carol) == []
+        # and a model delta, which needs a bond, is refused as unbonded
+        body = message(
+            alice, broadcast_did(NETWORK), clock_now=now, message_type="knowledge_share",
+            payload=model_delta(1.0), broadcast=True, metadata={"tags": ["finance"]},
+        )  # fmt: skip
+        answer = await post(node.http, body, headers=message_headers(alice, body, now))
+        assert (answer.status, answer.json()["payload"]["error_code"]) == (403, "PVL-006")

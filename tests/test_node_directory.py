@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import attrs
@@ -13,8 +14,10 @@ import trio.testing
 from trio.testing import MockClock
 
 from ocpd.client import AgentKey
+from ocpd.client.registry import build_bond
 from ocpd.clock import WallClock
 from ocpd.node.directory import HttpDirectory, LedgerDirectory, registry_base
+from ocpd.proto.artifacts import sign_bond
 from ocpd.proto.auth import ReplayWindow, verify_authorization
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.diddoc import parse_did_document
@@ -48,6 +51,7 @@ class Registry:
         self.requests: list[str] = []
         self.documents: dict[str, dict[str, Any]] = {ALICE.agent_id: ALICE.did_document()}
         self.agents: dict[str, dict[str, Any]] = {ALICE.agent_id: _agent_answer(ALICE)}
+        self.bonds: dict[str, Any] = {}
         self.gate: trio.Event | None = None
         self.down = False
 
@@ -59,7 +63,7 @@ class Registry:
             raise httpx.ConnectError("refused")
         path = request.url.path.removeprefix("/ocp/v1/registry/agents/")
         agent_id, _, rest = path.partition("/")
-        store = self.documents if rest == "did.json" else self.agents
+        store = {"did.json": self.documents, "bonds": self.bonds}.get(rest, self.agents)
         if agent_id not in store:
             return httpx.Response(404, json={"error_code": "OCP-404"})
         return httpx.Response(200, content=json.dumps(store[agent_id]).encode())
@@ -288,3 +292,40 @@ async def test_the_ledger_directory_answers_from_the_current_entry() -> None:
     assert renewed is not None
     assert renewed.endpoints[0]["url"] == "wss://b.example"
     assert renewed.keys == (BOB.key.public_key,)
+
+
+def _bond(first: AgentKey, second: AgentKey) -> dict[str, Any]:
+    bond = build_bond(
+        first.agent_id, second.agent_id,
+        permissions={"knowledge_share": {"enabled": True, "allowed_types": ["insight"]}},
+        now=time.time(),
+    )  # fmt: skip
+    return sign_bond(sign_bond(bond, first.key, first.agent_id), second.key, second.agent_id)
+
+
+async def test_bonds_are_read_checked_and_cached(clock: MockClock) -> None:
+    registry = Registry()
+    directory = registry.directory()
+    carol = AgentKey(SigningKey(bytes([3]) * 32), NETWORK)
+    bond = _bond(ALICE, BOB)
+    registry.bonds[ALICE.agent_id] = {"agent_id": ALICE.agent_id, "bonds": [bond]}
+    path = f"/ocp/v1/registry/agents/{ALICE.agent_id}/bonds"
+    with trio.fail_after(300):
+        found = await directory.bond_between(ALICE.agent_id, BOB.agent_id)
+        assert found is not None and found.bond_id == bond["bond_id"]
+        assert found.permissions == bond["permissions"]
+        assert await directory.bond_between(ALICE.agent_id, carol.agent_id) is None
+        assert registry.requests == [path]  # one answer serves both questions
+        await trio.sleep(30)
+        registry.bonds[ALICE.agent_id] = {"agent_id": ALICE.agent_id, "bonds": []}
+        assert await directory.bond_between(ALICE.agent_id, BOB.agent_id) is None
+        assert registry.requests == [path, path]
+        # an unknown agent has no bonds; a forged or foreign answer is 503
+        assert await directory.bond_between(carol.agent_id, ALICE.agent_id) is None
+        registry.bonds[BOB.agent_id] = {"agent_id": BOB.agent_id, "bonds": [_bond(ALICE, carol)]}
+        with pytest.raises(Unavailable):
+            await directory.bond_between(BOB.agent_id, ALICE.agent_id)
+        dave = AgentKey(SigningKey(bytes([4]) * 32), NETWORK)
+        registry.bonds[dave.agent_id] = {"agent_id": dave.agent_id, "bonds": [{"bond_id": 1}]}
+        with pytest.raises(Unavailable):
+            await directory.bond_between(dave.agent_id, ALICE.agent_id)

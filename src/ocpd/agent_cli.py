@@ -45,13 +45,12 @@ from ocpd.client.collab import (
     KnowledgeExchange,
     TaskDelegation,
     bond_permissions,
-    check_knowledge,
     send_vote,
 )
 from ocpd.identity import IdentityError, read_key_file
 from ocpd.proto.errors import OcpError
 from ocpd.proto.ids import parse_agent_id
-from ocpd.proto.pvl import PvlPolicy
+from ocpd.proto.pvl import PvlPolicy, check_outgoing
 from ocpd.proto.strictjson import loads_strict
 
 if TYPE_CHECKING:
@@ -543,7 +542,7 @@ async def _pvl(args: argparse.Namespace) -> int:
     if args.to:
         async with _registry(args, agent) as registry:
             bond = await bond_permissions(registry, agent.agent_id, args.to)
-    check_knowledge(payload, policy=PvlPolicy(), bond=bond)
+    check_outgoing(payload, policy=PvlPolicy(), bond=bond)
     _print({"status": "passed", "knowledge_type": payload.get("knowledge_type")})
     return 0
 

@@ -32,9 +32,8 @@ import attrs
 
 from ocpd.proto import consensus, schema
 from ocpd.proto.encoding import format_timestamp
-from ocpd.proto.envelope import payload_size
-from ocpd.proto.errors import ForbiddenError, MalformedError, OcpError
-from ocpd.proto.pvl import KnowledgePermissions, PvlPolicy, validate_knowledge
+from ocpd.proto.errors import OcpError
+from ocpd.proto.pvl import KnowledgePermissions, PvlPolicy, check_outgoing
 from ocpd.proto.tasks import TERMINAL
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ __all__ = [
     "TaskDelegation",
     "bond_permissions",
     "cast_vote",
-    "check_knowledge",
     "new_consensus_id",
     "new_task_id",
     "send_vote",
@@ -87,14 +85,6 @@ async def bond_permissions(
     return None
 
 
-def check_knowledge(
-    payload: Mapping[str, Any], *, policy: PvlPolicy, bond: KnowledgePermissions | None
-) -> None:
-    """The schema, then the whole PVL, on a plaintext knowledge payload; raises the refusal."""
-    schema.validate("payload.knowledge_share", payload)
-    validate_knowledge(payload, size=payload_size({"payload": payload}), policy=policy, bond=bond)
-
-
 class KnowledgeExchange:
     """Share and take in knowledge (OCP §5), with the PVL on both sides."""
 
@@ -117,7 +107,7 @@ class KnowledgeExchange:
 
     async def check(self, receiver: str, payload: Mapping[str, Any]) -> None:
         """The checks :meth:`share` makes, without sending: schema, then the PVL."""
-        check_knowledge(payload, policy=self.policy, bond=await self.permissions(receiver))
+        check_outgoing(payload, policy=self.policy, bond=await self.permissions(receiver))
 
     async def share(
         self,
@@ -144,7 +134,7 @@ class KnowledgeExchange:
         payload = received.payload
         knowledge_id = _knowledge_id(payload, received.message_id)
         try:
-            check_knowledge(
+            check_outgoing(
                 payload, policy=self.policy, bond=await self.permissions(received.sender)
             )
         except OcpError as exc:
@@ -462,7 +452,7 @@ class ConsensusRoundRunner:
                 received_at=received.sent_at,
                 already={},
             )
-        except (MalformedError, ForbiddenError, OcpError) as exc:
+        except OcpError as exc:
             self.refused.append((received.sender, str(exc.details.get("reason", exc.code))))
             return False
         if self._digests.get(received.sender) == admitted.digest:

@@ -57,7 +57,7 @@ import attrs
 import trio
 
 from ocpd.logs import get_logger, log_event
-from ocpd.node.store import Accept, accept_txn
+from ocpd.node.store import Accept
 from ocpd.proto import consensus, tasks
 from ocpd.proto.envelope import build_message, message_digest, payload_size, sign_message
 from ocpd.proto.errors import (
@@ -65,9 +65,13 @@ from ocpd.proto.errors import (
     MalformedError,
     NotFoundError,
     OcpError,
-    PvlRejection,
 )
-from ocpd.proto.pvl import KnowledgePermissions, PvlPolicy, validate_knowledge
+from ocpd.proto.pvl import (
+    KnowledgePermissions,
+    PvlPolicy,
+    validate_knowledge,
+    validate_sealed,
+)
 
 if TYPE_CHECKING:
     import sqlite3
@@ -76,6 +80,7 @@ if TYPE_CHECKING:
     from ocpd.clock import WallClock
     from ocpd.node.directory import AgentDirectory, AgentInfo
     from ocpd.node.router import Router
+    from ocpd.node.store import Accepted, MessageStore
     from ocpd.proto.crypto import SigningKey
     from ocpd.storage import Database
     from ocpd.web import Metrics
@@ -222,11 +227,12 @@ class Collaboration:
         payload = message["payload"]
         if isinstance(payload, str):
             size = _encrypted_size(payload)
-            self._encrypted_knowledge(size, bond)
+            validate_sealed(size, policy=self.policy, bond=bond)
             kind: str | None = None
             knowledge_id: str | None = None
         else:
-            limit = min((self.policy.max_payload_bytes, *(() if bond is None else _limit(bond))))
+            # The raw message bounds the payload: measure it only when that could matter.
+            limit, _ = self.policy.limit(bond)
             size = raw_size if raw_size <= limit else payload_size(message)
             if raw_size > OFFLOAD_BYTES:
                 await trio.to_thread.run_sync(self._validate, payload, size, bond, limiter=self.cpu)
@@ -234,6 +240,7 @@ class Collaboration:
                 self._validate(payload, size, bond)
             kind = payload["knowledge_type"]
             knowledge_id = payload.get("insight_id") or payload.get("delta_id")
+        at = self.clock.now()
         rows = [
             (
                 message["message_id"],
@@ -243,7 +250,7 @@ class Collaboration:
                 knowledge_id,
                 size,
                 int(kind is None),
-                self.clock.now(),
+                at,
             )
             for r in (receivers if narrowed is None else narrowed)
         ]
@@ -261,23 +268,6 @@ class Collaboration:
         self, payload: dict[str, Any], size: int, bond: KnowledgePermissions | None
     ) -> None:
         validate_knowledge(payload, size=size, policy=self.policy, bond=bond)
-
-    def _encrypted_knowledge(self, size: int, bond: KnowledgePermissions | None) -> None:
-        """The PVL stages that need no plaintext: the bond's switch and its size limit."""
-        if bond is None:
-            return
-        if bond.max_payload_bytes is not None and size > bond.max_payload_bytes:
-            raise PvlRejection(
-                "the payload exceeds the bond's max_payload_bytes",
-                code="PVL-005",
-                details={"limit": bond.max_payload_bytes},
-            )
-        if not bond.enabled:
-            raise PvlRejection(
-                "the bond does not enable knowledge_share",
-                code="PVL-006",
-                details={"field": "knowledge_share.enabled"},
-            )
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -536,10 +526,6 @@ class Collaboration:
         return Ruling(effect=close, after=count)
 
 
-def _limit(bond: KnowledgePermissions) -> tuple[int, ...]:
-    return () if bond.max_payload_bytes is None else (bond.max_payload_bytes,)
-
-
 @attrs.define(eq=False)
 class Deadlines:
     """Task and round deadlines: a service that wakes when the next one is due.
@@ -551,7 +537,7 @@ class Deadlines:
     so a restart picks up where the node stopped.
     """
 
-    database: Database
+    store: MessageStore
     clock: WallClock
     metrics: Metrics
     router: Router
@@ -568,7 +554,7 @@ class Deadlines:
         self._changed.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        next_due = await self.database.read(_next_due_txn)
+        next_due = await self.store.database.read(_next_due_txn)
         if next_due is not None:
             heapq.heappush(self._wakeups, next_due)
         task_status.started()
@@ -586,7 +572,7 @@ class Deadlines:
     async def sweep(self) -> None:
         """Close everything due now; then plan the next wakeup."""
         now = self.clock.now()
-        due = await self.database.write(lambda conn: _due_txn(conn, now))
+        due = await self.store.database.write(lambda conn: _due_txn(conn, now))
         for task_id, requester in due.timed_out:
             self.metrics.tasks.labels("timeout").inc()
             log_event(log, "task_timeout", task_id=task_id, requester=requester)
@@ -596,7 +582,7 @@ class Deadlines:
             self.metrics.consensus_rounds.labels("unresolved").inc()
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
-        next_due = await self.database.read(_next_due_txn)
+        next_due = await self.store.database.read(_next_due_txn)
         if next_due is not None:
             heapq.heappush(self._wakeups, next_due)
 
@@ -639,11 +625,11 @@ class Deadlines:
             at=now,
         )
 
-        def hand_on(results: list[Any]) -> None:
+        def hand_on(results: list[Accepted]) -> None:
             for seq in results[0].seqs:
                 self.router.notify(info, seq, raw, notice.expires_at, placement)
 
-        await self.database.write(lambda conn: accept_txn(conn, [notice]), then=hand_on)
+        await self.store.accept([notice], then=hand_on)
 
 
 @attrs.frozen

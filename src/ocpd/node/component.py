@@ -160,7 +160,7 @@ def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
         verifier=verifier,
     )
     deadlines = Deadlines(
-        database=ctx.database,
+        store=store,
         clock=ctx.clock,
         metrics=ctx.metrics,
         router=router,

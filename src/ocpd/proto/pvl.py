@@ -78,6 +78,7 @@ __all__ = [
     "decode_vectors",
     "encode_vector",
     "validate_knowledge",
+    "validate_sealed",
 ]
 
 #: Appendix D MAX_PAYLOAD_SIZE and MAX_EPSILON.
@@ -159,6 +160,13 @@ class PvlPolicy:
 
     def tolerance(self, encoding: str) -> float:
         return self.l2_tolerance if encoding == "float32" else self.l2_tolerance_16bit
+
+    def limit(self, bond: KnowledgePermissions | None) -> tuple[int, str]:
+        """The payload size limit in force and whose it is (``node`` or ``bond``)."""
+        if bond is not None and bond.max_payload_bytes is not None:
+            if bond.max_payload_bytes < self.max_payload_bytes:
+                return bond.max_payload_bytes, "bond"
+        return self.max_payload_bytes, "node"
 
 
 @attrs.frozen
@@ -250,6 +258,23 @@ def validate_knowledge(
         )
 
 
+def validate_sealed(size: int, *, policy: PvlPolicy, bond: KnowledgePermissions | None) -> None:
+    """The stages an encrypted payload allows a node: size, then the bond's switch.
+
+    ``size`` is the plaintext's (an AES-GCM ciphertext is exactly as long);
+    the knowledge type is unknown, so only ``knowledge_share.enabled`` of a
+    bond is checked. The receiver runs :func:`validate_knowledge` after
+    decryption.
+    """
+    _check_size(size, policy, bond)
+    if bond is not None and not bond.enabled:
+        raise PvlRejection(
+            "this knowledge needs a bond granting knowledge_share.enabled",
+            code="PVL-006",
+            details={"permission": "knowledge_share.enabled"},
+        )
+
+
 def check_outgoing(
     payload: Mapping[str, Any], *, policy: PvlPolicy, bond: KnowledgePermissions | None
 ) -> int:
@@ -268,9 +293,7 @@ def check_outgoing(
 
 
 def _check_size(size: int, policy: PvlPolicy, bond: KnowledgePermissions | None) -> None:
-    limit, source = policy.max_payload_bytes, "node"
-    if bond is not None and bond.max_payload_bytes is not None and bond.max_payload_bytes < limit:
-        limit, source = bond.max_payload_bytes, "bond"
+    limit, source = policy.limit(bond)
     if size > limit:
         raise PvlRejection(
             f"payload of {size} bytes exceeds the {source} limit of {limit} bytes",
