@@ -891,6 +891,12 @@ def test_values_the_prefilter_cannot_flatten_are_walked() -> None:
     looped: list[Any] = ["x" * 9000, EMAIL]
     looped.append(looped)
     assert [(f.kind, f.path) for f in scan(looped)] == [("email", "$[1]")]
+    deep: Any = EMAIL
+    for _ in range(5000):  # deeper than the pickler goes
+        deep = [deep]
+    assert [(f.kind, f.path) for f in scan({**FILLER, "deep": deep})] == [
+        ("email", "$.deep" + "[0]" * 5000)
+    ]
 
 
 # ------------------------------------------------------------------- fuzzing

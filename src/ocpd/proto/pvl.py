@@ -39,6 +39,7 @@ payload. This module does no I/O and reads no clock.
 
 from __future__ import annotations
 
+import binascii
 import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import numpy as np
+import pybase64
 
 from ocpd.proto import schema
 from ocpd.proto.encoding import b64url_decode, b64url_encode
@@ -430,40 +432,17 @@ def check_differential_privacy(payload: Mapping[str, Any], *, max_epsilon: float
 # ---------------------------------------------------------------------- base64url
 #
 # Embeddings are large (1,000 vectors of 1,536 float32 are 8 MB of base64),
-# so the strings are decoded together with numpy rather than one by one.
-# The text is read two characters at a time (one little-endian uint16) and
-# two 65,536-entry tables map each pair to its bits, placed where they land
-# in the 24 bits of their group: the first pair of a group carries byte 0
-# and the high half of byte 1, the second pair the low half of byte 1 and
-# byte 2. OR-ing the two gives the group's 3 bytes as a little-endian
-# integer, or sets bit 24 when a character is outside the alphabet. Four
-# groups (16 characters) make 12 bytes: three little-endian uint32 words.
-#
-# Every row (one vector) is padded with "A" to a multiple of 16 characters.
-# "A" is zero bits, so the padding decodes to zero bytes after the data,
-# and so do the unused low bits of a final partial group; a row is in
-# canonical form exactly when all bytes after its data are zero.
+# so the strings of a block are joined and decoded in one call of pybase64's
+# SIMD decoder. It accepts "+", "/" and "=" next to the url-safe alphabet,
+# so the joined text is first searched for those; and it ignores the unused
+# low bits of a final partial group, so every row (one vector) is padded
+# with "A" to a multiple of 4 characters. "A" is zero bits: the padding
+# decodes to zero bytes after the data, and so do those unused bits; a row
+# is in canonical form exactly when all bytes after its data are zero.
+# Only when that fast path fails are the strings decoded one by one, to
+# name the first one at fault.
 
-_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_BAD_GROUP: Final = 1 << 24
-
-
-def _pair_tables() -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
-    sextet = np.full(256, -1, dtype=np.int64)
-    sextet[np.frombuffer(_ALPHABET, dtype=np.uint8)] = np.arange(64)
-    pair = np.arange(65536)
-    first, second = sextet[pair & 0xFF], sextet[pair >> 8]
-    valid = (first >= 0) & (second >= 0)
-    bits = (first << 6) | second
-    lead = (bits >> 4) | ((bits & 0xF) << 12)
-    trail = ((bits >> 8) << 8) | ((bits & 0xFF) << 16)
-    return (
-        np.where(valid, lead, _BAD_GROUP).astype(np.uint32),
-        np.where(valid, trail, _BAD_GROUP).astype(np.uint32),
-    )
-
-
-_LEAD, _TRAIL = _pair_tables()
+_NOT_URLSAFE: Final = (b"+", b"/", b"=")
 
 
 def _b64_chars(nbytes: int) -> int:
@@ -471,32 +450,18 @@ def _b64_chars(nbytes: int) -> int:
     return (4 * nbytes + 2) // 3
 
 
-def _decode_rows(text: bytes, rows: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    """Decode ``rows`` equal rows of ``text`` (each a multiple of 16 characters).
-
-    Returns the bytes, one row each, and which rows hold a character outside
-    the alphabet.
-    """
-    pairs = np.frombuffer(text, dtype="<u2").reshape(-1, 8)
-    g0, g1, g2, g3 = (
-        np.take(_LEAD, pairs[:, 2 * k], mode="clip")
-        | np.take(_TRAIL, pairs[:, 2 * k + 1], mode="clip")
-        for k in range(4)
-    )
-    words = np.empty((pairs.shape[0], 3), dtype="<u4")
-    np.left_shift(g1, 24, out=words[:, 0])
-    words[:, 0] |= g0
-    np.right_shift(g1, 8, out=words[:, 1])
-    words[:, 1] |= g2 << 16
-    np.right_shift(g2, 16, out=words[:, 2])
-    words[:, 2] |= g3 << 8
-    g0 |= g1
-    g0 |= g2
-    g0 |= g3
-    bad: npt.NDArray[np.bool_] = np.zeros(rows, dtype=np.bool_)
-    if g0.max(initial=0) >= _BAD_GROUP:
-        bad = np.any((g0 >= _BAD_GROUP).reshape(rows, -1), axis=1)
-    return words.reshape(rows, -1).view(np.uint8), bad
+def _decode_joined(texts: Sequence[str], pad: str) -> bytes | None:
+    """The bytes of ``texts`` each padded with ``pad``, or ``None`` if one is not base64url."""
+    try:
+        joined = (pad.join(texts) + pad).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if any(char in joined for char in _NOT_URLSAFE):
+        return None
+    try:
+        return pybase64.b64decode(joined, altchars=b"-_", validate=True)
+    except binascii.Error:
+        return None
 
 
 def _decode_strings(
@@ -508,26 +473,24 @@ def _decode_strings(
     one that is not strict base64url, and the error naming that one
     (``field(index)`` names the string at ``index``).
     """
-    chars = _b64_chars(nbytes)
-    pad = "A" * (-chars % 16)
-    rows = next((i for i, text in enumerate(texts) if not text.isascii()), len(texts))
-    if rows:
-        decoded, bad = _decode_rows((pad.join(texts[:rows]) + pad).encode("ascii"), rows)
-        spare = decoded[:, nbytes:]
-        failing = np.flatnonzero(bad | spare.any(axis=1)) if spare.size else np.flatnonzero(bad)
-    else:
-        decoded = np.zeros((0, (chars + len(pad)) * 3 // 4), dtype=np.uint8)
-        failing = np.zeros(0, dtype=np.intp)
-    index = int(failing[0]) if failing.size else rows
-    if index == len(texts):
-        return decoded[:, :nbytes], None
-    name = field(index)
-    reason = (
-        "is not in canonical base64url form"
-        if index < rows and not bad[index]
-        else "is not unpadded base64url"
-    )
-    return decoded[:index, :nbytes], MalformedError(f"{name} {reason}", details={"field": name})
+    pad = "A" * (-_b64_chars(nbytes) % 4)
+    raw = _decode_joined(texts, pad)
+    if raw is not None:
+        decoded = np.frombuffer(raw, dtype=np.uint8).reshape(len(texts), -1)
+        if not decoded[:, nbytes:].any():
+            return decoded[:, :nbytes], None
+    rows: list[npt.NDArray[np.uint8]] = []
+    for index, text in enumerate(texts):
+        one = _decode_joined([text], pad)
+        if one is None or any(one[nbytes:]):
+            name = field(index)
+            reason = (
+                "is not unpadded base64url" if one is None else "is not in canonical base64url form"
+            )
+            done = np.array(rows, dtype=np.uint8).reshape(index, nbytes)
+            return done, MalformedError(f"{name} {reason}", details={"field": name})
+        rows.append(np.frombuffer(one, dtype=np.uint8)[:nbytes])
+    return np.array(rows, dtype=np.uint8).reshape(len(texts), nbytes), None
 
 
 def _decode_b64(text: object, field: str) -> npt.NDArray[np.uint8]:
