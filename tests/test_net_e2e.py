@@ -7,7 +7,9 @@ capabilities everywhere, a signal-marker traced across, an encrypted
 message A -> B acked over the sessions, a broadcast that reaches every
 node's agents exactly once, and B killed and restarted: its peers see the
 session lost, fresh handshakes restore it, and what was sent meanwhile
-arrives.
+arrives. Then, over A and B alone: a task delegated from A's agent to B's
+and completed, another that times out, and a consensus round with voters on
+both nodes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,9 @@ import pytest
 import trio
 
 from daemon_process import Daemon, TlsFiles, free_port, run_cli
-from ocpd.client import AgentKey, NodeClient, ReceivedMessage, RegistryClient
+from ocpd.client import AgentKey, MessageRejected, NodeClient, ReceivedMessage, RegistryClient
+from ocpd.client.collab import ConsensusRoundRunner, TaskDelegation, cast_vote
+from ocpd.client.registry import build_bond
 from ocpd.identity import init_identity
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.ids import broadcast_did
@@ -95,6 +100,10 @@ class Peer:
         return [e for e in self.daemon.events() if e.get("event/type") == event]
 
 
+def agent(seed: int) -> AgentKey:
+    return AgentKey(SigningKey(bytes([seed]) * 32), NETWORK)
+
+
 def wait_until(check: Any, timeout: float = 30.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,8 +132,8 @@ def trio_world(tmp_path: Path) -> Iterator[tuple[Peer, Peer, Peer, TlsFiles]]:
         f"peering:\n  ca_file: {tls.ca_file}\n  directory_sync_seconds: 5\n"
         f"  seed_directories: [{directory}]\n"
     )
-    # The agents that exchange knowledge across the nodes need Level 2.
-    anchors = [AgentKey(SigningKey(bytes([seed]) * 32), NETWORK).agent_id for seed in (0x51, 0x52)]
+    # The agents that exchange knowledge and vote across the nodes need Level 2.
+    anchors = [agent(seed).agent_id for seed in (0x51, 0x52, 0x54)]
     a.configure(common + f"trust:\n  anchors: [{', '.join(anchors)}]\n")
     b.configure(
         common + f"  seed_peers:\n    - node_id: {a.node_id}\n      address: {a.peer_url}\n"
@@ -210,10 +219,7 @@ async def test_three_nodes_peer_carry_traffic_and_recover(
     assert received["peer"] == a.node_id and received["signal/kind"] == "ops/hello"
     assert any(e["marker/id"] == marker_id for e in a.traces("signal-marker/sent"))
 
-    alice = AgentKey(SigningKey(b"\x51" * 32), NETWORK)
-    bob = AgentKey(SigningKey(b"\x52" * 32), NETWORK)
-    carol = AgentKey(SigningKey(b"\x53" * 32), NETWORK)
-    dave = AgentKey(SigningKey(b"\x54" * 32), NETWORK)
+    alice, bob, carol, dave = (agent(seed) for seed in (0x51, 0x52, 0x53, 0x54))
     with trio.fail_after(120):
         await register(registry, tls, alice, a.ws_url)
         await register(registry, tls, dave, a.ws_url)
@@ -282,3 +288,121 @@ async def test_three_nodes_peer_carry_traffic_and_recover(
             assert arrived.message_id == later["message_id"]
             assert arrived.payload == INSIGHT
     assert restore_seconds < 15
+
+
+TASK_PERMISSIONS = {
+    "knowledge_share": {"enabled": False},
+    "task_delegate": {"enabled": True, "max_concurrent": 2, "timeout_seconds": 300},
+    "model_delta_share": {"enabled": False},
+}
+
+
+async def bonded(registry_url: str, tls: TlsFiles, first: AgentKey, second: AgentKey) -> None:
+    bond = build_bond(
+        first.agent_id, second.agent_id, permissions=TASK_PERMISSIONS, now=time.time()
+    )
+    async with (
+        RegistryClient(registry_url, first, verify=tls.client_context()) as mine,
+        RegistryClient(registry_url, second, verify=tls.client_context()) as theirs,
+    ):
+        submitted = await mine.submit_bond(theirs.sign_bond(mine.sign_bond(bond)))
+    assert submitted["state"] == "active"
+
+
+async def test_tasks_and_a_round_across_two_peered_nodes(
+    trio_world: tuple[Peer, Peer, Peer, TlsFiles],
+) -> None:
+    a, b, _, tls = trio_world
+    a.start()
+    b.start()
+    registry = f"https://127.0.0.1:{a.ports['registry']}"
+    wait_until(lambda: connected(a, b) and connected(b, a), what="A and B peered")
+    alice, bob, dave = agent(0x51), agent(0x52), agent(0x54)
+    with trio.fail_after(120):
+        await register(registry, tls, alice, a.ws_url)
+        await register(registry, tls, dave, a.ws_url)
+        await register(registry, tls, bob, b.ws_url)
+        await bonded(registry, tls, alice, bob)  # Level 3 both: tasks may flow
+        async with (
+            RegistryClient(registry, alice, verify=tls.client_context()) as alice_registry,
+            client(registry, tls, alice, a) as alice_sdk,
+            client(registry, tls, dave, a) as dave_sdk,
+            client(registry, tls, bob, b) as bob_sdk,
+        ):
+            for sdk in (alice_sdk, dave_sdk, bob_sdk):
+                await sdk.wait_connected()
+            requester, worker = TaskDelegation(alice_sdk), TaskDelegation(bob_sdk)
+
+            # A task from A's agent to B's: accepted, then completed.
+            requests: list[ReceivedMessage] = []
+
+            async def serve(complete: bool) -> None:
+                request = await bob_sdk.receive()
+                assert request.message_type == "task_request"
+                requests.append(request)
+                await worker.respond(request, "accepted")
+                if complete:
+                    await worker.respond(request, "completed", data={"ok": True})
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve, True)
+                task_id = await requester.delegate(
+                    bob.agent_id, "analysis", {"scan": "s-1"}, max_duration=120
+                )
+                updates = await requester.wait(task_id, limit=30)
+            assert [u.status for u in updates] == ["accepted", "completed"]
+            assert updates[-1].payload["result"]["data"] == {"ok": True}
+
+            # Accepted but never completed: A, which serves the requester, says timeout
+            # once; B closed the task too, so the late answer is refused there.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve, False)
+                late_id = await requester.delegate(
+                    bob.agent_id, "analysis", {"scan": "s-2"}, max_duration=2
+                )
+                late = await requester.wait(late_id, limit=30)
+            assert [u.status for u in late] == ["accepted", "timeout"]
+            assert late[-1].payload["task_id"] == late_id
+            assert await receive_all(alice_sdk, quiet=2.0) == []
+            with pytest.raises(MessageRejected) as closed:
+                await worker.respond(requests[-1], "completed", data={"ok": True})
+            assert (closed.value.code, closed.value.details.get("reason")) == (
+                "OCP-403",
+                "task_closed",
+            )
+
+            # A round opened on A with voters on A and B; B's voter votes once.
+            runner = ConsensusRoundRunner(
+                alice_sdk,
+                alice_registry,
+                participants=[bob.agent_id, dave.agent_id],
+                topic="Which scanner settings?",
+                options=["keep", "change"],
+                deadline=time.time() + 6,
+                min_participants=2,
+                threshold=0.5,
+            )
+            await runner.start()
+            refusals: list[str | None] = []
+
+            async def vote(sdk: NodeClient, choice: str, *, again: bool) -> None:
+                initiate = await sdk.receive()
+                assert initiate.message_type == "consensus_initiate"
+                await cast_vote(sdk, initiate, choice, confidence=0.8, rationale="settings")
+                if again:
+                    with pytest.raises(MessageRejected) as second:
+                        await cast_vote(sdk, initiate, "change", confidence=1.0, rationale="x")
+                    refusals.append(second.value.details.get("reason"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(vote, bob_sdk, "keep", again=True))
+                nursery.start_soon(partial(vote, dave_sdk, "keep", again=False))
+                await runner.collect()
+            await trio.sleep(max(0.0, runner.round.deadline - time.time()) + 1.0)
+            result = await runner.finish()
+            assert refusals == ["already_voted"]
+            assert (result.outcome, result.participants) == ("keep", 2)
+            for sdk in (bob_sdk, dave_sdk):
+                announced = await sdk.receive()
+                assert announced.message_type == "consensus_result"
+                assert announced.payload["outcome"] == "keep"
