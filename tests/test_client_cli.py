@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import stat
 import subprocess
 import sys
@@ -13,10 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import trio
 
 from daemon_process import Daemon, TlsFiles, run_cli
-from ocpd.client import AgentKey
+from ocpd.client import AgentKey, RegistryClient
+from ocpd.client.registry import build_bond
+from ocpd.proto.pvl import compress_delta
 
 INSIGHT = {
     "knowledge_type": "insight",
@@ -28,7 +33,20 @@ INSIGHT = {
 }
 
 
-ANCHORS = ("alice", "bob")
+# Level 2 agents (trust anchors): each test that needs some has its own.
+ANCHORS = (
+    "alice",
+    "bob",
+    "sharer",
+    "reader",
+    "requester",
+    "worker",
+    "boss",
+    "helper",
+    "initiator",
+    "voter1",
+    "voter2",
+)
 
 
 class Env:
@@ -290,3 +308,353 @@ def test_pvl_checks_a_payload_without_sending_it(env: Env) -> None:
     assert "PVL-001" in one_error_line(refused)
     no_provenance = env.run("pvl", "--key", key, "--payload", json.dumps(INSIGHT))
     assert "PVL-004" in one_error_line(no_provenance)
+
+
+# --- layers 3 and 4: share, task, consensus ----------------------------------------------
+
+PROVENANCE = {
+    "derived_from": "anonymized_records",
+    "methodology": "cohort_analysis",
+    "timestamp": "2026-03-09T09:00:00Z",
+    "reproducibility_hash": "ab" * 32,
+}
+TEAM = {
+    "knowledge_share": {"enabled": True},
+    "task_delegate": {"enabled": True, "max_concurrent": 2, "timeout_seconds": 300},
+    "model_delta_share": {"enabled": True},
+}
+
+
+def insight_package(source: str, **payload: Any) -> dict[str, Any]:
+    return {
+        **INSIGHT,
+        "payload": payload or INSIGHT["payload"],
+        "provenance": {"source_agent": source, **PROVENANCE},
+    }
+
+
+def model_delta(source: str) -> dict[str, Any]:
+    weights = np.random.default_rng(7).normal(0.0, 0.01, 2048).astype("<f4")
+    return {
+        "knowledge_type": "model_delta",
+        "delta_id": "md-cli-1",
+        "format": "federated_avg",
+        "compression": "gzip",
+        "architecture": {"family": "transformer", "parameter_count": "7B", "target_layers": ["q"]},
+        "differential_privacy": {
+            "mechanism": "gaussian",
+            "epsilon": 2.0,
+            "delta": 1e-6,
+            "noise_multiplier": 1.1,
+        },
+        "payload": compress_delta(weights.tobytes(), "gzip"),
+        "provenance": {
+            "source_agent": source,
+            "training_samples": 50_000,
+            "timestamp": "2026-03-09T09:00:00Z",
+        },
+    }
+
+
+def bond(env: Env, first_key: str, second_key: str, permissions: dict[str, Any]) -> None:
+    """Both agents sign a bond and the first submits it (there is no CLI action for bonds)."""
+    first, second = (AgentKey.load(key, "testnet") for key in (first_key, second_key))
+
+    async def submit() -> None:
+        url = env.env["OCP_REGISTRY_URL"]
+        verify = ssl.create_default_context(cafile=env.env["OCP_CA_FILE"])
+        async with (
+            RegistryClient(url, first, verify=verify) as mine,
+            RegistryClient(url, second, verify=verify) as theirs,
+        ):
+            record = build_bond(
+                first.agent_id, second.agent_id, permissions=permissions, now=first.now()
+            )
+            stored = await mine.submit_bond(theirs.sign_bond(mine.sign_bond(record)))
+            assert stored["levels"][first.agent_id] == 3
+
+    trio.run(submit)
+
+
+def ping(env: Env, key: str, to: str) -> str:
+    """Send a ``discovery_ping`` over HTTPS; its message id."""
+    sent = env.run("send", "--key", key, "--to", to, "--type", "discovery_ping",
+                   "--payload", '{"trust_level": 2}')  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    message_id: str = json.loads(sent.stdout)["message_id"]
+    return message_id
+
+
+def shown(stderr: str) -> list[str]:
+    """The ids of the messages a CLI action showed on stderr (those that came in meanwhile)."""
+    return [json.loads(line)["message_id"] for line in stderr.splitlines()]
+
+
+def start(env: Env, *args: str, **extra: str) -> subprocess.Popen[str]:
+    """``ocpd agent …`` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ocpd", "agent", *args],
+        env={**env.env, **extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def first_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"exited {proc.returncode} before any output: {err}")
+    found: dict[str, Any] = json.loads(line)
+    return found
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[list[dict[str, Any]], str]:
+    """Wait for a background CLI; its remaining stdout as JSON lines, and its stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop(proc)
+    return [json.loads(line) for line in out.splitlines()], err
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def trust_score(env: Env, key: str, agent_id: str) -> float:
+    agent = AgentKey.load(key, "testnet")
+
+    async def ask() -> float:
+        verify = ssl.create_default_context(cafile=env.env["OCP_CA_FILE"])
+        async with RegistryClient(env.env["OCP_REGISTRY_URL"], agent, verify=verify) as registry:
+            return float((await registry.trust(agent_id))["trust_score"])
+
+    return trio.run(ask)
+
+
+def test_share_is_checked_by_the_pvl_then_sent_encrypted(env: Env) -> None:
+    sharer_id, sharer_key = env.agent("sharer", anchor=True)
+    reader_id, reader_key = env.agent("reader", anchor=True)
+    package, delta = insight_package(sharer_id), model_delta(sharer_id)
+    personal = insight_package(sharer_id, contact="jane.doe@example.com")
+    # Refused by the sender's PVL: nothing leaves (the listener sees only what passed).
+    refused = env.run("share", "--key", sharer_key, "--to", reader_id,
+                      "--payload", json.dumps(personal))  # fmt: skip
+    assert "PVL-001" in one_error_line(refused)
+    unbonded = env.run("share", "--key", sharer_key, "--to", reader_id,
+                       "--payload", json.dumps(delta))  # fmt: skip
+    assert "PVL-006" in one_error_line(unbonded)  # model deltas need a bond that allows them
+    bond(env, sharer_key, reader_key, TEAM)
+    checked = env.run("pvl", "--key", sharer_key, "--to", reader_id, "--payload", json.dumps(delta))
+    assert json.loads(checked.stdout) == {"status": "passed", "knowledge_type": "model_delta"}
+    # A message for the sharer, waiting at the node: --ack opens a session, which gets it.
+    waiting = ping(env, reader_key, sharer_id)
+    listener = Listener(env, reader_key, "--count", "2")
+    try:
+        shared = env.run("share", "--key", sharer_key, "--to", reader_id,
+                         "--payload", json.dumps(package), "--ack")  # fmt: skip
+        assert shared.returncode == 0, shared.stderr
+        # readable, so the node runs the PVL on it too
+        plain = env.run("share", "--key", sharer_key, "--to", reader_id,
+                        "--payload", json.dumps(delta), "--plain")  # fmt: skip
+        assert plain.returncode == 0, plain.stderr
+        assert listener.wait() == 0
+    finally:
+        listener.close()
+    results = [json.loads(shared.stdout), json.loads(plain.stdout)]
+    assert [r["encrypted"] for r in results] == [True, False]
+    assert results[0]["ack"]["sender"] == reader_id
+    assert results[0]["ack"]["metadata"]["correlation_id"] == results[0]["message_id"]
+    assert "ack" not in results[1]
+    assert shown(shared.stderr) == [waiting]
+    assert plain.stderr == ""
+    received = listener.lines
+    assert [m["message_id"] for m in received] == [r["message_id"] for r in results]
+    assert [m["encrypted"] for m in received] == [True, False]
+    assert [m["payload"] for m in received] == [package, delta]
+    assert {(m["sender"], m["message_type"]) for m in received} == {(sharer_id, "knowledge_share")}
+
+
+def test_task_delegate_wait_and_answer(env: Env) -> None:
+    requester_id, requester_key = env.agent("requester", anchor=True)
+    worker_id, worker_key = env.agent("worker", anchor=True)
+    bond(env, requester_key, worker_key, TEAM)
+    waiting = ping(env, worker_key, requester_id)  # comes in while the requester waits
+    listener = Listener(env, worker_key, "--count", "1")
+    delegate = start(env, "task", "delegate", "--key", requester_key, "--to", worker_id,
+                     "--task-type", "segmentation", "--data", '{"scan": "scan-0042"}',
+                     "--max-duration", "120", "--capability", "cap:vision:imaging",
+                     "--description", "count the regions", "--wait")  # fmt: skip
+    try:
+        task_id = first_line(delegate)["task_id"]
+        assert listener.wait() == 0
+        [request] = listener.lines
+        answers = []
+        for status, extra in (
+            ("accepted", ()),
+            ("completed", ("--data", '{"regions": 3}', "--confidence", "0.8")),
+        ):
+            answered = env.run("task", "answer", "--key", worker_key, "--to", requester_id,
+                               "--task-id", task_id, "--status", status, *extra)  # fmt: skip
+            assert answered.returncode == 0, answered.stderr
+            answers.append(json.loads(answered.stdout))
+        updates, err = finish(delegate)
+    finally:
+        listener.close()
+        stop(delegate)
+    # the worker got the request as delegated
+    assert (request["sender"], request["message_type"]) == (requester_id, "task_request")
+    assert request["payload"]["task_id"] == task_id
+    assert request["payload"]["input"] == {
+        "format": "application/json",
+        "data": {"scan": "scan-0042"},
+    }
+    assert request["payload"]["constraints"] == {
+        "max_duration_seconds": 120,
+        "required_capabilities": ["cap:vision:imaging"],
+    }
+    assert [a["status"] for a in answers] == ["accepted", "completed"]
+    # the requester printed each update until the task ended, then exited 0
+    assert delegate.returncode == 0, err
+    assert shown(err) == [waiting]
+    assert updates == [
+        {"task_id": task_id, "status": "accepted"},
+        {
+            "task_id": task_id,
+            "status": "completed",
+            "result": {"format": "application/json", "data": {"regions": 3}, "confidence": 0.8},
+        },
+    ]
+    # a closed task takes no more answers
+    late = env.run("task", "answer", "--key", worker_key, "--to", requester_id,
+                   "--task-id", task_id, "--status", "in_progress")  # fmt: skip
+    assert "OCP-403: the task is closed" in one_error_line(late)
+
+
+def test_task_delegate_is_refused_without_a_bond_that_permits_it(env: Env) -> None:
+    boss_id, boss_key = env.agent("boss", anchor=True)
+    helper_id, helper_key = env.agent("helper", anchor=True)
+
+    def delegate(
+        key: str, to: str, *extra: str, **environ: str
+    ) -> subprocess.CompletedProcess[str]:
+        return env.run("task", "delegate", "--key", key, "--to", to, "--task-type", "segmentation",
+                       "--max-duration", "60", *extra, **environ)  # fmt: skip
+
+    # Following a task needs the registry, to verify the answers
+    blind = delegate(boss_key, helper_id, "--wait", OCP_REGISTRY_URL="")
+    assert "--wait needs the registry" in one_error_line(blind)
+    # Level 2 without a bond: task delegation is a Level 3 permission
+    unbonded = delegate(boss_key, helper_id)
+    assert "OCP-403: task delegation needs a Level 3 requester" in one_error_line(unbonded)
+    bond(env, boss_key, helper_key, {**TEAM, "task_delegate": {"enabled": False}})
+    not_permitted = delegate(boss_key, helper_id)
+    assert "OCP-403: the bond does not permit task delegation" in one_error_line(not_permitted)
+    # Level 3 now, but no bond with this receiver
+    sharer_id, _ = env.agent("sharer", anchor=True)
+    stranger = delegate(boss_key, sharer_id)
+    assert "OCP-403: no bond with the receiver" in one_error_line(stranger)
+    # Nothing refused reached the helper: the node delivers in the order it accepted,
+    # so the first message the helper gets is the ping sent after the refusals.
+    sentinel = ping(env, boss_key, helper_id)
+    listener = Listener(env, helper_key, "--count", "1")
+    try:
+        assert listener.wait() == 0
+    finally:
+        listener.close()
+    [first] = listener.lines
+    assert (first["message_id"], first["sender"]) == (sentinel, boss_id)
+
+
+def test_consensus_run_collects_votes_and_announces_the_result(env: Env) -> None:
+    initiator_id, initiator_key = env.agent("initiator", anchor=True)
+    voters = {name: env.agent(name, anchor=True) for name in ("voter1", "voter2")}
+    outsider_id, outsider_key = env.agent("outsider")  # Level 1: not eligible
+    participants = [voters["voter1"][0], voters["voter2"][0], outsider_id]
+    waiting = ping(env, outsider_key, initiator_id)  # not a vote: shown, not counted
+    rounds = start(env, "consensus", "run", "--key", initiator_key,
+                   *(arg for p in participants for arg in ("--participant", p)),
+                   "--topic", "Does marker X predict the response?", "--option", "yes",
+                   "--option", "no", "--deadline-in", "8", "--min-participants", "2",
+                   "--threshold", "0.6", "--min-trust-level", "2")  # fmt: skip
+
+    def vote(key: str, choice: str, confidence: str) -> subprocess.Popen[str]:
+        return start(env, "consensus", "vote", "--key", key, "--to", initiator_id,
+                     "--consensus-id", consensus_id, "--vote", choice,
+                     "--confidence", confidence, "--rationale", "private notes")  # fmt: skip
+
+    try:
+        opened = first_line(rounds)
+        consensus_id = opened["consensus_id"]
+        first = {
+            "voter1": vote(voters["voter1"][1], "yes", "0.9"),
+            "voter2": vote(voters["voter2"][1], "no", "0.2"),
+            "outsider": vote(outsider_key, "yes", "1.0"),
+            "unknown option": vote(voters["voter1"][1], "maybe", "0.5"),
+        }
+        outcomes = {name: (proc, *finish(proc)) for name, proc in first.items()}
+        again = vote(voters["voter2"][1], "yes", "1.0")  # a different second vote
+        outcomes["again"] = (again, *finish(again))
+        tallied, round_err = finish(rounds)
+    finally:
+        stop(rounds)
+    for name in ("voter1", "voter2"):
+        proc, lines, err = outcomes[name]
+        assert proc.returncode == 0, err
+        assert lines[0]["consensus_id"] == consensus_id
+    refusals = {}
+    for name in ("outsider", "unknown option", "again"):
+        proc, lines, err = outcomes[name]
+        assert (proc.returncode, lines) == (1, []), err
+        [refusals[name]] = err.strip().splitlines()
+    assert refusals["outsider"] == "ocpd agent: OCP-403: voter is not eligible in this round"
+    assert refusals["again"].startswith("ocpd agent: OCP-403: ")
+    assert refusals["again"].endswith("already voted in this round")
+    assert refusals["unknown option"].startswith("ocpd agent: OCP-400: ")
+    # the tally: two eligible voters, weighted by trust score and confidence
+    assert rounds.returncode == 0, round_err
+    assert shown(round_err) == [waiting]
+    [result] = tallied
+    assert result["consensus_id"] == consensus_id
+    assert (result["outcome"], result["reason"], result["participants"]) == ("yes", None, 2)
+    scores = {v: trust_score(env, initiator_key, voters[v][0]) for v in ("voter1", "voter2")}
+    assert result["scores"] == {
+        "yes": pytest.approx(0.9 * scores["voter1"]),
+        "no": pytest.approx(0.2 * scores["voter2"]),
+    }
+    assert result["total_weighted_score"] == pytest.approx(sum(result["scores"].values()))
+    assert (result["excluded"], result["refused"]) == ([], [])
+    # a voter got the round, then its result
+    listener = Listener(env, voters["voter1"][1], "--count", "2")
+    try:
+        assert listener.wait() == 0
+    finally:
+        listener.close()
+    initiate, announced = listener.lines
+    assert {initiate["sender"], announced["sender"]} == {initiator_id}
+    assert initiate["message_type"] == "consensus_initiate"
+    assert initiate["payload"]["consensus_id"] == consensus_id
+    assert initiate["payload"]["options"] == ["yes", "no"]
+    assert initiate["payload"]["eligible_agents"] == {"min_trust_level": 2}
+    assert announced["message_type"] == "consensus_result"
+    assert announced["payload"]["outcome"] == "yes"
+    assert len(announced["payload"]["votes"]) == 2
+
+
+def test_consensus_run_needs_a_level_2_initiator(env: Env) -> None:
+    _, key = env.agent("newcomer")
+    voter_id, _ = env.agent("voter1", anchor=True)
+    refused = env.run("consensus", "run", "--key", key, "--participant", voter_id,
+                      "--topic", "t", "--option", "yes", "--option", "no", "--deadline-in", "30",
+                      "--min-participants", "1", "--threshold", "0.5")  # fmt: skip
+    assert "OCP-403: initiating a consensus round needs trust level 2" in one_error_line(refused)
+    reserved = env.run("consensus", "run", "--key", key, "--participant", voter_id,
+                       "--topic", "t", "--option", "yes", "--option", "no_consensus",
+                       "--deadline-in", "30", "--min-participants", "1",
+                       "--threshold", "0.5")  # fmt: skip
+    assert "OCP-400" in one_error_line(reserved)

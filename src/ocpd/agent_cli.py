@@ -56,7 +56,9 @@ from ocpd.proto.strictjson import loads_strict
 if TYPE_CHECKING:
     import argparse
     import ssl
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Iterable
+
+    from ocpd.client.inbox import ReceivedMessage
 
 __all__ = ["add_parser", "run"]
 
@@ -336,6 +338,15 @@ def _print(value: object) -> None:
     print(json.dumps(value, ensure_ascii=False, separators=(",", ":")), flush=True)
 
 
+def _show_others(messages: Iterable[ReceivedMessage]) -> None:
+    """Messages for this agent that came in on an action's session, on stderr.
+
+    The node counts them as delivered, so show them rather than lose them.
+    """
+    for other in messages:
+        print(json.dumps(other.summary(), ensure_ascii=False), file=sys.stderr, flush=True)
+
+
 def _capability(text: str) -> dict[str, Any]:
     if text.lstrip().startswith("{"):
         value = loads_strict(text.encode("utf-8"), max_size=65_536)
@@ -479,10 +490,7 @@ async def _send(args: argparse.Namespace) -> int:
                 ttl=args.ttl,
                 priority=args.priority,
             )
-            # Messages for this agent that came in on this session: the node
-            # counts them as delivered, so show them rather than lose them.
-            for other in client.drain():
-                print(json.dumps(other.summary(), ensure_ascii=False), file=sys.stderr)
+            _show_others(client.drain())
     finally:
         if registry is not None:
             await registry.aclose()
@@ -559,6 +567,7 @@ async def _share(args: argparse.Namespace) -> int:
             delivery = await KnowledgeExchange(client, registry).share(
                 args.to, payload, encrypt=not args.plain, requires_ack=args.ack
             )
+            _show_others(client.drain())
     result: dict[str, Any] = {"message_id": delivery.message_id, "encrypted": not args.plain}
     if delivery.ack is not None:
         result["ack"] = delivery.ack.summary()
@@ -568,8 +577,10 @@ async def _share(args: argparse.Namespace) -> int:
 
 async def _task(args: argparse.Namespace) -> int:
     agent = _load_agent(args)
-    registry = _registry(args, agent) if args.registry_url else None
     wait = args.task_command == "delegate" and args.wait
+    if wait and not args.registry_url:
+        _fail("--wait needs the registry: give --registry-url or set OCP_REGISTRY_URL")
+    registry = _registry(args, agent) if args.registry_url else None
     via = _transport(args)
     client = _node_client(
         args, agent, registry, ws=via == "ws" or wait, http=via == "http", auto_ack=True
@@ -591,8 +602,14 @@ async def _task(args: argparse.Namespace) -> int:
                 if wait:
                     # The node's own timeout answer ends the wait at the latest.
                     limit = args.max_duration + 60.0
-                    for update in await tasks.wait(task_id, limit=limit):
+                    try:
+                        updates = await tasks.wait(task_id, limit=limit)
+                    except TimeoutError:
+                        _show_others(tasks.set_aside)
+                        _fail(f"no final answer for {task_id} within {limit:g} s")
+                    for update in updates:
                         _print(update.payload)
+                    _show_others(tasks.set_aside)
             else:
                 data = _json(args.data, "--data") if args.data is not None else None
                 delivery = await tasks.answer(
@@ -604,6 +621,7 @@ async def _task(args: argparse.Namespace) -> int:
                     reason=args.reason,
                 )
                 _print({"message_id": delivery.message_id, "status": args.status})
+            _show_others(client.drain())
     finally:
         if registry is not None:
             await registry.aclose()
@@ -626,6 +644,7 @@ async def _consensus(args: argparse.Namespace) -> int:
                     confidence=args.confidence,
                     rationale=args.rationale,
                 )
+                _show_others(client.drain())
         finally:
             if registry is not None:
                 await registry.aclose()
@@ -649,7 +668,7 @@ async def _consensus(args: argparse.Namespace) -> int:
             )
             await runner.start()
             _print({"consensus_id": runner.consensus_id, "deadline": runner.payload["deadline"]})
-            await runner.collect()
+            await _collect(client, runner)
             # Past the deadline by a moment: the nodes take results after it.
             await trio.sleep(max(0.0, runner.round.deadline - client.now()) + 1.0)
             result = await runner.finish()
@@ -666,6 +685,20 @@ async def _consensus(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+async def _collect(client: NodeClient, runner: ConsensusRoundRunner) -> None:
+    """:meth:`ConsensusRoundRunner.collect`, showing the messages that are not its votes."""
+    with trio.move_on_after(max(0.0, runner.round.deadline - client.now())):
+        while True:
+            received = await client.receive()
+            if (
+                received.message_type == "consensus_vote"
+                and received.payload.get("consensus_id") == runner.consensus_id
+            ):
+                await runner.offer(received)
+            else:
+                _show_others([received])
 
 
 async def _stop_on_signal(
