@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from daemon_process import TlsFiles
@@ -21,6 +22,7 @@ from ocpd.client import (
     MessageRejected,
     NodeClient,
     ReceivedMessage,
+    RegistryClient,
 )
 from ocpd.proto.crypto import SigningKey
 
@@ -203,3 +205,11 @@ def test_plaintext_is_refused_except_to_loopback(tmp_path: Path) -> None:
     NodeClient(agent, resolve_did=directory.resolve_did, ws_url="ws://127.0.0.1:8421")
     with pytest.raises(ValueError, match="ws_url, http_url"):
         NodeClient(agent, resolve_did=directory.resolve_did)
+
+
+async def test_registry_client_takes_a_ca_file_path(tls: TlsFiles) -> None:
+    # httpx deprecates a path as ``verify``; the client builds its own TLS 1.3 context.
+    agent = AgentKey(SigningKey(b"\x01" * 32), NETWORK)
+    async with RegistryClient("https://127.0.0.1:1", agent, verify=str(tls.ca_file)) as registry:
+        with pytest.raises(httpx.ConnectError):
+            await registry.resolve_did(agent.agent_id)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ocpd.client.bonds import bond_revoke
+from ocpd.client.websocket import client_ssl_context
 from ocpd.proto.artifacts import sign_bond, vouch_digest
 from ocpd.proto.auth import build_authorization
 from ocpd.proto.encoding import format_timestamp
@@ -76,7 +77,7 @@ class RegistryClient:
     ) -> None:
         self.agent = agent
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), verify=verify, timeout=timeout
+            base_url=base_url.rstrip("/"), verify=client_ssl_context(verify), timeout=timeout
         )
 
     async def __aenter__(self) -> RegistryClient:
