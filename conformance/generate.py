@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, peer
+import numpy as np
+
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, peer, shamir
 from ocpd.proto.crypto import (
     SigningKey,
     X25519KeyPair,
@@ -1254,6 +1257,232 @@ def _session_frames(
     return frames
 
 
+# --- shamir.json --------------------------------------------------------------------
+
+
+def _fixed_random(randomness: bytes) -> Callable[[int], bytes]:
+    """A randomness source that must be asked for exactly ``randomness``, once."""
+    calls: list[int] = []
+
+    def random(size: int) -> bytes:
+        assert not calls, "split asks for its randomness once"
+        assert size == len(randomness), "randomness of the documented length"
+        calls.append(size)
+        return randomness
+
+    return random
+
+
+def _wire_share(share: shamir.Share) -> Json:
+    return {"share_index": share.index, "share_data": shamir.encode_share_data(share)}
+
+
+def _shamir_split_case(
+    name: str,
+    description: str,
+    party: Party,
+    threshold: int,
+    total: int,
+    subsets: list[list[int]],
+    randomness: bytes | None = None,
+) -> Json:
+    secret = party.seed
+    length = len(secret)
+    if randomness is None:
+        randomness = label_bytes(f"shamir/{name}", (threshold - 1) * length)
+    shares = shamir.split(secret, threshold, total, random=_fixed_random(randomness))
+    by_index = {share.index: share for share in shares}
+    checked: list[Json] = []
+    for indices in subsets:
+        combined = shamir.combine([by_index[i] for i in indices])
+        equals = combined == secret
+        assert equals or len(indices) < threshold, "every t-subset recovers the secret"
+        checked.append(
+            {"share_indices": indices, "combined": combined.hex(), "equals_secret": equals}
+        )
+    return {
+        "name": name,
+        "kind": "split",
+        "description": description,
+        "secret": secret.hex(),
+        "public_key": party.public_key.hex(),
+        "agent_id": party.agent_id,
+        "key_fingerprint": key_fingerprint(party.public_key),
+        "threshold": threshold,
+        "total_shares": total,
+        "randomness": randomness.hex(),
+        "coefficients": [
+            randomness[k * length : (k + 1) * length].hex() for k in range(threshold - 1)
+        ],
+        "shares": [_wire_share(share) for share in shares],
+        "subsets": checked,
+    }
+
+
+def _subsets(total: int, smallest: int = 2) -> list[list[int]]:
+    indices = range(1, total + 1)
+    return [
+        list(chosen)
+        for size in range(smallest, total + 1)
+        for chosen in itertools.combinations(indices, size)
+    ]
+
+
+def _shamir_field_case() -> Json:
+    products = [
+        (0x53, 0xCA),  # inverses of each other
+        (0x57, 0x83),  # FIPS 197 §4.2
+        (0x57, 0x13),  # FIPS 197 §4.2.1
+        (0x02, 0x80),  # x * x^7 = x^8, reduced
+        (0x80, 0x80),
+        (0xFF, 0xFF),
+        (0x00, 0xA7),
+        (0x01, 0xA7),
+    ]
+    values = np.arange(256, dtype=np.uint8)
+    inverses = shamir.gf_inv(values)
+    assert all(shamir.gf_mul(values[1:], inverses[1:]) == 1)
+    return {
+        "name": "gf256-arithmetic",
+        "kind": "field",
+        "description": "GF(2^8) modulo x^8 + x^4 + x^3 + x + 1: products, and the inverse "
+        "of every byte (0 has none; the table gives 0 for it).",
+        "polynomial": f"{shamir.POLYNOMIAL:03x}",
+        "products": [
+            {"a": f"{a:02x}", "b": f"{b:02x}", "product": f"{int(shamir.gf_mul(a, b)):02x}"}
+            for a, b in products
+        ],
+        "inverse_table": inverses.tobytes().hex(),
+    }
+
+
+def _shamir_invalid_split(
+    name: str, threshold: int, total: int, reason: str, secret: bytes = ALICE.seed
+) -> Json:
+    try:
+        shamir.split(secret, threshold, total, random=_fixed_random(b""))
+    except MalformedError:
+        pass
+    else:  # pragma: no cover - the generator only publishes real refusals
+        raise AssertionError(f"{name} was accepted")
+    return {
+        "name": name,
+        "kind": "invalid-split",
+        "secret": secret.hex(),
+        "threshold": threshold,
+        "total_shares": total,
+        "reason": reason,
+    }
+
+
+def _shamir_invalid_combine(name: str, shares: list[Json], reason: str) -> Json:
+    parsed = [
+        shamir.Share(s["share_index"], b64url_decode(s["share_data"], field="share_data"))
+        for s in shares
+    ]
+    try:
+        shamir.combine(parsed)
+    except MalformedError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError(f"{name} was accepted")
+    return {"name": name, "kind": "invalid-combine", "shares": shares, "reason": reason}
+
+
+def shamir_vectors() -> Json:
+    dealt = _shamir_split_case(
+        "seed-3-of-5",
+        "The recommended defaults (t = 3, n = 5) for alice's signing key: every subset of "
+        "2 to 5 shares, the 3-subsets and larger recover the seed.",
+        ALICE,
+        3,
+        5,
+        _subsets(5),
+    )
+    cases = [
+        _shamir_field_case(),
+        dealt,
+        _shamir_split_case(
+            "seed-2-of-3",
+            "The smallest parameters allowed (t = 2, n = 3).",
+            BOB,
+            2,
+            3,
+            _subsets(3),
+        ),
+        _shamir_split_case(
+            "seed-5-of-5",
+            "t = n: only all five shares recover the seed.",
+            CAROL,
+            5,
+            5,
+            _subsets(5, smallest=4),
+        ),
+        _shamir_split_case(
+            "seed-16-of-255",
+            "The largest number of shares, x up to 255.",
+            ALICE_KEY_2,
+            16,
+            255,
+            [
+                list(range(1, 17)),
+                list(range(240, 256)),
+                list(range(1, 256, 16)),
+                list(range(255, 0, -16)),
+                list(range(1, 256)),
+                list(range(241, 256)),
+            ],
+        ),
+        _shamir_split_case(
+            "zero-coefficients",
+            "Coefficients are uniform over all 256 values, the leading one included: with all "
+            "of them 0 every share is the seed itself (so here even 2 shares interpolate to it).",
+            ALICE,
+            3,
+            5,
+            [[1, 2, 3], [3, 4, 5], [2, 5]],
+            randomness=bytes(64),
+        ),
+    ]
+    cases += [
+        _shamir_invalid_split("invalid-threshold-1", 1, 5, "a threshold of 1 is prohibited"),
+        _shamir_invalid_split("invalid-threshold-0", 0, 5, "the threshold is at least 2"),
+        _shamir_invalid_split("invalid-threshold-above-total", 6, 5, "t must not exceed n"),
+        _shamir_invalid_split("invalid-total-2", 2, 2, "n is at least 3"),
+        _shamir_invalid_split("invalid-total-256", 3, 256, "n is at most 255"),
+        _shamir_invalid_split("invalid-empty-secret", 3, 5, "nothing to share", secret=b""),
+    ]
+    one, two, three = dealt["shares"][:3]
+    short = {"share_index": 3, "share_data": b64url_encode(label_bytes("shamir/short", 31))}
+    cases += [
+        _shamir_invalid_combine("invalid-no-shares", [], "nothing to interpolate"),
+        _shamir_invalid_combine("invalid-one-share", [one], "at least 2 shares"),
+        _shamir_invalid_combine(
+            "invalid-duplicate-index", [one, two, three, two], "share_index 2 twice (same data)"
+        ),
+        _shamir_invalid_combine(
+            "invalid-duplicate-index-other-data",
+            [one, two, three | {"share_index": 2}],
+            "share_index 2 twice (different data)",
+        ),
+        _shamir_invalid_combine(
+            "invalid-zero-index",
+            [one, two, three | {"share_index": 0}],
+            "x = 0 is where the secret sits",
+        ),
+        _shamir_invalid_combine(
+            "invalid-index-256", [one, two, three | {"share_index": 256}], "x is a byte: 1..255"
+        ),
+        _shamir_invalid_combine("invalid-mixed-lengths", [one, two, short], "31 and 32 bytes"),
+    ]
+    return _file(
+        "Shamir secret sharing of Ed25519 seeds over GF(2^8) (OCP §8.3, D9): AES polynomial "
+        "0x11B, x = share_index 1..n, share_data = base64url of the y-bytes; coefficients "
+        "from fixed randomness; Lagrange interpolation at 0.",
+        cases,
+    )
+
+
 # --- assembly -----------------------------------------------------------------------
 
 BUILDERS: Final[dict[str, Callable[[], Json]]] = {
@@ -1266,6 +1495,7 @@ BUILDERS: Final[dict[str, Callable[[], Json]]] = {
     "payload-encryption.json": encryption_vectors,
     "artifacts.json": artifact_vectors,
     "networking.json": networking_vectors,
+    "shamir.json": shamir_vectors,
 }
 
 

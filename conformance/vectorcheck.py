@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, schema
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, schema, shamir
 from ocpd.proto.crypto import (
     SigningKey,
     aes256gcm_decrypt,
@@ -750,6 +750,97 @@ def _not_session(case: Case) -> bool:
     return not _is_session(case)
 
 
+# --- shamir.json -------------------------------------------------------------------------------
+
+
+def _clmul_mod(a: int, b: int, polynomial: int) -> int:
+    """Schoolbook GF(2^8) product, bit by bit: a check of the field independent of ``shamir``."""
+    product = 0
+    for bit in range(8):
+        if b >> bit & 1:
+            product ^= a << bit
+    for bit in range(14, 7, -1):
+        if product >> bit & 1:
+            product ^= polynomial << (bit - 8)
+    return product
+
+
+def _shamir_field(case: Case) -> None:
+    polynomial = int(case["polynomial"], 16)
+    expect(polynomial == shamir.POLYNOMIAL == 0x11B, "polynomial is not x^8+x^4+x^3+x+1")
+    for entry in case["products"]:
+        a, b, product = (int(entry[k], 16) for k in ("a", "b", "product"))
+        expect(_clmul_mod(a, b, polynomial) == product, f"{a:02x} * {b:02x} differs")
+        expect(int(shamir.gf_mul(a, b)) == product, f"gf_mul({a:02x}, {b:02x}) differs")
+    table = bytes.fromhex(case["inverse_table"])
+    expect(len(table) == 256 and table[0] == 0, "inverse_table is 256 bytes, 0 for 0")
+    for value in range(1, 256):
+        expect(_clmul_mod(value, table[value], polynomial) == 1, f"inverse of {value:02x}")
+    expect(shamir.gf_inv(bytes(range(256))).tobytes() == table, "gf_inv differs from the table")
+
+
+def _shamir_split(case: Case) -> None:
+    secret = bytes.fromhex(case["secret"])
+    threshold, total = case["threshold"], case["total_shares"]
+    length = len(secret)
+    randomness = bytes.fromhex(case["randomness"])
+    expect(len(randomness) == (threshold - 1) * length, "randomness is (t - 1) * len(secret)")
+    coefficients = [bytes.fromhex(c) for c in case["coefficients"]]
+    expect(b"".join(coefficients) == randomness, "coefficients are not the randomness in order")
+    expect(all(len(c) == length for c in coefficients), "a coefficient row per power of x")
+    public_key = _key(case["secret"], case["public_key"])
+    _derives(case["agent_id"], public_key)
+    expect(key_fingerprint(public_key) == case["key_fingerprint"], "key_fingerprint differs")
+
+    shares = [shamir.decode_share(s["share_index"], s["share_data"]) for s in case["shares"]]
+    expect([s.index for s in shares] == list(range(1, total + 1)), "share_index is 1..n")
+    for share in shares:  # f(x) = secret + sum of coefficient_k * x^k, byte by byte
+        y, power = bytearray(secret), 1
+        for row in coefficients:
+            power = _clmul_mod(power, share.index, shamir.POLYNOMIAL)
+            for i, coefficient in enumerate(row):
+                y[i] ^= _clmul_mod(coefficient, power, shamir.POLYNOMIAL)
+        expect(bytes(y) == share.data, f"share {share.index} is not f({share.index})")
+    wire = [
+        {"share_index": s.index, "share_data": shamir.encode_share_data(s)}
+        for s in shamir.split(secret, threshold, total, random=lambda _: randomness)
+    ]
+    expect(wire == case["shares"], "split with this randomness gives other shares")
+
+    by_index = {share.index: share for share in shares}
+    for subset in case["subsets"]:
+        indices = subset["share_indices"]
+        combined = shamir.combine([by_index[i] for i in indices])
+        expect(combined.hex() == subset["combined"], f"combine({indices}) differs")
+        expect((combined == secret) == subset["equals_secret"], f"equals_secret of {indices}")
+        expect(len(indices) < threshold or combined == secret, f"{indices} does not recover")
+    sizes = {len(subset["share_indices"]) for subset in case["subsets"]}
+    expect(threshold in sizes, "no subset of exactly the threshold")
+
+
+def _shamir_case(case: Case, _: Json) -> None:
+    kind = case["kind"]
+    if kind == "field":
+        _shamir_field(case)
+    elif kind == "split":
+        _shamir_split(case)
+    elif kind == "invalid-split":
+        secret = bytes.fromhex(case["secret"])
+        expect_rejected(
+            MalformedError,
+            lambda: shamir.split(secret, case["threshold"], case["total_shares"]),
+            f"t = {case['threshold']}, n = {case['total_shares']}, {len(secret)}-byte secret",
+        )
+    elif kind == "invalid-combine":
+        shares = [
+            shamir.Share(s["share_index"], b64url_decode(s["share_data"], field="share_data"))
+            for s in case["shares"]
+        ]
+        expect_rejected(MalformedError, lambda: shamir.combine(shares), "the share set")
+    else:
+        raise VectorMismatch(f"unknown kind {kind!r}")
+
+
 #: Each vector file's case checks, with the cases each one covers.
 CASE_CHECKS: Final[
     dict[str, tuple[tuple[Callable[[Case, Json], None], Callable[[Case], bool]], ...]]
@@ -763,6 +854,7 @@ CASE_CHECKS: Final[
     "artifacts.json": ((_artifact_case, _any),),
     "did-key.json": ((_did_key_case, _any),),
     "networking.json": ((_net_case, _not_session), (_session_case, _is_session)),
+    "shamir.json": ((_shamir_case, _any),),
 }
 
 
@@ -800,4 +892,5 @@ VECTOR_CHECKS: Final[dict[str, Callable[[Path], VectorOutcome]]] = {
     "NET-VEC-001": _runner("did-key.json", _did_key_case),
     "NET-VEC-002": _runner("networking.json", _net_case, _not_session),
     "NET-VEC-003": _runner("networking.json", _session_case, _is_session),
+    "OCP-CORE-VEC-SHAMIR-001": _runner("shamir.json", _shamir_case),
 }

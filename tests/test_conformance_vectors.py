@@ -51,6 +51,7 @@ EXPECTED_FILES = [
     "message-signing.json",
     "networking.json",
     "payload-encryption.json",
+    "shamir.json",
     "ws-auth.json",
 ]
 
