@@ -6,6 +6,9 @@ Example::
         --custodian https://127.0.0.1:8423 --level core --ca-file ca.pem \\
         --report-json conformance/results/report.json --junit conformance/results/junit.xml
 
+For ``--level knowledge`` or ``full`` add ``--anchor-keys FILE`` (keys of trust
+anchors of the target registry, see ``conformance/README.md``).
+
 Exit status: 0 when every MUST requirement of the level passed, 1 when one
 did not (failed or not tested), 2 for a usage error.
 """
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from conformance.collab import TASK_ACCEPT_WINDOW, read_anchor_keys
 from conformance.report import format_table, write_json, write_junit
 from conformance.requirements import LEVELS
 from conformance.suite import SUITE_VERSION, VECTORS_DIR, SuiteConfig, Targets, run_suite
@@ -97,13 +101,46 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vectors", type=Path, metavar="DIR", help="vector directory (default: the bundled one)"
     )
+    parser.add_argument(
+        "--anchor-keys",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="keys of trust anchors of the target registry, for the knowledge and full levels: "
+        "one unpadded base64url Ed25519 seed per line (# comments), or an `ocpd agent keygen` "
+        "key file (repeatable); without enough of them those checks are not_tested",
+    )
+    parser.add_argument(
+        "--task-accept-window",
+        type=_seconds,
+        default=TASK_ACCEPT_WINDOW,
+        metavar="S",
+        help="how long a task's receiver has to accept it before the node times it out "
+        f"(default: {TASK_ACCEPT_WINDOW:g}, OCP §6.1.3)",
+    )
     return parser
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"not between 0 and 3600 seconds: {value!r}")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.ca_file is not None and not args.ca_file.is_file():
         print(f"--ca-file: no such file: {args.ca_file}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        anchor_keys = read_anchor_keys(args.anchor_keys)
+    except ValueError as exc:
+        print(f"--anchor-keys: {exc}", file=sys.stderr)
         return EXIT_USAGE
     targets = Targets(
         node=args.node,
@@ -120,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_timeout=args.timeout,
         vectors_dir=args.vectors or VECTORS_DIR,
         route_listener=args.route_listener,
+        anchor_keys=anchor_keys,
+        task_accept_window=args.task_accept_window,
     )
     report = trio.run(run_suite, config)
     # Files first: a closed stdout must not cost the reports.

@@ -16,7 +16,10 @@ keys, registers the agents it needs on the network the registry reports in
 they run against any OCP registry, and they leave nothing behind that another
 check depends on. Fresh agents are Level 1 (a verified DID and an endpoint,
 D7); nothing a black-box client can do lifts them higher, so the Level 2
-rules are observed from the refusals a Level 1 agent gets.
+rules are observed here from the refusals a Level 1 agent gets. (Only with
+the keys of the registry's trust anchors, ``--anchor-keys``, can the suite
+have agents vouched to Level 2: :mod:`conformance.collab` does, for the
+knowledge and collaboration checks.)
 """
 
 from __future__ import annotations
@@ -119,6 +122,11 @@ class Probe:
     #: The node's peer endpoint (``wss://…/ocp/v1/peer``) when given explicitly; by
     #: default the peer checks derive it from the node's WebSocket listener.
     peer_url: str | None = None
+    #: Keys of agents the target registry trusts as anchors (``--anchor-keys``): the
+    #: knowledge and collaboration checks need them to lift probe agents to Level 2.
+    anchor_keys: tuple[SigningKey, ...] = ()
+    #: How long a task's receiver has to accept or reject it (OCP §6.1.3: 30 s).
+    task_accept_window: float = 30.0
 
     async def get(self, component: Component, path: str) -> HttpResponse:
         url = endpoint_url(component.url, path)
@@ -511,13 +519,19 @@ class ProbeAgent:
         )
 
 
-def unsigned_bond(first: str, second: str, *, days: int = 180) -> dict[str, Any]:
+def unsigned_bond(
+    first: str,
+    second: str,
+    *,
+    days: int = 180,
+    permissions: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """A bond record (OCP §4.3.2) without signatures; each party adds its own."""
     now = time.time()
     return {
         "bond_id": new_prefixed_uuid("bond"),
         "agents": [first, second],
-        "permissions": BOND_PERMISSIONS,
+        "permissions": dict(BOND_PERMISSIONS if permissions is None else permissions),
         "established_at": format_timestamp(now),
         "expires_at": format_timestamp(now + days * DAY),
         "renewal": "manual",

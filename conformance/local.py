@@ -6,9 +6,12 @@
    port), peering on (``/ocp/v1/peer`` for the peer checks), a temporary
    data directory and its own minimal config file (so no system
    configuration or ``OCP_*`` variable of the caller leaks in).
+   Three fresh Ed25519 keys are its registry's trust anchors
+   (``OCP_TRUST_ANCHORS``, on network ``mainnet``, ocpd's default); their
+   seeds go to ``anchors.keys`` in the temporary directory.
 3. Its JSON ``ready`` line names the listener URLs; the suite runs against
-   them as a separate process (``python -m conformance ... --ca-file``),
-   exactly as it would against a remote node, and writes
+   them as a separate process (``python -m conformance ... --ca-file
+   --anchor-keys``), exactly as it would against a remote node, and writes
    ``<out>/report.json`` and ``<out>/junit.xml``.
 4. ocpd is stopped with SIGTERM (killed if it does not stop); its log is kept
    in ``<out>/ocpd.log``.
@@ -30,14 +33,27 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 import trustme
 
+from conformance.collab import DEFAULT_VOUCH_THRESHOLD, anchor_keys_text
 from conformance.process import ProcessFailed, ReadyProcess
 from conformance.requirements import LEVELS
 from conformance.suite import Targets
+from ocpd.proto.crypto import SigningKey
+from ocpd.proto.ids import derive_agent_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["TlsFiles", "main", "ocpd_process", "targets_from_ready", "write_tls_files"]
+__all__ = [
+    "ANCHOR_COUNT",
+    "LOCAL_NETWORK",
+    "TlsFiles",
+    "anchor_env",
+    "main",
+    "ocpd_process",
+    "targets_from_ready",
+    "write_anchor_keys",
+    "write_tls_files",
+]
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS_DIR: Final = ROOT / "conformance" / "results"
@@ -45,6 +61,11 @@ EXIT_HARNESS: Final = 2
 CONFIG_TEXT: Final = (
     "# conformance.local: built-in defaults, JSON logs\nnode:\n  log_format: json\n"
 )
+#: The daemon's network (ocpd's default, named so that the anchors' ids derive on it).
+LOCAL_NETWORK: Final = "mainnet"
+#: Trust anchors of the local registry: as many as its vouch threshold, the fewest the
+#: knowledge and collaboration checks need.
+ANCHOR_COUNT: Final = DEFAULT_VOUCH_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -68,17 +89,32 @@ def write_tls_files(directory: Path) -> TlsFiles:
     return files
 
 
+def write_anchor_keys(path: Path, keys: Sequence[SigningKey]) -> Path:
+    """An ``--anchor-keys`` file of ``keys``, mode 0600 (the seeds are secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(anchor_keys_text(keys), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def anchor_env(keys: Sequence[SigningKey], network: str = LOCAL_NETWORK) -> dict[str, str]:
+    """The daemon's environment that makes ``keys`` its registry's trust anchors."""
+    anchors = ",".join(derive_agent_id(key.public_key, network) for key in keys)
+    return {"OCP_NETWORK": network, "OCP_TRUST_ANCHORS": anchors}
+
+
 def ocpd_process(
     workdir: Path,
     *,
     tls: TlsFiles | None,
     extra_env: Mapping[str, str] | None = None,
     name: str = "ocpd",
+    config_text: str = CONFIG_TEXT,
 ) -> ReadyProcess:
     """``ocpd run --component all`` on ports 0 with its data and config under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "ocpd.yml"
-    config.write_text(CONFIG_TEXT, encoding="utf-8")
+    config.write_text(config_text, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCP_")}
     env.update(
         {
@@ -113,8 +149,12 @@ def targets_from_ready(ready: Mapping[str, Any]) -> Targets:
     )
 
 
-def _suite_command(targets: Targets, ca: Path, level: str, out: Path) -> list[str]:
+def _suite_command(
+    targets: Targets, ca: Path, level: str, out: Path, anchors: Path | None
+) -> list[str]:
     command = [sys.executable, "-m", "conformance", "--level", level, "--ca-file", str(ca)]
+    if anchors is not None:
+        command += ["--anchor-keys", str(anchors)]
     command += ["--node", targets.node, "--registry", targets.registry]
     command += ["--custodian", targets.custodian]
     if targets.node_ws:
@@ -125,7 +165,9 @@ def _suite_command(targets: Targets, ca: Path, level: str, out: Path) -> list[st
     return command
 
 
-async def run_local(daemon: ReadyProcess, ca: Path, level: str, out: Path) -> int:
+async def run_local(
+    daemon: ReadyProcess, ca: Path, level: str, out: Path, anchors: Path | None = None
+) -> int:
     """Start ``daemon``, run the suite as a subprocess against it, stop it; the suite's status."""
     status = EXIT_HARNESS
     try:
@@ -134,7 +176,7 @@ async def run_local(daemon: ReadyProcess, ca: Path, level: str, out: Path) -> in
             targets = targets_from_ready(ready)
             print(f"ocpd ready (pid {ready.get('pid')}): {ready['listeners']}", flush=True)
             suite = await trio.run_process(
-                _suite_command(targets, ca, level, out), check=False, cwd=ROOT
+                _suite_command(targets, ca, level, out, anchors), check=False, cwd=ROOT
             )
             status = suite.returncode
             nursery.cancel_scope.cancel()
@@ -158,9 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ocpd-conformance-") as tmp:
         tls = write_tls_files(Path(tmp) / "tls")
-        daemon = ocpd_process(Path(tmp) / "ocpd", tls=tls)
+        keys = [SigningKey.generate() for _ in range(ANCHOR_COUNT)]
+        anchors = write_anchor_keys(Path(tmp) / "anchors.keys", keys)
+        daemon = ocpd_process(Path(tmp) / "ocpd", tls=tls, extra_env=anchor_env(keys))
         try:
-            status = trio.run(run_local, daemon, tls.ca, args.level, out)
+            status = trio.run(run_local, daemon, tls.ca, args.level, out, anchors)
         finally:
             (out / "ocpd.log").write_text("\n".join(daemon.output) + "\n", encoding="utf-8")
     if daemon.returncode not in (0, None):

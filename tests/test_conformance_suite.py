@@ -54,6 +54,7 @@ from conformance.checks import (  # noqa: E402
     trust_problems,
 )
 from conformance.client import suite_ssl_context  # noqa: E402
+from conformance.collab import CHECKS as COLLAB_CHECKS  # noqa: E402
 from conformance.local import (  # noqa: E402
     TlsFiles,
     ocpd_process,
@@ -193,7 +194,7 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
     assert results["OCP-CORE-TLS-001"].detail == "TLSv1.3 on 4 listener(s)"
     assert results["OCP-CORE-TLS-002"].detail.startswith("refused by 4 listener(s)")
     # Every check that talks to the target is one of these: nothing unchecked slips in.
-    assert set(TARGET_CHECKS) == TARGET_CHECKED | PEER_UNOBSERVABLE
+    assert set(TARGET_CHECKS) == TARGET_CHECKED | PEER_UNOBSERVABLE | set(COLLAB_CHECKS)
     assert set(CHECKS) == TARGET_CHECKED - TRANSPORT_CHECKED - PEER_CHECKED
     assert set(PEER_CHECKS) == PEER_CHECKED | PEER_UNOBSERVABLE
     assert results["OCP-CORE-REG-001"].detail.startswith("mode centralized, network mainnet")
@@ -239,15 +240,19 @@ async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
     assert len(report.results) == len(REQUIREMENTS)
     not_tested = [r for r in report.results if r.status == "not_tested"]
     unimplemented = {r.id for r in REQUIREMENTS} - IMPLEMENTED
-    assert {r.requirement.id for r in not_tested} == unimplemented | PEER_UNOBSERVABLE
+    # Without --anchor-keys the knowledge and collaboration checks cannot judge.
+    collab = set(COLLAB_CHECKS)
+    assert {r.requirement.id for r in not_tested} == unimplemented | PEER_UNOBSERVABLE | collab
     for r in not_tested:
         if r.requirement.id in PEER_UNOBSERVABLE:
             assert r.detail.startswith(SIGNAL_SKIPPED), r.detail
+        elif r.requirement.id in collab:
+            assert r.detail.startswith("needs --anchor-keys"), r.detail
         else:
             assert r.detail == "no check implemented yet", r.requirement.id
     assert {r.requirement.level for r in not_tested} == {"core", "knowledge", "full"}
     summary = report.summary()
-    assert summary["passed"] == len(IMPLEMENTED - PEER_UNOBSERVABLE)
+    assert summary["passed"] == len(IMPLEMENTED - PEER_UNOBSERVABLE - collab)
     assert summary["failed"] == 0
     assert summary["not_tested"] == len(not_tested)
     assert summary["total"] == len(REQUIREMENTS)
