@@ -40,7 +40,7 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final
 
-from bench.harness import load_average, machine_facts
+from bench.harness import load_average, machine_facts, target_status
 from ocpd.proto import consensus as cs
 from ocpd.proto.crypto import SigningKey, ed25519_verify
 from ocpd.proto.encoding import b64url_decode, format_timestamp
@@ -239,11 +239,7 @@ def format_table(measures: dict[str, dict[str, Any]]) -> str:
     for record in measures.values():
         stats = record["stats"]
         target = record["target"]
-        status = ""
-        if record["meets_target"] is True:
-            status = "ok"
-        elif record["meets_target"] is False:
-            status = "ABOVE TARGET"
+        status = target_status(record["meets_target"])
         lines.append(
             f"{record['label']:<44} {stats['median']:>9.3f} {stats['p99']:>9.3f} "
             f"{stats['min']:>9.3f} {stats['max']:>9.3f} {stats['count']:>7} "

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import rfc8785
 
-from bench.harness import load_average, machine_facts
+from bench.harness import load_average, machine_facts, target_status
 from ocpd.proto.crypto import (
     SigningKey,
     aes256gcm_decrypt,
@@ -316,11 +316,7 @@ def format_table(steps: dict[str, dict[str, Any]]) -> str:
     lines = [header + "  (µs per call)", "-" * (len(header) + 14)]
     for record in steps.values():
         target = record["target_us"]
-        status = ""
-        if record["meets_target"] is True:
-            status = "ok"
-        elif record["meets_target"] is False:
-            status = "ABOVE TARGET"
+        status = target_status(record["meets_target"])
         lines.append(
             f"{record['label']:<38} {record['median_us']:>9.2f} {record['min_us']:>9.2f} "
             f"{record['max_us']:>9.2f} {record['spread_us']:>8.2f} "

@@ -18,7 +18,14 @@ from conformance.process import ProcessFailed
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["cpu_model", "load_average", "machine_facts", "run_and_report", "wrk_version"]
+__all__ = [
+    "cpu_model",
+    "load_average",
+    "machine_facts",
+    "run_and_report",
+    "target_status",
+    "wrk_version",
+]
 
 
 def cpu_model() -> str | None:
@@ -48,6 +55,11 @@ def machine_facts(libraries: Iterable[str]) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "libraries": versions,
     }
+
+
+def target_status(meets_target: bool | None) -> str:
+    """The table's last column: ``ok``, ``ABOVE TARGET``, or nothing without a target."""
+    return {True: "ok", False: "ABOVE TARGET", None: ""}[meets_target]
 
 
 def load_average() -> list[float] | None:

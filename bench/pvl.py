@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from bench.harness import load_average, machine_facts
+from bench.harness import load_average, machine_facts, target_status
 from ocpd.proto import schema
 from ocpd.proto.crypto import sha3_256
 from ocpd.proto.jcs import canonicalize
@@ -299,7 +299,7 @@ def format_table(records: dict[str, dict[str, Any]]) -> str:
     lines = [header + "  (ms per call)", "-" * (len(header) + 14)]
     for key, record in records.items():
         target = record["target_p99_ms"]
-        status = {True: "ok", False: "ABOVE TARGET", None: ""}[record["meets_target"]]
+        status = target_status(record["meets_target"])
         lines.append(
             f"{labels[key]:<42} {record['p50_ms']:>8.2f} {record['p99_ms']:>8.2f} "
             f"{record['max_ms']:>8.2f} {record['min_ms']:>8.2f} {record['runs']:>5} "

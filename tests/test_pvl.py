@@ -892,7 +892,7 @@ def test_values_the_prefilter_cannot_flatten_are_walked() -> None:
     looped.append(looped)
     assert [(f.kind, f.path) for f in scan(looped)] == [("email", "$[1]")]
     deep: Any = EMAIL
-    for _ in range(5000):  # deeper than the pickler goes
+    for _ in range(5000):  # deeper than a recursive walk could go
         deep = [deep]
     assert [(f.kind, f.path) for f in scan({**FILLER, "deep": deep})] == [
         ("email", "$.deep" + "[0]" * 5000)

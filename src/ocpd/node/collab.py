@@ -59,6 +59,7 @@ import trio
 from ocpd.logs import get_logger, log_event
 from ocpd.node.store import Accept
 from ocpd.proto import consensus, tasks
+from ocpd.proto.crypto import AEAD_TAG_SIZE
 from ocpd.proto.envelope import build_message, message_digest, payload_size, sign_message
 from ocpd.proto.errors import (
     ForbiddenError,
@@ -101,14 +102,10 @@ COLLABORATION_TYPES: Final = frozenset(
 )
 #: Payloads above this size are validated off the event loop.
 OFFLOAD_BYTES: Final = 65_536
-#: A round without a result this long after its deadline is ``unresolved`` (§6.2.3).
-RESULT_GRACE: Final = 60.0
 #: How long the node's timeout ``task_response`` lives.
 NOTICE_TTL: Final = 3600
 #: Rounds kept in memory (they are read from the database on a miss).
 ROUND_CACHE: Final = 4096
-#: The AES-GCM tag an encrypted payload carries after its ciphertext (D5).
-GCM_TAG_BYTES: Final = 16
 #: How long after a deadline :class:`Deadlines` looks (a limit is passed once exceeded).
 TICK: Final = 0.01
 
@@ -143,7 +140,7 @@ def _direct(message: dict[str, Any], broadcast: bool) -> None:
 
 def _encrypted_size(payload: str) -> int:
     """The plaintext length of a D5 payload: its ciphertext less the tag."""
-    return max(0, len(payload) * 3 // 4 - GCM_TAG_BYTES)
+    return max(0, len(payload) * 3 // 4 - AEAD_TAG_SIZE)
 
 
 @attrs.define(eq=False)
@@ -411,7 +408,7 @@ class Collaboration:
         def remember() -> None:
             self._remember(round_)
             if opened and self.deadlines is not None:
-                self.deadlines.wake(round_.deadline + RESULT_GRACE)
+                self.deadlines.wake(round_.deadline + consensus.RESULT_WITHIN)
 
         return Ruling(effect=open_round, after=remember)
 
@@ -665,7 +662,7 @@ def _due_txn(conn: sqlite3.Connection, now: float) -> _Due:
     unresolved = conn.execute(
         "UPDATE consensus_rounds SET status = 'unresolved', resolved_at = ? "
         "WHERE status = 'open' AND deadline + ? < ?",
-        (now, RESULT_GRACE, now),
+        (now, consensus.RESULT_WITHIN, now),
     ).rowcount
     return _Due(timed_out, notify, unresolved)
 
@@ -676,7 +673,8 @@ def _next_due_txn(conn: sqlite3.Connection) -> float | None:
         "ELSE finish_by END) FROM tasks WHERE status IN ('requested', 'accepted', 'in_progress')"
     ).fetchone()
     (round_,) = conn.execute(
-        "SELECT min(deadline) + ? FROM consensus_rounds WHERE status = 'open'", (RESULT_GRACE,)
+        "SELECT min(deadline) + ? FROM consensus_rounds WHERE status = 'open'",
+        (consensus.RESULT_WITHIN,),
     ).fetchone()
     found = [float(t) for t in (task, round_) if t is not None]
     return min(found) if found else None
