@@ -442,7 +442,7 @@ def check_differential_privacy(payload: Mapping[str, Any], *, max_epsilon: float
 # Only when that fast path fails are the strings decoded one by one, to
 # name the first one at fault.
 
-_NOT_URLSAFE: Final = (b"+", b"/", b"=")
+_NOT_URLSAFE: Final = ("+", "/", "=")
 
 
 def _b64_chars(nbytes: int) -> int:
@@ -452,15 +452,13 @@ def _b64_chars(nbytes: int) -> int:
 
 def _decode_joined(texts: Sequence[str], pad: str) -> bytes | None:
     """The bytes of ``texts`` each padded with ``pad``, or ``None`` if one is not base64url."""
-    try:
-        joined = (pad.join(texts) + pad).encode("ascii")
-    except UnicodeEncodeError:
-        return None
+    # pybase64 reads an ASCII str in place; encoding it first would copy it.
+    joined = pad.join(texts) + pad
     if any(char in joined for char in _NOT_URLSAFE):
         return None
     try:
         return pybase64.b64decode(joined, altchars=b"-_", validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
         return None
 
 
