@@ -1,0 +1,1 @@
+"""The recovery custodian (OCP §8.3, D9): it keeps agents' key shares."""

@@ -1,0 +1,237 @@
+"""The custodian's database: shares wrapped under a database key, and the audit log.
+
+A deposited Recovery Share Record is already sealed to the custodian (D5,
+D9); before it is written, the whole record is wrapped again with
+AES-256-GCM under the custodian's database key, with ``agent_id \\n
+key_fingerprint`` as additional data, so a row copied onto another agent's
+row does not open. The database file therefore holds no share material that
+opens without both the database key and the custodian's own private key.
+
+The functions take a :class:`sqlite3.Connection` and run inside
+:meth:`ocpd.storage.Database.write` or :meth:`~ocpd.storage.Database.read`;
+the caller passes the time. The audit log records events, ids and outcomes,
+never share bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from ocpd.proto.crypto import (
+    GCM_NONCE_SIZE,
+    DecryptionFailed,
+    aes256gcm_decrypt,
+    aes256gcm_encrypt,
+    random_bytes,
+)
+from ocpd.proto.encoding import b64url_decode, b64url_encode
+from ocpd.proto.errors import ForbiddenError, InternalError
+
+if TYPE_CHECKING:
+    import sqlite3
+    from pathlib import Path
+
+__all__ = [
+    "DATABASE_KEY_BYTES",
+    "DatabaseKey",
+    "DatabaseKeyError",
+    "StoredShare",
+    "audit",
+    "count_shares",
+    "delete_share",
+    "get_share",
+    "put_share",
+    "sweep_expired",
+]
+
+DATABASE_KEY_BYTES: Final = 32
+_WRAP_CONTEXT: Final = b"ocpd custodian share v1\n"
+
+
+class DatabaseKeyError(Exception):
+    """The database key file is missing, unreadable, too open or not a key."""
+
+
+@attrs.frozen
+class DatabaseKey:
+    """The 32-byte key that wraps stored records; ``repr`` never shows it."""
+
+    key: bytes = attrs.field(repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.key) != DATABASE_KEY_BYTES:
+            raise DatabaseKeyError(f"a database key is {DATABASE_KEY_BYTES} bytes")
+
+    @classmethod
+    def generate(cls) -> DatabaseKey:
+        return cls(random_bytes(DATABASE_KEY_BYTES))
+
+    @classmethod
+    def from_file(cls, path: Path) -> DatabaseKey:
+        """Read a key file: 32 raw bytes, or one line of base64url or hex text.
+
+        Refuses a file that others than its owner may read or write (a
+        Docker or systemd secret is mode 0400 or 0440 and passes: only the
+        group's read bit is tolerated).
+        """
+        try:
+            info = path.stat()
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DatabaseKeyError(f"cannot read the database key file {path}: {exc}") from exc
+        if info.st_mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
+            raise DatabaseKeyError(
+                f"the database key file {path} is open to other users "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); make it 0600 or 0400"
+            )
+        if len(data) == DATABASE_KEY_BYTES:
+            return cls(data)
+        text = data.decode("ascii", "replace").strip()
+        for decode in (bytes.fromhex, lambda t: b64url_decode(t, field="key")):
+            try:
+                key = decode(text)
+            except (ValueError, Exception):  # noqa: S112 - try the next form
+                continue
+            if len(key) == DATABASE_KEY_BYTES:
+                return cls(key)
+        raise DatabaseKeyError(
+            f"the database key file {path} does not hold a {DATABASE_KEY_BYTES}-byte key "
+            "(raw, hex or base64url)"
+        )
+
+    def write(self, path: Path) -> None:
+        """Write the key as base64url text to a new file of mode 0600."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(b64url_encode(self.key) + "\n")
+
+    def wrap(self, record: dict[str, Any], agent_id: str, fingerprint: str) -> bytes:
+        nonce = random_bytes(GCM_NONCE_SIZE)
+        plain = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+        return nonce + aes256gcm_encrypt(self.key, nonce, plain, _aad(agent_id, fingerprint))
+
+    def unwrap(self, wrapped: bytes, agent_id: str, fingerprint: str) -> dict[str, Any]:
+        nonce, sealed = wrapped[:GCM_NONCE_SIZE], wrapped[GCM_NONCE_SIZE:]
+        try:
+            plain = aes256gcm_decrypt(self.key, nonce, sealed, _aad(agent_id, fingerprint))
+        except DecryptionFailed as exc:
+            raise InternalError(
+                "a stored share does not open with the database key",
+                details={"reason": "database_key_mismatch"},
+            ) from exc
+        record: dict[str, Any] = json.loads(plain)
+        return record
+
+
+def _aad(agent_id: str, fingerprint: str) -> bytes:
+    return _WRAP_CONTEXT + f"{agent_id}\n{fingerprint}".encode()
+
+
+@attrs.frozen
+class StoredShare:
+    """One deposited share, unwrapped (the record is still sealed to the custodian)."""
+
+    record: dict[str, Any] = attrs.field(repr=False)
+    recovery_public_key: bytes = attrs.field(repr=False)
+    deposited_at: float
+    expires_at: float
+
+
+def put_share(
+    conn: sqlite3.Connection,
+    key: DatabaseKey,
+    record: dict[str, Any],
+    recovery_public_key: bytes,
+    *,
+    now: float,
+    expires_at: float,
+) -> None:
+    """Store a verified record; OCP-403 when one is held for that agent key already."""
+    agent_id, fingerprint = record["agent_id"], record["key_fingerprint"]
+    held = conn.execute(
+        "SELECT share_index FROM shares WHERE agent_id = ? AND key_fingerprint = ?",
+        (agent_id, fingerprint),
+    ).fetchone()
+    if held is not None:
+        raise ForbiddenError(
+            "this custodian already holds a share of that key",
+            details={"reason": "share_exists", "share_index": held[0]},
+        )
+    conn.execute(
+        "INSERT INTO shares (agent_id, key_fingerprint, share_id, share_index, "
+        "recovery_public_key, wrapped, deposited_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            agent_id,
+            fingerprint,
+            record["share_id"],
+            record["share_index"],
+            recovery_public_key,
+            key.wrap(record, agent_id, fingerprint),
+            now,
+            expires_at,
+        ),
+    )
+
+
+def get_share(
+    conn: sqlite3.Connection, key: DatabaseKey, agent_id: str, fingerprint: str, *, now: float
+) -> StoredShare | None:
+    """The share held for that agent key, unless there is none or it has expired."""
+    row = conn.execute(
+        "SELECT recovery_public_key, wrapped, deposited_at, expires_at FROM shares "
+        "WHERE agent_id = ? AND key_fingerprint = ? AND expires_at > ?",
+        (agent_id, fingerprint, now),
+    ).fetchone()
+    if row is None:
+        return None
+    return StoredShare(
+        record=key.unwrap(row[1], agent_id, fingerprint),
+        recovery_public_key=row[0],
+        deposited_at=row[2],
+        expires_at=row[3],
+    )
+
+
+def delete_share(conn: sqlite3.Connection, agent_id: str, fingerprint: str) -> bool:
+    """Delete the share of that agent key; whether there was one."""
+    cursor = conn.execute(
+        "DELETE FROM shares WHERE agent_id = ? AND key_fingerprint = ?", (agent_id, fingerprint)
+    )
+    return cursor.rowcount > 0
+
+
+def sweep_expired(conn: sqlite3.Connection, *, now: float) -> list[tuple[str, str]]:
+    """Delete every share whose expiry has passed; the (agent, fingerprint) pairs deleted."""
+    gone = conn.execute(
+        "SELECT agent_id, key_fingerprint FROM shares WHERE expires_at <= ?", (now,)
+    ).fetchall()
+    conn.execute("DELETE FROM shares WHERE expires_at <= ?", (now,))
+    return [(agent, fingerprint) for agent, fingerprint in gone]
+
+
+def count_shares(conn: sqlite3.Connection) -> int:
+    count: int = conn.execute("SELECT COUNT(*) FROM shares").fetchone()[0]
+    return count
+
+
+def audit(
+    conn: sqlite3.Connection,
+    *,
+    at: float,
+    event: str,
+    outcome: str,
+    agent_id: str | None = None,
+    fingerprint: str | None = None,
+    **detail: object,
+) -> None:
+    """Append one line to the audit log (ids, outcome and reason; never share bytes)."""
+    conn.execute(
+        "INSERT INTO audit (at, event, agent_id, key_fingerprint, outcome, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (at, event, agent_id, fingerprint, outcome, json.dumps(detail, sort_keys=True)),
+    )
