@@ -352,9 +352,8 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
         """
         CREATE TABLE ocpd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
-        # v2: deposited shares (each record wrapped under the database key),
-        # recovery requests waiting for or given an operator's decision, and
-        # the audit log (no share material in either).
+        # v2: deposited shares (each record wrapped under the database key)
+        # and the audit log (no share material).
         """
         CREATE TABLE shares (
             agent_id TEXT NOT NULL,
@@ -368,16 +367,6 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
             PRIMARY KEY (agent_id, key_fingerprint)
         );
         CREATE INDEX shares_expiry ON shares (expires_at);
-        CREATE TABLE recovery_requests (
-            request_id TEXT PRIMARY KEY,
-            agent_id TEXT NOT NULL,
-            key_fingerprint TEXT NOT NULL,
-            ephemeral_public_key TEXT NOT NULL,
-            status TEXT NOT NULL,
-            requested_at REAL NOT NULL,
-            decided_at REAL,
-            UNIQUE (agent_id, key_fingerprint, ephemeral_public_key)
-        );
         CREATE TABLE audit (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             at REAL NOT NULL,

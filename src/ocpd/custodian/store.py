@@ -208,10 +208,9 @@ def delete_share(conn: sqlite3.Connection, agent_id: str, fingerprint: str) -> b
 def sweep_expired(conn: sqlite3.Connection, *, now: float) -> list[tuple[str, str]]:
     """Delete every share whose expiry has passed; the (agent, fingerprint) pairs deleted."""
     gone = conn.execute(
-        "SELECT agent_id, key_fingerprint FROM shares WHERE expires_at <= ?", (now,)
+        "DELETE FROM shares WHERE expires_at <= ? RETURNING agent_id, key_fingerprint", (now,)
     ).fetchall()
-    conn.execute("DELETE FROM shares WHERE expires_at <= ?", (now,))
-    return [(agent, fingerprint) for agent, fingerprint in gone]
+    return sorted((agent, fingerprint) for agent, fingerprint in gone)
 
 
 def count_shares(conn: sqlite3.Connection) -> int:

@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ocpd.proto import shamir
-from ocpd.proto.artifacts import check_recovery_share
+from ocpd.proto.artifacts import DEFAULT_CLOCK_SKEW, check_recovery_share
 from ocpd.proto.crypto import (
+    AEAD_TAG_SIZE,
     GCM_NONCE_SIZE,
     DecryptionFailed,
     SigningKey,
@@ -99,7 +100,7 @@ DEFAULT_EXPIRY_DAYS: Final = 90
 MAX_SUBSETS: Final = 10_000
 
 _SHARE_BYTES: Final = shamir.SEED_BYTES
-_SEALED_BYTES: Final = _SHARE_BYTES + 16
+_SEALED_BYTES: Final = _SHARE_BYTES + AEAD_TAG_SIZE
 
 
 @attrs.frozen
@@ -219,7 +220,11 @@ def make_share_records(
 
 
 def verify_share_record(
-    record: dict[str, Any], agent_public_key: bytes, *, now: float, clock_skew: float = 60.0
+    record: dict[str, Any],
+    agent_public_key: bytes,
+    *,
+    now: float,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
 ) -> None:
     """A deposited record as a custodian must see it.
 
