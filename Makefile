@@ -18,7 +18,8 @@ venv: $(STAMP)
 
 # All components in one process with the built-in defaults (loopback, plaintext).
 run: $(STAMP)
-	OCP_LOG_FORMAT=$${OCP_LOG_FORMAT:-text} $(BIN)/ocpd run --component all
+	OCP_LOG_FORMAT=$${OCP_LOG_FORMAT:-text} OCP_CUSTODIAN_DEV_MODE=$${OCP_CUSTODIAN_DEV_MODE:-true} \
+		$(BIN)/ocpd run --component all
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -37,6 +37,7 @@ from conformance.collab import DEFAULT_VOUCH_THRESHOLD, anchor_keys_text
 from conformance.process import ProcessFailed, ReadyProcess
 from conformance.requirements import LEVELS
 from conformance.suite import Targets
+from ocpd.custodian.store import DatabaseKey
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.ids import derive_agent_id
 
@@ -133,6 +134,10 @@ def ocpd_process(
         env["OCP_TLS_KEY"] = str(tls.key)
         # The node hands messages on to endpoints under the same private CA.
         env["OCP_DELIVERY_CA_FILE"] = str(tls.ca)
+    key_file = workdir / "custodian.key"
+    if not key_file.exists():
+        DatabaseKey.generate().write(key_file)
+    env["OCP_CUSTODIAN_KEY_FILE"] = str(key_file)
     env.update(extra_env or {})
     command = [sys.executable, "-m", "ocpd", "run", "--component", "all"]
     return ReadyProcess(command=command, env=env, cwd=workdir, name=name)

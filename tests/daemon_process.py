@@ -73,6 +73,8 @@ class Daemon:
             "OCP_CUSTODIAN_PORT": "0",
             "OCP_NETWORK": "testnet",
             "OCP_LOG_FORMAT": "json",
+            # The custodian makes its own database key next to its database.
+            "OCP_CUSTODIAN_DEV_MODE": "true",
         }
         if tls is not None:
             self.env["OCP_TLS_CERT"] = str(tls.cert)

@@ -19,6 +19,7 @@ import ocpd
 from ocpd import agent_cli
 from ocpd.clock import WallClock
 from ocpd.config import COMPONENTS, Config, ConfigError, config_to_yaml, load_config
+from ocpd.custodian import cli as custodian_cli
 from ocpd.identity import (
     IdentityError,
     import_identity,
@@ -140,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=4.0)
 
     agent_cli.add_parser(sub)
+    custodian_cli.add_parser(sub)
 
     peer = sub.add_parser("peer", help="sessions with other nodes (asks the running daemon)")
     peer_sub = peer.add_subparsers(dest="peer_command", metavar="ACTION", required=True)
@@ -484,6 +486,11 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_custodian(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    return custodian_cli.run(args, config)
+
+
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
     import os
     import ssl
@@ -534,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "healthcheck": _cmd_healthcheck,
         "agent": agent_cli.run,
         "peer": _cmd_peer,
+        "custodian": _cmd_custodian,
     }
     try:
         return handlers[args.command](args)

@@ -92,6 +92,10 @@ def build_component(ctx: ComponentContext) -> ComponentRuntime:
         from ocpd.registry.component import build_registry
 
         build_registry(ctx, runtime)
+    elif ctx.component == "custodian":
+        from ocpd.custodian.component import build_custodian
+
+        build_custodian(ctx, runtime)
     elif ctx.component == "node":
         from ocpd.node.component import build_node
 

@@ -308,6 +308,21 @@ class CustodianSection:
     share_expiry_days: int = attrs.field(
         default=90, validator=_range("custodian.share_expiry_days", 1, 3650)
     )
+    #: A recovery_request older than this (by its timestamp) is refused.
+    request_max_age_seconds: int = attrs.field(
+        default=300, validator=_range("custodian.request_max_age_seconds", 10, 3600)
+    )
+    #: Messages per minute from one agent id, and (ten times that) from one address.
+    requests_per_minute: int = attrs.field(
+        default=30, validator=_range("custodian.requests_per_minute", 1)
+    )
+    #: How long a request waits for the operator, and an approval for the agent.
+    approval_ttl_seconds: int = attrs.field(
+        default=86_400, validator=_range("custodian.approval_ttl_seconds", 60, 2_592_000)
+    )
+    sweep_interval_seconds: int = attrs.field(
+        default=3600, validator=_range("custodian.sweep_interval_seconds", 1, 86_400)
+    )
 
 
 @attrs.frozen

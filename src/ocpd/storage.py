@@ -377,6 +377,28 @@ MIGRATIONS: Final[dict[str, Sequence[str]]] = {
             detail TEXT NOT NULL DEFAULT '{}'
         );
         """,
+        # v3: recovery requests (one row per ephemeral key: answered, or
+        # waiting for the operator) and the message ids already taken.
+        """
+        CREATE TABLE recovery_requests (
+            request_id TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            key_fingerprint TEXT NOT NULL,
+            ephemeral_public_key TEXT NOT NULL UNIQUE,
+            proof_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            decided_at REAL,
+            answered_at REAL,
+            remote TEXT
+        );
+        CREATE INDEX recovery_requests_status ON recovery_requests (status, received_at);
+        CREATE TABLE seen_messages (
+            message_id TEXT PRIMARY KEY,
+            received_at REAL NOT NULL
+        );
+        CREATE INDEX seen_messages_age ON seen_messages (received_at);
+        """,
     ),
 }
 

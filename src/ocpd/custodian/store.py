@@ -30,7 +30,7 @@ from ocpd.proto.crypto import (
     random_bytes,
 )
 from ocpd.proto.encoding import b64url_decode, b64url_encode
-from ocpd.proto.errors import ForbiddenError, InternalError
+from ocpd.proto.errors import ForbiddenError, InternalError, NotFoundError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -38,18 +38,37 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATABASE_KEY_BYTES",
+    "REQUEST_STATUSES",
+    "SECRETS_MOUNT",
     "DatabaseKey",
     "DatabaseKeyError",
+    "RecoveryRequest",
     "StoredShare",
+    "add_request",
     "audit",
     "count_shares",
+    "decide_request",
     "delete_share",
+    "expire_requests",
+    "get_request",
     "get_share",
+    "list_requests",
+    "mark_answered",
+    "pending_requests",
+    "prune_messages",
     "put_share",
+    "request_by_ephemeral",
     "sweep_expired",
+    "take_message_id",
 ]
 
 DATABASE_KEY_BYTES: Final = 32
+#: Where Docker and Podman mount a container's secrets.
+SECRETS_MOUNT: Final = "/run/secrets"
+#: A recovery request's life: ``answered`` at once for a recovery key proof;
+#: ``pending`` -> ``approved`` | ``rejected`` | ``expired`` by the operator or
+#: the sweeper, then ``approved`` -> ``answered`` when the agent comes back.
+REQUEST_STATUSES: Final = ("pending", "approved", "rejected", "expired", "answered")
 _WRAP_CONTEXT: Final = b"ocpd custodian share v1\n"
 
 
@@ -75,16 +94,19 @@ class DatabaseKey:
     def from_file(cls, path: Path) -> DatabaseKey:
         """Read a key file: 32 raw bytes, or one line of base64url or hex text.
 
-        Refuses a file that others than its owner may read or write (a
-        Docker or systemd secret is mode 0400 or 0440 and passes: only the
-        group's read bit is tolerated).
+        Refuses a file that others than its owner may read or write (only
+        the group's read bit is tolerated), except in a secrets mount: a
+        Docker or Podman secret under ``/run/secrets`` (mode 0444 by
+        default, but visible inside its container only) or a systemd
+        credential (``$CREDENTIALS_DIRECTORY``).
         """
         try:
             info = path.stat()
             data = path.read_bytes()
         except OSError as exc:
             raise DatabaseKeyError(f"cannot read the database key file {path}: {exc}") from exc
-        if info.st_mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
+        too_open = info.st_mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP)
+        if too_open and not _in_secrets_mount(path):
             raise DatabaseKeyError(
                 f"the database key file {path} is open to other users "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); make it 0600 or 0400"
@@ -126,6 +148,18 @@ class DatabaseKey:
             ) from exc
         record: dict[str, Any] = json.loads(plain)
         return record
+
+
+def _in_secrets_mount(path: Path) -> bool:
+    """Whether ``path`` is in a directory only this container or unit sees."""
+    directories = [SECRETS_MOUNT]
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        directories.append(credentials)
+    resolved = os.path.realpath(path)
+    return any(
+        os.path.dirname(resolved) == os.path.realpath(directory) for directory in directories
+    )
 
 
 def _aad(agent_id: str, fingerprint: str) -> bytes:
@@ -234,3 +268,146 @@ def audit(
         "VALUES (?, ?, ?, ?, ?, ?)",
         (at, event, agent_id, fingerprint, outcome, json.dumps(detail, sort_keys=True)),
     )
+
+
+# --- recovery requests ---------------------------------------------------------------
+
+
+@attrs.frozen
+class RecoveryRequest:
+    """One ``recovery_request`` as the custodian keeps it (no share material)."""
+
+    request_id: str
+    agent_id: str
+    fingerprint: str
+    ephemeral_public_key: str
+    proof_type: str
+    status: str
+    received_at: float
+    decided_at: float | None = None
+    answered_at: float | None = None
+    remote: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The request as the operator's ``ocpd custodian requests`` shows it."""
+        return attrs.asdict(self)
+
+
+_SELECT_REQUESTS: Final = (
+    "SELECT request_id, agent_id, key_fingerprint, ephemeral_public_key, proof_type, status, "
+    "received_at, decided_at, answered_at, remote FROM recovery_requests"
+)
+_INSERT_REQUEST: Final = (
+    "INSERT INTO recovery_requests (request_id, agent_id, key_fingerprint, "
+    "ephemeral_public_key, proof_type, status, received_at, decided_at, answered_at, remote) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _request(row: tuple[Any, ...] | None) -> RecoveryRequest | None:
+    return None if row is None else RecoveryRequest(*row)
+
+
+def take_message_id(conn: sqlite3.Connection, message_id: str, *, now: float) -> bool:
+    """Note a message id; ``False`` when it was taken already (a replay)."""
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO seen_messages (message_id, received_at) VALUES (?, ?)",
+        (message_id, now),
+    )
+    return cursor.rowcount > 0
+
+
+def prune_messages(conn: sqlite3.Connection, *, before: float) -> int:
+    """Forget message ids noted before ``before`` (older messages are refused as stale)."""
+    return conn.execute("DELETE FROM seen_messages WHERE received_at < ?", (before,)).rowcount
+
+
+def add_request(conn: sqlite3.Connection, request: RecoveryRequest) -> None:
+    conn.execute(
+        _INSERT_REQUEST,
+        attrs.astuple(request),
+    )
+
+
+def get_request(conn: sqlite3.Connection, request_id: str) -> RecoveryRequest | None:
+    return _request(
+        conn.execute(
+            _SELECT_REQUESTS + " WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+    )
+
+
+def request_by_ephemeral(conn: sqlite3.Connection, ephemeral: str) -> RecoveryRequest | None:
+    """The request that named this ephemeral key, if any (each key serves one request)."""
+    return _request(
+        conn.execute(
+            _SELECT_REQUESTS + " WHERE ephemeral_public_key = ?",
+            (ephemeral,),
+        ).fetchone()
+    )
+
+
+def pending_requests(conn: sqlite3.Connection, agent_id: str, fingerprint: str) -> int:
+    """Requests for that agent key still waiting for the operator."""
+    count: int = conn.execute(
+        "SELECT COUNT(*) FROM recovery_requests WHERE agent_id = ? AND key_fingerprint = ? "
+        "AND status = 'pending'",
+        (agent_id, fingerprint),
+    ).fetchone()[0]
+    return count
+
+
+def list_requests(
+    conn: sqlite3.Connection, *, statuses: tuple[str, ...] | None = None, limit: int = 100
+) -> list[RecoveryRequest]:
+    """Requests, newest first; only those in ``statuses`` when given."""
+    where, args = "", tuple[str, ...]()
+    if statuses is not None:
+        where = f"WHERE status IN ({', '.join('?' for _ in statuses)})"
+        args = statuses
+    rows = conn.execute(
+        f"{_SELECT_REQUESTS} {where} ORDER BY received_at DESC, request_id LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [RecoveryRequest(*row) for row in rows]
+
+
+def decide_request(
+    conn: sqlite3.Connection, request_id: str, *, approve: bool, now: float
+) -> RecoveryRequest:
+    """The operator's decision on a pending request (OCP-404 unknown, OCP-403 not pending)."""
+    request = get_request(conn, request_id)
+    if request is None:
+        raise NotFoundError(f"no recovery request {request_id}", details={"reason": "unknown"})
+    if request.status != "pending":
+        raise ForbiddenError(
+            f"request {request_id} is {request.status}, not pending",
+            details={"reason": "not_pending", "status": request.status},
+        )
+    status = "approved" if approve else "rejected"
+    conn.execute(
+        "UPDATE recovery_requests SET status = ?, decided_at = ? WHERE request_id = ?",
+        (status, now, request_id),
+    )
+    return attrs.evolve(request, status=status, decided_at=now)
+
+
+def mark_answered(conn: sqlite3.Connection, request_id: str, *, now: float) -> None:
+    conn.execute(
+        "UPDATE recovery_requests SET status = 'answered', answered_at = ? WHERE request_id = ?",
+        (now, request_id),
+    )
+
+
+def expire_requests(
+    conn: sqlite3.Connection, *, pending_before: float, approved_before: float
+) -> list[str]:
+    """Close requests left waiting too long: pending since, or approved since, the bounds."""
+    rows = conn.execute(
+        "UPDATE recovery_requests SET status = 'expired' "
+        "WHERE (status = 'pending' AND received_at < ?) "
+        "OR (status = 'approved' AND decided_at < ?) RETURNING request_id",
+        (pending_before, approved_before),
+    ).fetchall()
+    return sorted(row[0] for row in rows)

@@ -20,7 +20,7 @@ from ocpd.net.peers import CAP_RELAY, PeerService
 from ocpd.net.seeds import SeedDirectoryClient
 from ocpd.net.traces import Tracer
 from ocpd.node.collab import Collaboration, Deadlines
-from ocpd.node.directory import HttpDirectory, LedgerDirectory
+from ocpd.node.directory import directory_for
 from ocpd.node.forward import Forwarder, HttpPoster
 from ocpd.node.http import MessagesEndpoint
 from ocpd.node.intake import Intake, MessageLimits
@@ -32,48 +32,16 @@ from ocpd.node.ws import WebSocketEndpoint
 from ocpd.proto.auth import ReplayWindow
 from ocpd.proto.hosts import is_unspecified_host
 from ocpd.proto.pvl import PvlPolicy
-from ocpd.proto.taxonomy import Taxonomy
 from ocpd.verifier import Verifier, helper_wanted
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from ocpd.components import ComponentContext, ComponentRuntime
-    from ocpd.node.directory import AgentDirectory
-    from ocpd.registry.service import RegistryService
 
 __all__ = ["build_node"]
 
 log = get_logger("node")
-
-
-def _directory(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirectory:
-    registry_runtime = ctx.siblings.get("registry")
-    if registry_runtime is not None:
-        registry: RegistryService = registry_runtime.extra["registry"]
-        return LedgerDirectory(registry)
-    t = ctx.config.transport
-    if t.registry_url is None:
-        log_event(
-            log,
-            "no_registry",
-            level=logging.WARNING,
-            detail="transport.registry_url is not set: every message is refused with OCP-503",
-        )
-    directory = HttpDirectory(
-        t.registry_url,
-        Taxonomy.load_default().extended(ctx.config.taxonomy.extensions),
-        ca_file=t.registry_ca_file,
-        ttl=t.directory_cache_seconds,
-        negative_ttl=t.directory_negative_cache_seconds,
-        reporter=(
-            ctx.identity.service_agent_id(ctx.config.node.network),
-            ctx.identity.key,
-            ctx.clock,
-        ),
-    )
-    runtime.services.append(directory.run)
-    return directory
 
 
 def _commands(peers: PeerService) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]]:
@@ -125,7 +93,7 @@ def _peers(ctx: ComponentContext, intake: Intake) -> PeerService:
 def build_node(ctx: ComponentContext, runtime: ComponentRuntime) -> None:
     config = ctx.config
     t = config.transport
-    directory = _directory(ctx, runtime)
+    directory = directory_for(ctx, runtime)
     store = MessageStore(ctx.database)
     service_agent = ctx.identity.service_agent_id(config.node.network)
     forwarder = Forwarder(

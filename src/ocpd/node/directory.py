@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from ocpd.clock import WallClock
+    from ocpd.components import ComponentContext, ComponentRuntime
     from ocpd.proto.crypto import SigningKey
     from ocpd.proto.taxonomy import Taxonomy
     from ocpd.registry.service import RegistryService
@@ -60,6 +61,7 @@ __all__ = [
     "HttpDirectory",
     "LedgerDirectory",
     "SessionSpan",
+    "directory_for",
     "registry_base",
 ]
 
@@ -467,3 +469,42 @@ class HttpDirectory:
             )
         except (KeyError, TypeError, ValueError, OcpError) as exc:
             raise Unavailable("the registry's answer about an agent does not check out") from exc
+
+
+def directory_for(ctx: ComponentContext, runtime: ComponentRuntime) -> AgentDirectory:
+    """Where a component looks agents up: the registry in this process, or over HTTP(S).
+
+    In ``--component all`` the registry's ledger is read directly; otherwise
+    the registry at ``transport.registry_url`` is asked (its cache refresher
+    joins the component's services).
+    """
+    registry_runtime = ctx.siblings.get("registry")
+    if registry_runtime is not None:
+        registry: RegistryService = registry_runtime.extra["registry"]
+        return LedgerDirectory(registry)
+    t = ctx.config.transport
+    if t.registry_url is None:
+        log_event(
+            log,
+            "no_registry",
+            level=logging.WARNING,
+            component=ctx.component,
+            detail="transport.registry_url is not set: requests that need an agent's keys "
+            "are refused with OCP-503",
+        )
+    from ocpd.proto.taxonomy import Taxonomy
+
+    directory = HttpDirectory(
+        t.registry_url,
+        Taxonomy.load_default().extended(ctx.config.taxonomy.extensions),
+        ca_file=t.registry_ca_file,
+        ttl=t.directory_cache_seconds,
+        negative_ttl=t.directory_negative_cache_seconds,
+        reporter=(
+            ctx.identity.service_agent_id(ctx.config.node.network),
+            ctx.identity.key,
+            ctx.clock,
+        ),
+    )
+    runtime.services.append(directory.run)
+    return directory

@@ -104,7 +104,7 @@ if TYPE_CHECKING:
 
     from ocpd.storage import Database
 
-__all__ = ["IP_RATE_FACTOR", "SeedDirectory"]
+__all__ = ["IP_RATE_FACTOR", "SeedDirectory", "address_key"]
 
 #: Every PUT from one address costs one unit of a budget this many times the
 #: per-node publish rate.
@@ -196,7 +196,7 @@ class SeedDirectory:
         return _json_response(json.dumps(body, separators=(",", ":")), status)
 
     async def _publish(self, node_id: str, peer: str) -> tuple[int, dict[str, Any], int]:
-        wait = self._addresses.take(_address_key(peer), now=trio.current_time())
+        wait = self._addresses.take(address_key(peer), now=trio.current_time())
         if wait is not None:
             raise RateLimited("too many publishes from this address", retry_after=wait)
         _check_node_id(node_id)
@@ -339,7 +339,8 @@ class SeedDirectory:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _address_key(peer: str) -> str:
+def address_key(peer: str) -> str:
+    """The rate-limit key of a client address: IPv4 as is, IPv6 by its /64."""
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
