@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +20,16 @@ __all__ = ["AgentKey"]
 
 
 class AgentKey:
-    """An Ed25519 agent key on a network; ``agent_id`` derives from it (D4)."""
+    """An Ed25519 agent key on a network; ``agent_id`` derives from it (D4).
 
-    def __init__(self, key: SigningKey, network: str) -> None:
+    After a key rotation the agent keeps its id while signing with a later
+    key: pass that id as ``agent_id``.
+    """
+
+    def __init__(self, key: SigningKey, network: str, *, agent_id: str | None = None) -> None:
         self.key = key
         self.network = network
-        self.agent_id = derive_agent_id(key.public_key, network)
+        self.agent_id = agent_id or derive_agent_id(key.public_key, network)
 
     @classmethod
     def generate(cls, network: str) -> AgentKey:
@@ -32,7 +37,15 @@ class AgentKey:
 
     @classmethod
     def load(cls, path: str | Path, network: str) -> AgentKey:
-        return cls(read_key_file(Path(path)), network)
+        """Read a key file; the ``agent_id`` it names (kept across rotations) wins."""
+        key = read_key_file(Path(path))
+        try:
+            named = json.loads(Path(path).read_text(encoding="utf-8")).get("agent_id")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if isinstance(named, str) and named.startswith(f"did:ocp:{network}:agent-"):
+            return cls(key, network, agent_id=named)
+        return cls(key, network)
 
     def save(self, path: str | Path) -> None:
         """Write the key file (mode 0600); refuses to overwrite."""

@@ -277,6 +277,25 @@ class CustodianService:
             )
         return info
 
+    async def _authenticate(self, message: Mapping[str, Any], agent_id: str) -> AgentInfo:
+        """The sender's registry entry, once the envelope verified under its active keys.
+
+        A registry answer may be cached: when the signature fails under the
+        cached keys (the agent may have just rotated), the entry is fetched
+        again once.
+        """
+        info = await self._agent(agent_id)
+        try:
+            verify_message_signature(message, info.keys)
+        except AuthError:
+            forget = getattr(self._directory, "forget", None)
+            if forget is None:
+                raise
+            forget(agent_id)
+            info = await self._agent(agent_id)
+            verify_message_signature(message, info.keys)
+        return info
+
     async def _deposit(
         self, message: dict[str, Any], payload: dict[str, Any], seen: _Seen, now: float
     ) -> tuple[str, Reply]:
@@ -287,8 +306,7 @@ class CustodianService:
                 "an agent deposits shares of its own key only",
                 details={"reason": "not_owner", "field": "share.agent_id"},
             )
-        info = await self._agent(record["agent_id"])
-        verify_message_signature(message, info.keys)
+        info = await self._authenticate(message, record["agent_id"])
         signing_key = next(
             (k for k in info.keys if key_fingerprint(k) == record["key_fingerprint"]), None
         )
@@ -353,8 +371,7 @@ class CustodianService:
                 "only the agent whose share it is may revoke it",
                 details={"reason": "not_owner", "field": "agent_id"},
             )
-        info = await self._agent(payload["agent_id"])
-        verify_message_signature(message, info.keys)
+        await self._authenticate(message, payload["agent_id"])
         revoked_at = parse_timestamp(payload["revoked_at"], field="revoked_at")
         if revoked_at > now + self.clock_skew:
             raise MalformedError(
