@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build the ocpd container image with podman and check it for real: each
-# component read-only and unprivileged (health, user, read-only root, JSON
-# logs, SIGTERM), then contrib/docker/docker-compose.yml through podman's
-# Docker API, then contrib/systemd/ocpd.service and ocpd@.service under real
-# systemd (PID 1 of a container). Prints PASS/FAIL per check and timings;
-# exits 1 if anything failed.
+# Build the ocpd container image with podman and check it for real: the
+# custodian's refusal to start without its database key, each component
+# read-only and unprivileged (health, user, read-only root, JSON logs,
+# SIGTERM; the custodian's key as a podman secret), then
+# contrib/docker/docker-compose.yml through podman's Docker API (the key as a
+# Compose file secret), then contrib/systemd/ocpd.service and ocpd@.service
+# under real systemd (PID 1 of a container; the key through the ocpd-secrets
+# group). Prints PASS/FAIL per check and timings; exits 1 if anything failed.
 #
 #   .ci/containers.sh          all of it (about 2 minutes cold, 1 warm)
 #   .ci/containers.sh image    only build the image (what `make image` runs)
@@ -49,6 +51,7 @@ P_HTTP=$PORT0 P_WS=$((PORT0 + 1)) P_REG=$((PORT0 + 2)) P_CUS=$((PORT0 + 3))
 STOP_LIMIT_MS=5000 # a graceful stop with nothing in flight must be this quick
 HEALTH_WAIT_S=20
 LABEL=org.ocpd.ci=containers-sh
+SECRET=ocpd-ci-custodian-key # the podman secret of the single-container runs
 
 # --- reporting -----------------------------------------------------------------------
 FAILURES=0
@@ -69,6 +72,9 @@ timing() { # timing LABEL START_MS
     TIMINGS+=("$(printf '%-50s %7.1f s' "$1" "$(awk "BEGIN{print $ms/1000}")")")
 }
 indent() { sed 's/^/  | /'; }
+# absent PATTERN: stdin has no line with PATTERN. (Negating the whole pipeline
+# instead would pass when grep -q stops early and its writer dies of SIGPIPE.)
+absent() { ! grep -q -- "$1"; }
 section() { printf '\n== %s\n' "$*"; }
 skip_or_fail() {
     if [ "${CI:-}" = true ]; then
@@ -105,6 +111,7 @@ cleanup() {
     ids=$(podman network ls -q --filter label=com.docker.compose.project=ocpd-ci 2>/dev/null || true)
     # shellcheck disable=SC2086
     [ -z "$ids" ] || podman network rm -f $ids >/dev/null 2>&1 || true
+    podman secret rm "$SECRET" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -315,15 +322,85 @@ sigterm_stop() {
     fi
 }
 
+# --- the custodian's database key ------------------------------------------------------
+# custodian_key DIR: DIR/custodian.key, made as contrib/docker/README.md says:
+# a root-owned 0700 directory, `ocpd custodian keygen` as root in a throwaway
+# container without network, then mode 0444 (for UID 10001 in /run/secrets).
+custodian_key() {
+    local dir=$1
+    install -d -m 0700 -o root -g root "$dir"
+    podman run --rm --label "$LABEL" --network=none --user 0 -v "$dir:/secrets" "$IMAGE" \
+        custodian keygen /secrets/custodian.key 2>>"$WORK/podman.log" | indent &&
+        chmod 0444 "$dir/custodian.key" || return 1
+    echo "  $(stat -c '%n: %U:%G %a' "$dir"), $(stat -c '%n: %U:%G %a, %s bytes' "$dir/custodian.key")"
+    [ "$(stat -c %a "$dir")" = 700 ] && [ "$(stat -c %a "$dir/custodian.key")" = 444 ] &&
+        grep -Eqx '[A-Za-z0-9_-]{43}' "$dir/custodian.key"
+}
+
+# refuses COMPONENT [KEY_FILE]: ocpd exits with status 1 and names custodian.key_file.
+# Without KEY_FILE, no key at all; with it, KEY_FILE bind-mounted at
+# /tmp/custodian.key, i.e. outside /run/secrets.
+refuses() {
+    local comp=$1 out code=0
+    local -a key=()
+    [ -z "${2:-}" ] || key=(-v "$2:/tmp/custodian.key:ro" -e OCP_CUSTODIAN_KEY_FILE=/tmp/custodian.key)
+    out=$(podman run --rm --label "$LABEL" --network=none --read-only \
+        --tmpfs /tmp:rw,noexec,nosuid,size=64m --cap-drop=all --security-opt=no-new-privileges \
+        "${key[@]}" "$IMAGE" run --component "$comp" 2>&1) || code=$?
+    echo "  exit status $code: $(grep -o 'ocpd: configuration error: .*' <<<"$out" | head -n1 | cut -c1-150)"
+    [ "$code" = 1 ] && grep -q '^ocpd: configuration error: custodian\.key_file: ' <<<"$out"
+}
+
+key_checks() {
+    local t0 dir=$WORK/secrets
+    section "the custodian's database key (contrib/docker/README.md)"
+    t0=$(now_ms)
+    check "custodian: refuses to start without a database key" refuses custodian
+    check "all (the image's default command): refuses to start without a database key" refuses all
+    if ! custodian_key "$dir"; then
+        fail "key made as contrib/docker/README.md says (keygen in a container; 0700 directory, 0444 file)"
+        return
+    fi
+    pass "key made as contrib/docker/README.md says (keygen in a container; 0700 directory, 0444 file)"
+    install -m 0444 "$dir/custodian.key" "$WORK/open.key"
+    check "custodian: refuses a world-readable key outside /run/secrets" refuses custodian "$WORK/open.key"
+    if podman secret create "$SECRET" "$dir/custodian.key" >/dev/null 2>>"$WORK/podman.log"; then
+        pass "podman secret create $SECRET"
+    else
+        tail -n 5 "$WORK/podman.log"
+        fail "podman secret create $SECRET"
+    fi
+    timing "custodian key checks" "$t0"
+}
+
+# key_from_secret NAME: the key is the secret's file, and ocpd did not fall back to
+# a development key.
+key_from_secret() {
+    local mode
+    mode=$(podman exec "$1" stat -c %a /run/secrets/custodian_key) || return 1
+    echo "  /run/secrets/custodian_key: mode $mode"
+    [ "$mode" = 444 ] && podman logs "$1" 2>&1 | absent custodian_development_mode
+}
+
 run_component() {
     local comp=$1 name=ocpd-ci-$1 volume=ocpd-ci-$1-data port t0
-    local -a ports
+    local -a ports key=()
     port=$(health_port "$comp")
     case $comp in
     node) ports=("$P_HTTP" "$P_WS") ;;
     registry) ports=("$P_REG") ;;
     custodian) ports=("$P_CUS") ;;
     all) ports=("$P_HTTP" "$P_WS" "$P_REG" "$P_CUS") ;;
+    esac
+    # The custodian's database key as a podman secret, as contrib/docker/README.md
+    # says: mode 0444 at /run/secrets/custodian_key. (podman 4.3 cannot mount a
+    # secret into a --read-only container unless /run/secrets is a mount of its
+    # own: hence the read-only tmpfs, which adds no writable place.)
+    case $comp in custodian | all)
+        key=(--tmpfs "/run/secrets:ro,nosuid,nodev,noexec,mode=0755,size=64k"
+            --secret "$SECRET,target=custodian_key"
+            -e OCP_CUSTODIAN_KEY_FILE=/run/secrets/custodian_key)
+        ;;
     esac
     section "ocpd run --component $comp (loopback ports ${ports[*]})"
     t0=$(now_ms)
@@ -337,7 +414,7 @@ run_component() {
         -e OCP_HOST=127.0.0.1 -e OCP_TLS_UPSTREAM=false \
         -e OCP_HTTP_PORT="$P_HTTP" -e OCP_WS_PORT="$P_WS" \
         -e OCP_REGISTRY_PORT="$P_REG" -e OCP_CUSTODIAN_PORT="$P_CUS" \
-        -e OCP_HEALTH_PORT="$port" \
+        -e OCP_HEALTH_PORT="$port" "${key[@]}" \
         "$IMAGE" run --component "$comp" >/dev/null 2>>"$WORK/podman.log"; then
         tail -n 5 "$WORK/podman.log"
         fail "$comp: podman run"
@@ -349,6 +426,10 @@ run_component() {
     check "$comp: root filesystem is read-only (touch /ci-probe fails)" rootfs_read_only "$name"
     check "$comp: /app/data is writable" data_writable "$name"
     check "$comp: logs are JSON lines; ready lists ${ports[*]}" json_logs "$name" "${ports[@]}"
+    if [ "${#key[@]}" -gt 0 ]; then
+        check "$comp: runs on the key of the podman secret, not in development mode" \
+            key_from_secret "$name"
+    fi
     sigterm_stop "$name" "$comp"
     if [ "$comp" = node ]; then
         # Same volume, second start: the identity and database persist.
@@ -365,9 +446,11 @@ run_component() {
 
 # --- compose: contrib/docker/docker-compose.yml through podman's Docker API ------------
 COMPOSE_PROJECT=ocpd-ci
+COMPOSE_SECRETS= # the directory of the Compose file's custodian_key, while it exists
 compose() {
     (cd contrib/docker && DOCKER_HOST="unix://$WORK/podman.sock" OCPD_IMAGE="$IMAGE" \
         OCP_HTTP_PORT="$P_HTTP" OCP_WS_PORT="$P_WS" OCP_REGISTRY_PORT="$P_REG" \
+        OCPD_CUSTODIAN_KEY="$COMPOSE_SECRETS/custodian.key" \
         docker-compose --no-ansi -p "$COMPOSE_PROJECT" "$@")
 }
 in_compose() { # in_compose SERVICE COMMAND...
@@ -383,6 +466,24 @@ compose_hardening() {
 }
 has_default_route() { in_compose "$1" cat /proc/net/route | awk '$2 == "00000000" {f=1} END {exit !f}'; }
 custodian_isolated() { ! has_default_route ocp-custodian && has_default_route ocp-node; }
+# Only the custodian has the key: its file secret, mode 0444, read-only.
+compose_key_wiring() {
+    local mode options
+    mode=$(in_compose ocp-custodian stat -c %a /run/secrets/custodian_key) || return 1
+    options=$(in_compose ocp-custodian cat /proc/self/mounts |
+        awk '$2 == "/run/secrets/custodian_key" {print $4}')
+    echo "  ocp-custodian: /run/secrets/custodian_key mode $mode, mounted ${options%%,*}"
+    [ "$mode" = 444 ] && [ "${options%%,*}" = ro ] &&
+        ! in_compose ocp-node test -e /run/secrets/custodian_key &&
+        ! in_compose ocp-registry test -e /run/secrets/custodian_key
+}
+compose_log_lacks() { podman logs "${COMPOSE_PROJECT}_$1_1" 2>&1 | absent "\"event\": \"$2\""; }
+reach_registry() {
+    fetch ocp-custodian http://ocp-registry:8422/health && fetch ocp-node http://ocp-registry:8422/health
+}
+registry_configured() {
+    compose_log_lacks ocp-custodian no_registry && compose_log_lacks ocp-node no_registry
+}
 fetch() { # fetch SERVICE URL: GET from inside a service's container
     in_compose "$1" python3 -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=3)' "$2"
 }
@@ -401,6 +502,14 @@ compose_checks() {
     pid=$!
     SERVICE_PID=$pid
     for _ in $(seq 50); do [ -S "$WORK/podman.sock" ] && break; sleep 0.1; done
+    # The custodian's key, as contrib/docker/README.md makes secrets/custodian.key
+    # (here in $WORK, named by OCPD_CUSTODIAN_KEY, so a key in the tree is untouched).
+    COMPOSE_SECRETS=$WORK/compose-secrets
+    if custodian_key "$COMPOSE_SECRETS"; then
+        pass "compose: key for the custodian_key secret made as contrib/docker/README.md says"
+    else
+        fail "compose: key for the custodian_key secret made as contrib/docker/README.md says"
+    fi
     if ! compose up -d >"$WORK/compose.log" 2>&1; then
         indent <"$WORK/compose.log" | tail -n 15
         fail "docker-compose up -d"
@@ -423,6 +532,14 @@ compose_checks() {
             "$P_HTTP" "$P_REG"
         check "compose: ocp-node reaches ocp-custodian:8423 on ocp-internal" \
             fetch ocp-node http://ocp-custodian:8423/health
+        check "compose: only ocp-custodian has the key (/run/secrets/custodian_key, 0444, read-only)" \
+            compose_key_wiring
+        check "compose: the custodian runs on that key, not in development mode" \
+            compose_log_lacks ocp-custodian custodian_development_mode
+        check "compose: ocp-custodian and ocp-node reach ocp-registry:8422 (OCP_REGISTRY_URL)" \
+            reach_registry
+        check "compose: neither ocp-custodian nor ocp-node logs no_registry" \
+            registry_configured
         check "compose: the custodian publishes no port" \
             test -z "$(podman port "${COMPOSE_PROJECT}_ocp-custodian_1")"
         check "compose: the custodian has no default route (internal network only); the node has" \
@@ -439,6 +556,8 @@ compose_checks() {
         check "compose: docker-compose stop: every service exited 0 ($ms ms)" test "$all_zero" = 1
     fi
     compose down -v >>"$WORK/compose.log" 2>&1 || true
+    rm -rf "$COMPOSE_SECRETS"
+    COMPOSE_SECRETS=
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     SERVICE_PID=
@@ -514,6 +633,24 @@ stopped_cleanly() { # UNIT
     echo "  $1: Result=$result ExecMainCode=$code ExecMainStatus=$status"
     [ "$result" = success ] && [ "$code" = 1 ] && [ "$status" = 0 ]
 }
+# custodian_on_key UNIT: custodian-key.conf is in force and the custodian runs on
+# /etc/ocpd/custodian.key (root:ocpd-secrets 0640), with the group, and no
+# development key anywhere.
+custodian_on_key() {
+    local unit=$1 dropins owner gid groups
+    dropins=$(sd_prop "$unit" DropInPaths)
+    owner=$(sd stat -c '%U:%G %a' /etc/ocpd/custodian.key)
+    gid=$(sd getent group ocpd-secrets | cut -d: -f3)
+    # shellcheck disable=SC2016 # awk's $1, not the shell's
+    groups=$(sd awk '$1 == "Groups:" {$1 = ""; print}' "/proc/$(sd_prop "$unit" MainPID)/status")
+    echo "  $unit: drop-ins ${dropins//\/etc\/systemd\/system\//}; key $owner;" \
+        "groups$groups (ocpd-secrets: $gid)"
+    [[ $dropins == *"/$unit.d/custodian-key.conf"* ]] && [ "$owner" = "root:ocpd-secrets 640" ] &&
+        [[ "$groups " == *" $gid "* ]] &&
+        sd journalctl -o cat -u "$unit" | absent custodian_development_mode &&
+        [ -z "$(sd find /var/lib/private -name custodian-dev.key)" ]
+}
+journal_lacks() { sd journalctl -o cat -u "$1" | absent "\"event\": \"$2\""; }
 distinct_users() {
     local uids
     uids=$(for c in node registry custodian; do
@@ -543,7 +680,7 @@ systemd_checks() {
     local t0 t1 name=ocpd-ci-systemd status
     base_image "$SD_BASE_IMAGE" systemd python3,python3-venv,ca-certificates,systemd,systemd-sysv,dbus
     context "$WORK/systemd" .ci/systemd-test.Containerfile contrib/systemd/ocpd.service \
-        contrib/systemd/ocpd@.service .ci/sandbox-selftest.py
+        contrib/systemd/ocpd@.service contrib/systemd/custodian-key.conf .ci/sandbox-selftest.py
     section "systemd: build $SD_IMAGE"
     t0=$(now_ms)
     if ! podman build --format docker --layers --build-arg "BASE=$SD_BASE_IMAGE" \
@@ -578,6 +715,8 @@ systemd_checks() {
         check "ocpd healthcheck --port $port" healthy_on "$port"
     done
     check "/metrics still has process_* families (/proc/stat readable)" metrics_have_process
+    check "ocpd.service: the custodian runs on its key (custodian-key.conf, group ocpd-secrets)" \
+        custodian_on_key ocpd.service
     t1=$(now_ms)
     if sd systemctl start ocpd-selftest.service; then
         pass "sandbox selftest in the same sandbox: $(sd journalctl -o cat -u ocpd-selftest.service |
@@ -609,6 +748,12 @@ systemd_checks() {
     for unit in "${units[@]}"; do
         check "sandbox applied to $unit" sandbox_applied "$unit"
     done
+    check "ocpd@custodian.service: the custodian runs on its key (custodian-key.conf, group ocpd-secrets)" \
+        custodian_on_key ocpd@custodian.service
+    for unit in ocpd@node.service ocpd@custodian.service; do
+        check "$unit: registry configured (registry.conf; no no_registry in the journal)" \
+            journal_lacks "$unit" no_registry
+    done
     for port in 8420 8422 8423; do
         check "ocpd healthcheck --port $port" healthy_on "$port"
     done
@@ -626,9 +771,8 @@ systemd_checks() {
     done
 
     section "systemd: ocpd@registry.service with TLS (README.md recipe: the key through a group)"
-    sd sh -ec 'install -d -m 0755 /etc/ocpd
-        groupadd --system ocpd-secrets
-        install -d -m 0750 -g ocpd-secrets /etc/ocpd/tls
+    # (/etc/ocpd and the group ocpd-secrets exist already: the custodian key's recipe.)
+    sd sh -ec 'install -d -m 0750 -g ocpd-secrets /etc/ocpd/tls
         /opt/ocpd/bin/python /usr/local/lib/ocpd-ci/sandbox-selftest.py \
             --write-certificate /etc/ocpd/tls >/dev/null
         chgrp ocpd-secrets /etc/ocpd/tls/cert.pem /etc/ocpd/tls/key.pem
@@ -661,6 +805,7 @@ systemd_checks() {
 section "build"
 build_image
 if [ "$MODE" = all ]; then
+    key_checks
     for comp in node registry custodian all; do
         run_component "$comp"
     done

@@ -18,9 +18,14 @@ import pytest
 import yaml
 
 from ocpd.config import COMPONENTS, ENVIRONMENT, Config
+from ocpd.custodian.store import SECRETS_MOUNT, DatabaseKey, DatabaseKeyError
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+ROOT = Path(__file__).resolve().parent.parent
+CONTRIB = ROOT / "contrib"
 UNITS = ("ocpd.service", "ocpd@.service")
+# The drop-in that gives the custodian its database key (README.md installs it).
+KEY_DROPIN = CONTRIB / "systemd" / "custodian-key.conf"
+KEY_FILE = "/etc/ocpd/custodian.key"
 # Variables ocpd reads besides the configuration keys of ENVIRONMENT.
 EXTRA_VARIABLES = {"OCP_CONFIG", "OCP_HEALTH_PORT"}
 DEFAULTS = Config()
@@ -152,6 +157,53 @@ def test_template_and_main_unit_differ_only_where_they_must() -> None:
     )
     differing = {key for key in main.keys() | template.keys() if main.get(key) != template.get(key)}
     assert differing == {"ExecStart", "User", "Group", "StateDirectory"}
+
+
+def test_units_leave_the_custodian_key_to_the_dropin(
+    unit: tuple[str, dict[str, dict[str, list[str]]]],
+) -> None:
+    # A SupplementaryGroups= group that does not exist fails the unit (216/GROUP):
+    # in the template it would take ocpd@node and ocpd@registry down too.
+    _, sections = unit
+    service = sections["Service"]
+    assert "SupplementaryGroups" not in service
+    environment = " ".join(service.get("Environment", []))
+    assert "OCP_CUSTODIAN_KEY_FILE" not in environment
+    assert "OCP_CUSTODIAN_DEV_MODE" not in environment
+
+
+def test_custodian_key_dropin() -> None:
+    sections = parse_unit(KEY_DROPIN.read_text(encoding="utf-8"))
+    assert set(sections) == {"Service"}
+    service = sections["Service"]
+    assert set(service) == {"SupplementaryGroups", "Environment"}
+    assert service["SupplementaryGroups"] == ["ocpd-secrets"]
+    assert service["Environment"] == [f"OCP_CUSTODIAN_KEY_FILE={KEY_FILE}"]
+    assert ENVIRONMENT["OCP_CUSTODIAN_KEY_FILE"][0] == "custodian.key_file"
+
+
+def test_systemd_readme_installs_the_key_as_the_dropin_expects() -> None:
+    readme = (CONTRIB / "systemd" / "README.md").read_text(encoding="utf-8")
+    assert f"ocpd custodian keygen {KEY_FILE}" in readme
+    assert f"chgrp ocpd-secrets {KEY_FILE}" in readme
+    assert f"chmod 0640 {KEY_FILE}" in readme
+    assert "groupadd --system ocpd-secrets" in readme
+    assert "/etc/systemd/system/ocpd@custodian.service.d/custodian-key.conf" in readme
+    assert "/etc/systemd/system/ocpd.service.d/custodian-key.conf" in readme
+
+
+@pytest.mark.parametrize(("mode", "accepted"), [(0o640, True), (0o600, True), (0o444, False)])
+def test_key_file_modes_of_the_recipes(tmp_path: Path, mode: int, accepted: bool) -> None:
+    # systemd: root:ocpd-secrets 0640 is accepted. Compose: 0444 is accepted only
+    # in /run/secrets (see the Compose tests), not in an ordinary directory.
+    path = tmp_path / "custodian.key"
+    DatabaseKey.generate().write(path)
+    path.chmod(mode)
+    if accepted:
+        DatabaseKey.from_file(path)
+    else:
+        with pytest.raises(DatabaseKeyError, match="open to other users"):
+            DatabaseKey.from_file(path)
 
 
 # --- Dockerfile -----------------------------------------------------------------------
@@ -298,3 +350,35 @@ def test_compose_volumes_and_networks(compose: dict[str, Any]) -> None:
     assert networks["ocp-internal"]["internal"] is True
     custodian = compose["services"]["ocp-custodian"]
     assert custodian["networks"] == ["ocp-internal"]
+
+
+def test_compose_custodian_key_secret(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    custodian = services["ocp-custodian"]
+    # The short syntax: mounted at /run/secrets/custodian_key, where ocpd accepts
+    # a mode of 0444 (Compose keeps the host file's mode; ocpd runs as UID 10001).
+    assert custodian["secrets"] == ["custodian_key"]
+    assert custodian["environment"]["OCP_CUSTODIAN_KEY_FILE"] == f"{SECRETS_MOUNT}/custodian_key"
+    assert "OCP_CUSTODIAN_DEV_MODE" not in custodian["environment"]
+    for name in ("ocp-node", "ocp-registry"):
+        assert "secrets" not in services[name], f"{name} must not get the custodian's key"
+        assert "OCP_CUSTODIAN_KEY_FILE" not in services[name]["environment"]
+    # A file secret, nothing else: Compose applies no uid/gid/mode to those.
+    assert compose["secrets"] == {
+        "custodian_key": {"file": "${OCPD_CUSTODIAN_KEY:-./secrets/custodian.key}"}
+    }
+
+
+def test_compose_registry_url(compose: dict[str, Any]) -> None:
+    registry_port = next(iter(DEFAULTS.ports("registry").values()))
+    for name in ("ocp-node", "ocp-custodian"):
+        environment = compose["services"][name]["environment"]
+        assert environment["OCP_REGISTRY_URL"] == f"http://ocp-registry:{registry_port}"
+        networks = compose["services"][name]["networks"]
+        assert "ocp-internal" in networks
+    assert "ocp-internal" in compose["services"]["ocp-registry"]["networks"]
+
+
+def test_compose_key_directory_is_not_committed() -> None:
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "/contrib/docker/secrets/" in ignored

@@ -255,7 +255,10 @@ def test_custodian_refuses_to_start_without_a_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "open to other users" in result.stderr
     # ocpd custodian keygen writes one that is accepted.
+    # (even when the configuration already names the file it is to make).
     key = tmp_path / "custodian.key"
-    made = run_cli(["custodian", "keygen", str(key)], env=env)
+    made = run_cli(
+        ["custodian", "keygen", str(key)], env={**env, "OCP_CUSTODIAN_KEY_FILE": str(key)}
+    )
     assert made.returncode == 0 and oct(key.stat().st_mode & 0o777) == "0o600"
     assert run_cli(["custodian", "keygen", str(key)], env=env).returncode == 1

@@ -487,8 +487,8 @@ def _cmd_peer(args: argparse.Namespace) -> int:
 
 
 def _cmd_custodian(args: argparse.Namespace) -> int:
-    config, _ = _load(args)
-    return custodian_cli.run(args, config)
+    # keygen reads no configuration: it makes the very file custodian.key_file may name.
+    return custodian_cli.run(args, lambda: _load(args)[0])
 
 
 def _cmd_healthcheck(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from ocpd.proto.encoding import format_timestamp
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
     from ocpd.config import Config
 
@@ -53,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action.add_argument("request_id", metavar="ID")
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
+def run(args: argparse.Namespace, load_config: Callable[[], Config]) -> int:
     from ocpd.cli import CliError
     from ocpd.control import SOCKET_NAME, ControlError, call
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise CliError(f"cannot write {path}: {exc.strerror}") from None
         print(f"wrote {path} (mode 0600); set OCP_CUSTODIAN_KEY_FILE={path.resolve()}")
         return 0
-    socket = config.data_dir / SOCKET_NAME
+    socket = load_config().data_dir / SOCKET_NAME
     try:
         if args.custodian_command == "requests":
             result = call(socket, "custodian.requests", all=args.all)
