@@ -26,6 +26,7 @@ from ocpd.node.directory import AgentInfo
 from ocpd.proto.crypto import SigningKey, X25519KeyPair
 from ocpd.proto.encoding import b64url_encode, format_timestamp
 from ocpd.proto.envelope import build_message, sign_message, verify_message_signature
+from ocpd.proto.errors import ForbiddenError
 from ocpd.proto.ids import derive_agent_id, key_fingerprint
 from ocpd.proto.recovery import (
     Custodian,
@@ -292,7 +293,14 @@ async def test_hostile_recovery_requests_are_refused(world: World) -> None:
 
 async def test_hostile_deposits_and_revocations_are_refused(world: World) -> None:
     records = world.records(ALICE)
-    assert (await world.deposit(ALICE, records[0])).status == 200
+    payload = {
+        "share": records[0],
+        "recovery_public_key": b64url_encode(ALICE.recovery.public_key),
+    }
+    raw = world.message(ALICE.agent_id, "share_deposit", payload, ALICE.key)
+    assert (await world.post(raw)).status == 200
+    # The same message again is a replay, before it is anything else.
+    refused(await world.post(raw), 401, "replayed")
     # A second share of the same key, even a fresh record.
     refused(await world.deposit(ALICE, world.records(ALICE)[0]), 403, "share_exists")
     # A record sealed for another custodian.
@@ -424,7 +432,7 @@ async def test_operator_approval(world: World) -> None:
     )
     rejected = await commands["custodian.reject"]({"request_id": pending["details"]["approval_id"]})
     assert rejected["status"] == "rejected"
-    with pytest.raises(Exception, match="not pending"):
+    with pytest.raises(ForbiddenError, match="not pending"):
         await commands["custodian.approve"]({"request_id": rejected["request_id"]})
     refused(
         await world.post(

@@ -28,8 +28,10 @@ from prometheus_client import (
 )
 from quart import Response, g, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 import ocpd
+from ocpd.proto.errors import PayloadTooLarge, RequestTimeout
 
 if TYPE_CHECKING:
     import sqlite3
@@ -304,3 +306,29 @@ def create_app(
 
 def _json(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"))
+
+
+async def read_limited_body(limit: int, *, within: float) -> bytes:
+    """The current request's body, refused (OCP-413) as soon as it is known to exceed
+    ``limit`` bytes: by its ``Content-Length``, or while it streams; OCP-408 when it
+    does not arrive within ``within`` seconds."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
+    data = bytearray()
+    try:
+        with trio.fail_after(within):
+            async for chunk in request.body:
+                data += chunk
+                if len(data) > limit:
+                    raise _too_large(len(data), limit)
+    except trio.TooSlowError:
+        raise RequestTimeout("the body did not arrive in time") from None
+    except RequestEntityTooLarge:
+        raise _too_large(None, limit) from None
+    return bytes(data)
+
+
+def _too_large(size: int | None, limit: int) -> PayloadTooLarge:
+    what = f"body of {size} bytes" if size is not None else "body"
+    return PayloadTooLarge(f"{what} exceeds the limit of {limit}", details={"limit": limit})

@@ -15,14 +15,15 @@ The flows over several custodians (distribute, recover, rotate) are in
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from ocpd.client.delivery import error_from_payload
 from ocpd.client.errors import ConnectionFailed, MessageRejected
+from ocpd.client.https import http_error
+from ocpd.client.session import dumps
 from ocpd.proto import schema
+from ocpd.proto.auth import OCF_VERSION
 from ocpd.proto.crypto import SigningKey, ed25519_pk_to_x25519
 from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp
 from ocpd.proto.envelope import (
@@ -150,12 +151,12 @@ class CustodianClient:
             ),
             key,
         )
-        body = _dumps(message)
+        body = dumps(message).encode("utf-8")
         try:
             response = await self._http.post(
                 self.url + MESSAGES_PATH,
                 content=body,
-                headers={"Content-Type": "application/json", "X-OCF-Version": "1.0"},
+                headers={"Content-Type": "application/json", "X-OCF-Version": OCF_VERSION},
             )
         except httpx.HTTPError as exc:
             raise ConnectionFailed(f"{self.url}: {exc}") from None
@@ -163,7 +164,7 @@ class CustodianClient:
         if response.status_code == 200 and answer["message_type"] != "error":
             payload_out: dict[str, Any] = answer["payload"]
             return payload_out
-        raise _refusal(answer["payload"], response)
+        raise _refusal(response)
 
     def _verified(self, response: httpx.Response, message_id: str) -> dict[str, Any]:
         public_key = self._public_key
@@ -270,23 +271,15 @@ class CustodianClient:
         )
 
 
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _refusal(payload: dict[str, Any], response: httpx.Response) -> CustodianRefused:
-    header = response.headers.get("retry-after", "").strip()
-    retry_after = float(header) if header.isdigit() else None
-    generic = error_from_payload(
-        payload, status=response.status_code, retry_after=retry_after, fallback="refused"
-    )
-    kind = (
-        ApprovalPending if generic.details.get("reason") == "approval_pending" else CustodianRefused
-    )
+def _refusal(response: httpx.Response) -> CustodianRefused:
+    """The custodian's ``error`` message (its signature already checked) as an exception."""
+    generic = http_error(response)
+    pending = generic.details.get("reason") == "approval_pending"
+    kind = ApprovalPending if pending else CustodianRefused
     return kind(
         generic.message,
         code=generic.code,
         details=generic.details,
-        status=response.status_code,
-        retry_after=retry_after,
+        status=generic.status,
+        retry_after=generic.retry_after,
     )

@@ -63,13 +63,6 @@ class Deposit:
     fingerprint: str
     note: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Deposit:
-        return cls(**data)
-
 
 class DistributionIncomplete(Exception):
     """Some deposits failed; ``deposits`` went through, ``failures`` maps URL to reason."""

@@ -21,17 +21,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import trio
 from quart import Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from ocpd.config import ConfigError
 from ocpd.custodian.service import CustodianService
 from ocpd.custodian.store import DatabaseKey, DatabaseKeyError
 from ocpd.logs import get_logger, log_event
 from ocpd.node.directory import directory_for
-from ocpd.proto.errors import MalformedError, OcpError, PayloadTooLarge, RequestTimeout
+from ocpd.proto.errors import MalformedError, OcpError
 from ocpd.registry.seeddir import address_key
+from ocpd.web import read_limited_body
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -137,26 +136,7 @@ async def _read_body() -> bytes:
     content_type = request.headers.get("Content-Type")
     if content_type is not None and content_type.split(";")[0].strip().lower() != _JSON:
         raise MalformedError("Content-Type must be application/json")
-    declared = request.content_length
-    if declared is not None and declared > MAX_BODY:
-        raise _too_large(declared)
-    data = bytearray()
-    try:
-        with trio.fail_after(BODY_TIMEOUT):
-            async for chunk in request.body:
-                data += chunk
-                if len(data) > MAX_BODY:
-                    raise _too_large(len(data))
-    except trio.TooSlowError:
-        raise RequestTimeout("the body did not arrive in time") from None
-    except RequestEntityTooLarge:
-        raise _too_large(None) from None
-    return bytes(data)
-
-
-def _too_large(size: int | None) -> PayloadTooLarge:
-    what = f"body of {size} bytes" if size is not None else "body"
-    return PayloadTooLarge(f"{what} exceeds the limit of {MAX_BODY}", details={"limit": MAX_BODY})
+    return await read_limited_body(MAX_BODY, within=BODY_TIMEOUT)
 
 
 def _response(reply: Reply) -> Response:

@@ -469,8 +469,13 @@ class CustodianService:
                     remote=seen.remote,
                 )
                 store.add_request(conn, request)
-                return "answered", self._answer(conn, held.record, payload, ephemeral, request)
-            return self._operator_step(conn, payload, proof, earlier, seen, now)
+            else:
+                outcome, request = self._operator_step(conn, payload, proof, earlier, seen, now)
+                if outcome == "pending":
+                    return "pending", request
+                store.mark_answered(conn, request.request_id, now=now)
+            response = self._answer(conn, held.record, payload, ephemeral, request, seen, now)
+            return "answered", response
 
         outcome, result = await self._write(txn)
         if outcome == "pending":
@@ -485,8 +490,8 @@ class CustodianService:
         earlier: store.RecoveryRequest | None,
         seen: _Seen,
         now: float,
-    ) -> tuple[str, Any]:
-        """A request proved by operator approval: record it, or answer it once approved."""
+    ) -> tuple[str, store.RecoveryRequest]:
+        """A request proved by operator approval: ``pending`` (recorded), or ``approved``."""
         agent_id, fingerprint = payload["agent_id"], payload["key_fingerprint"]
         ephemeral_text = payload["ephemeral_public_key"]
         approval_id = proof.get("approval_id")
@@ -546,12 +551,7 @@ class CustodianService:
                 f"the operator's approval is {request.status}",
                 details={"reason": f"approval_{request.status}", "approval_id": request.request_id},
             )
-        held = store.get_share(conn, self._database_key, agent_id, fingerprint, now=now)
-        if held is None:  # pragma: no cover - checked by the caller in this transaction
-            raise NotFoundError("the share is gone", details={"reason": "no_share"})
-        store.mark_answered(conn, request.request_id, now=now)
-        ephemeral = b64url_decode(ephemeral_text, field="ephemeral_public_key", length=32)
-        return "answered", self._answer(conn, held.record, payload, ephemeral, request)
+        return "approved", request
 
     def _answer(
         self,
@@ -560,6 +560,8 @@ class CustodianService:
         payload: dict[str, Any],
         ephemeral: bytes,
         request: store.RecoveryRequest,
+        seen: _Seen,
+        now: float,
     ) -> dict[str, Any]:
         """The share, opened and sealed again to the ephemeral key, never stored that way."""
         share = open_share_record(record, self._key, self.agent_id)
@@ -573,7 +575,7 @@ class CustodianService:
         )
         store.audit(
             conn,
-            at=request.answered_at or self._clock.now(),
+            at=now,
             event="recovery_request",
             outcome="answered",
             agent_id=payload["agent_id"],
@@ -581,7 +583,7 @@ class CustodianService:
             request_id=request.request_id,
             proof=request.proof_type,
             share_index=share.index,
-            remote=request.remote,
+            remote=seen.remote,
         )
         return response
 

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATABASE_KEY_BYTES",
-    "REQUEST_STATUSES",
     "SECRETS_MOUNT",
     "DatabaseKey",
     "DatabaseKeyError",
@@ -65,10 +64,6 @@ __all__ = [
 DATABASE_KEY_BYTES: Final = 32
 #: Where Docker and Podman mount a container's secrets.
 SECRETS_MOUNT: Final = "/run/secrets"
-#: A recovery request's life: ``answered`` at once for a recovery key proof;
-#: ``pending`` -> ``approved`` | ``rejected`` | ``expired`` by the operator or
-#: the sweeper, then ``approved`` -> ``answered`` when the agent comes back.
-REQUEST_STATUSES: Final = ("pending", "approved", "rejected", "expired", "answered")
 _WRAP_CONTEXT: Final = b"ocpd custodian share v1\n"
 
 
@@ -275,7 +270,13 @@ def audit(
 
 @attrs.frozen
 class RecoveryRequest:
-    """One ``recovery_request`` as the custodian keeps it (no share material)."""
+    """One ``recovery_request`` as the custodian keeps it (no share material).
+
+    ``status`` is ``answered`` at once for a recovery key proof; otherwise
+    ``pending``, then ``approved``, ``rejected`` or ``expired`` by the operator
+    or the sweeper, and ``approved`` becomes ``answered`` when the agent
+    comes back.
+    """
 
     request_id: str
     agent_id: str

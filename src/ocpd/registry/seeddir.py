@@ -76,7 +76,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import trio
 from prometheus_client import Counter, Gauge
 from quart import Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from ocpd.logs import get_logger, log_fields
 from ocpd.proto.encoding import parse_timestamp
@@ -85,9 +84,7 @@ from ocpd.proto.errors import (
     NetError,
     NotFoundError,
     OcpError,
-    PayloadTooLarge,
     RateLimited,
-    RequestTimeout,
     Unavailable,
 )
 from ocpd.proto.ids import parse_node_id
@@ -95,6 +92,7 @@ from ocpd.proto.netartifacts import check_sequence, verify_node_advertisement
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.strictjson import MAX_SAFE_INTEGER, loads_strict
 from ocpd.storage import StorageError
+from ocpd.web import read_limited_body
 
 if TYPE_CHECKING:
     import sqlite3
@@ -238,21 +236,7 @@ class SeedDirectory:
 
     async def _read_body(self) -> bytes:
         """The body, refused as soon as it is known to exceed ``max_body``."""
-        declared = request.content_length
-        if declared is not None and declared > self.max_body:
-            raise _too_large(declared, self.max_body)
-        data = bytearray()
-        try:
-            with trio.fail_after(BODY_TIMEOUT):
-                async for chunk in request.body:
-                    data += chunk
-                    if len(data) > self.max_body:
-                        raise _too_large(len(data), self.max_body)
-        except trio.TooSlowError:
-            raise RequestTimeout("the body did not arrive in time") from None
-        except RequestEntityTooLarge:
-            raise _too_large(None, self.max_body) from None
-        return bytes(data)
+        return await read_limited_body(self.max_body, within=BODY_TIMEOUT)
 
     def _reject(self, exc: OcpError, peer: str, node_id: str) -> None:
         self._outcomes.labels(exc.code).inc()
@@ -350,11 +334,6 @@ def address_key(peer: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-def _too_large(size: int | None, limit: int) -> PayloadTooLarge:
-    what = f"body of {size} bytes" if size is not None else "body"
-    return PayloadTooLarge(f"{what} exceeds the limit of {limit}", details={"limit": limit})
 
 
 def _check_node_id(node_id: str) -> None:
