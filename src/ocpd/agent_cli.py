@@ -11,7 +11,9 @@
 * ``task``     ``delegate`` a task (and follow it with ``--wait``) or
   ``answer`` one;
 * ``consensus`` ``run`` a round as its initiator (open, collect until the
-  deadline, tally, announce) or ``vote`` in one.
+  deadline, tally, announce) or ``vote`` in one;
+* ``recovery`` ``split`` the key over custodians, ``recover`` it, ``rotate``
+  it afterwards (:mod:`ocpd.agent_recovery`).
 
 URLs and files fall back to environment variables (``OCP_AGENT_KEY``,
 ``OCP_REGISTRY_URL``, ``OCP_NODE_URL``, ``OCP_NODE_HTTP_URL``,
@@ -169,6 +171,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="endpoint URL, highest priority first (repeat); wss:// is ocp-ws, https:// ocp-http",
     )
     register.add_argument("--ttl", type=int, default=86_400, help="record ttl in seconds")
+    register.add_argument(
+        "--recovery-key",
+        default=None,
+        metavar="PATH",
+        help="publish this key file's public key as the DID document's #recovery-key-1",
+    )
 
     discover = actions.add_parser("discover", help="find agents by domain and capability")
     _add_key(discover)
@@ -292,6 +300,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--rationale", required=True, help="private rationale; only its SHA3-256 is sent"
     )
 
+    from ocpd import agent_recovery  # it builds on this module's helpers
+
+    agent_recovery.add_parser(actions)
+
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -312,10 +324,10 @@ def _load_agent(args: argparse.Namespace) -> AgentKey:
     if not args.key:
         _fail("no key file: give --key or set OCP_AGENT_KEY")
     path = Path(args.key)
-    key = read_key_file(path)
     network = args.network or _network_of_key_file(path) or _env("OCP_NETWORK") or DEFAULT_NETWORK
     try:
-        return AgentKey(key, network)
+        # The agent id the file names wins: after a rotation it no longer derives from the key.
+        return AgentKey.load(path, network)
     except ValueError as exc:
         _fail(f"--network: {exc}")
 
@@ -443,7 +455,12 @@ async def _register(args: argparse.Namespace) -> int:
             ttl=args.ttl,
         )
         endpoint_urls = [e["url"] for e in endpoints]
-        result = await registry.register(record, agent.did_document(endpoints=endpoint_urls))
+        recovery = read_key_file(Path(args.recovery_key)) if args.recovery_key else None
+        document = agent.did_document(
+            endpoints=endpoint_urls,
+            recovery_public_key=recovery.public_key if recovery is not None else None,
+        )
+        result = await registry.register(record, document)
     _print(result)
     return 0
 
@@ -745,6 +762,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.agent_command == "keygen":
             return _keygen(args)
+        if args.agent_command == "recovery":
+            from ocpd import agent_recovery  # it builds on this module's helpers
+
+            return agent_recovery.run(args)
         return trio.run(actions[args.agent_command], args)
     except (
         AgentCliError,

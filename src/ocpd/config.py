@@ -575,6 +575,7 @@ ENVIRONMENT: Final[dict[str, tuple[str, str]]] = {
     "OCP_TLS_UPSTREAM": ("transport.tls_terminated_upstream", "bool"),
     "OCP_REGISTRY_PEERS": ("registry.peers", "list"),
     "OCP_REGISTRY_URL": ("transport.registry_url", "str"),
+    "OCP_REGISTRY_CA_FILE": ("transport.registry_ca_file", "str"),
     "OCP_PUBLIC_HTTP_URL": ("transport.public_http_url", "str"),
     "OCP_PUBLIC_WS_URL": ("transport.public_ws_url", "str"),
     "OCP_DELIVERY_CA_FILE": ("transport.delivery_ca_file", "str"),

@@ -22,6 +22,7 @@ import httpx
 from ocpd.client.errors import ConnectionFailed, MessageRejected
 from ocpd.client.https import http_error
 from ocpd.client.session import dumps
+from ocpd.client.websocket import client_ssl_context
 from ocpd.proto import schema
 from ocpd.proto.auth import OCF_VERSION
 from ocpd.proto.crypto import SigningKey, ed25519_pk_to_x25519
@@ -77,7 +78,7 @@ class CustodianClient:
         self.pinned_agent_id = agent_id
         self._custodian: Custodian | None = None
         self._public_key: bytes | None = None
-        self._http = httpx.AsyncClient(verify=verify, timeout=timeout)
+        self._http = httpx.AsyncClient(verify=client_ssl_context(verify), timeout=timeout)
 
     async def __aenter__(self) -> CustodianClient:
         return self

@@ -13,26 +13,38 @@
   the DID document updated with the old key revoked (signed by the old key,
   still active until then), ``share_revoke`` to the old custodians (signed
   by the new key), and new shares distributed.
+* :class:`Manifest` is the receipts of one split as a JSON file: what
+  ``ocpd agent recovery recover`` and ``rotate`` start from.
+
+A custodian whose operator approves requests by hand (no recovery key)
+answers ``approval_pending``; :func:`recover_key_from` then reports the
+approval id and ephemeral key through ``on_pending`` and asks again, with
+the same ephemeral key, until the approval arrives or ``approval_timeout``
+passes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
+from ocpd.client.custodian import ApprovalPending
 from ocpd.client.errors import NodeError
 from ocpd.client.keys import AgentKey
 from ocpd.proto.crypto import SigningKey, X25519KeyPair
 from ocpd.proto.diddoc import parse_did_document, rotate_did_document, sign_did_update
-from ocpd.proto.encoding import format_timestamp
-from ocpd.proto.errors import OcpError
-from ocpd.proto.ids import key_fingerprint
+from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp
+from ocpd.proto.errors import MalformedError, OcpError
+from ocpd.proto.ids import key_fingerprint, parse_agent_id
 from ocpd.proto.recovery import RecoveryFailed, make_share_records, recover_key
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ocpd.client.custodian import CustodianClient
     from ocpd.client.registry import RegistryClient
@@ -41,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Deposit",
     "DistributionIncomplete",
+    "Manifest",
+    "ManifestError",
     "Recovered",
     "Rotated",
     "distribute_shares",
@@ -62,6 +76,161 @@ class Deposit:
     total_shares: int
     fingerprint: str
     note: str = ""
+
+
+MANIFEST_FORMAT: Final = "ocpd-recovery-manifest/1"
+MAX_MANIFEST_SIZE: Final = 1_048_576
+
+
+class ManifestError(ValueError):
+    """A manifest file that cannot be used, and why."""
+
+
+@attrs.frozen
+class Manifest:
+    """The receipts of one split, enough to recover and to rotate (nothing secret).
+
+    Saved as JSON: ``format``, ``agent_id``, ``key_fingerprint``,
+    ``threshold``, ``total_shares``, ``recovery_public_key`` (base64url),
+    ``recovery_key_id``, ``created_at`` and ``custodians`` (one object per
+    deposit that went through: ``url``, ``custodian_id``, ``share_id``,
+    ``share_index``, ``note``).
+    """
+
+    agent_id: str
+    fingerprint: str
+    threshold: int
+    total_shares: int
+    recovery_public_key: bytes
+    recovery_key_id: str
+    created_at: str
+    deposits: tuple[Deposit, ...]
+
+    @property
+    def urls(self) -> list[str]:
+        return [d.url for d in self.deposits]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "agent_id": self.agent_id,
+            "key_fingerprint": self.fingerprint,
+            "threshold": self.threshold,
+            "total_shares": self.total_shares,
+            "recovery_public_key": b64url_encode(self.recovery_public_key),
+            "recovery_key_id": self.recovery_key_id,
+            "created_at": self.created_at,
+            "custodians": [
+                {
+                    "url": d.url,
+                    "custodian_id": d.custodian_id,
+                    "share_id": d.share_id,
+                    "share_index": d.share_index,
+                    "note": d.note,
+                }
+                for d in self.deposits
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Manifest:
+        """Read a manifest, with a :class:`ManifestError` naming the first field that is wrong."""
+        body = _object(data, "the manifest")
+        if body.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"not a recovery manifest (format must be {MANIFEST_FORMAT!r})")
+        agent_id = _text(body, "agent_id")
+        try:
+            parse_agent_id(agent_id)
+            recovery_public_key = b64url_decode(
+                body.get("recovery_public_key"), field="recovery_public_key", length=32
+            )
+        except OcpError as exc:
+            raise ManifestError(exc.message) from None
+        threshold = _count(body, "threshold", 2)
+        total = _count(body, "total_shares", 3)
+        if threshold > total:
+            raise ManifestError("threshold is larger than total_shares")
+        fingerprint = _text(body, "key_fingerprint")
+        listed = body.get("custodians")
+        if not isinstance(listed, list):
+            raise ManifestError("custodians must be a list")
+        deposits = []
+        for n, entry in enumerate(listed):
+            item = _object(entry, f"custodians[{n}]")
+            deposits.append(
+                Deposit(
+                    url=_text(item, "url", n),
+                    custodian_id=_text(item, "custodian_id", n),
+                    agent_id=agent_id,
+                    share_id=_text(item, "share_id", n),
+                    share_index=_count(item, "share_index", 1, n),
+                    threshold=threshold,
+                    total_shares=total,
+                    fingerprint=fingerprint,
+                    note=str(item.get("note", "")),
+                )
+            )
+        if len({d.url for d in deposits}) != len(deposits):
+            raise ManifestError("a custodian is listed twice")
+        return cls(
+            agent_id=agent_id,
+            fingerprint=fingerprint,
+            threshold=threshold,
+            total_shares=total,
+            recovery_public_key=recovery_public_key,
+            recovery_key_id=_text(body, "recovery_key_id"),
+            created_at=_text(body, "created_at"),
+            deposits=tuple(deposits),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write the manifest (mode 0600: it says where the shares are); never overwrites."""
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        fd = os.open(Path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        try:
+            with Path(path).open("rb") as handle:
+                raw = handle.read(MAX_MANIFEST_SIZE + 1)
+        except OSError as exc:
+            raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_MANIFEST_SIZE:
+            raise ManifestError(f"{path} is larger than {MAX_MANIFEST_SIZE} bytes")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ManifestError(f"{path} is not JSON: {exc}") from None
+        try:
+            return cls.from_json(data)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from None
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ManifestError(f"{what} must be a JSON object")
+    return value
+
+
+def _where(field: str, n: int | None) -> str:
+    return field if n is None else f"custodians[{n}].{field}"
+
+
+def _text(body: dict[str, Any], field: str, n: int | None = None) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{_where(field, n)} must be a non-empty string")
+    return value
+
+
+def _count(body: dict[str, Any], field: str, least: int, n: int | None = None) -> int:
+    value = body.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 255:
+        raise ManifestError(f"{_where(field, n)} must be a whole number from {least} to 255")
+    return value
 
 
 class DistributionIncomplete(Exception):
@@ -97,6 +266,8 @@ class Rotated:
     revoked: tuple[str, ...]
     revoke_failures: dict[str, str]
     deposits: list[Deposit]
+    #: URL -> why the new share could not be deposited there.
+    deposit_failures: dict[str, str] = attrs.field(factory=dict)
 
 
 def _why(exc: Exception) -> str:
@@ -165,11 +336,23 @@ async def recover_key_from(
     agent_id: str,
     fingerprint: str,
     threshold: int,
-    recovery_key: SigningKey,
+    recovery_key: SigningKey | None,
     recovery_key_id: str | None = None,
     now: float,
+    on_pending: Callable[[str, str, str], None] | None = None,
+    approval_timeout: float = 0.0,
+    poll_interval: float = 5.0,
 ) -> Recovered:
     """Ask every custodian for its share and rebuild the key (checked against ``fingerprint``).
+
+    With ``recovery_key`` each request is proved by it. Without, each asks
+    for its custodian operator's approval: ``on_pending(url, approval_id,
+    ephemeral_public_key)`` tells who to ask, and the request is repeated
+    every ``poll_interval`` seconds with the same ephemeral key until it is
+    approved, refused, or ``approval_timeout`` has passed (0: do not wait);
+    once the shares in hand rebuild the key, nobody is waited for any more.
+    ``now`` is the wall-clock time at the call; later requests add the time
+    spent since.
 
     Raises :class:`~ocpd.proto.recovery.RecoveryFailed` (its details list the
     failures) when fewer than ``threshold`` shares come back or they do not
@@ -178,23 +361,84 @@ async def recover_key_from(
     key_id = recovery_key_id or f"{agent_id}#recovery-key-1"
     shares: dict[str, Share] = {}
     failures: dict[str, str] = {}
+    started = trio.current_time()
+    outstanding = {custodian.url for custodian in custodians}
+    #: URL -> approval id, for custodians waiting for their operator.
+    waiting: dict[str, str] = {}
+
+    def settle(url: str) -> None:
+        """Stop waiting for operators once the shares in hand rebuild the key."""
+        outstanding.discard(url)
+        if (
+            outstanding
+            and outstanding <= waiting.keys()
+            and _rebuilds(shares, threshold, fingerprint)
+        ):
+            nursery.cancel_scope.cancel()
 
     async def one(custodian: CustodianClient) -> None:
         try:
-            shares[custodian.url] = await custodian.request_share(
+            await ask_until_answered(custodian)
+        finally:
+            settle(custodian.url)
+
+    async def ask_until_answered(custodian: CustodianClient) -> None:
+        ephemeral = X25519KeyPair.generate()
+
+        async def ask(approval_id: str | None) -> Share:
+            return await custodian.request_share(
                 agent_id=agent_id,
                 fingerprint=fingerprint,
-                ephemeral=X25519KeyPair.generate(),
+                ephemeral=ephemeral,
                 recovery_key=recovery_key,
-                recovery_key_id=key_id,
-                now=now,
+                recovery_key_id=key_id if recovery_key is not None else None,
+                approval_id=approval_id,
+                now=now + (trio.current_time() - started),
             )
+
+        try:
+            shares[custodian.url] = await ask(None)
+            return
+        except ApprovalPending as exc:
+            pending = exc
         except (NodeError, OcpError) as exc:
             failures[custodian.url] = _why(exc)
+            return
+        approval_id = pending.approval_id
+        if on_pending is None or approval_timeout <= 0:
+            failures[custodian.url] = f"waits for the operator's approval {approval_id}"
+            return
+        on_pending(custodian.url, approval_id, b64url_encode(ephemeral.public_key))
+        waiting[custodian.url] = approval_id
+        settle("")
+        with trio.move_on_after(approval_timeout):
+            delay = poll_interval
+            while True:
+                await trio.sleep(delay)
+                delay = poll_interval
+                try:
+                    shares[custodian.url] = await ask(approval_id)
+                    return
+                except ApprovalPending:
+                    continue
+                except NodeError as exc:
+                    if exc.retry_after is None:
+                        failures[custodian.url] = _why(exc)
+                        return
+                    delay = max(exc.retry_after, poll_interval)
+                except OcpError as exc:
+                    failures[custodian.url] = _why(exc)
+                    return
+        failures[custodian.url] = (
+            f"the operator did not approve {approval_id} within {approval_timeout:g} s"
+        )
 
     async with trio.open_nursery() as nursery:
         for custodian in custodians:
             nursery.start_soon(one, custodian)
+    for url, approval_id in waiting.items():
+        if url not in shares and url not in failures:
+            failures[url] = f"not needed: the key was rebuilt while {approval_id} waited"
     by_index: dict[int, str] = {}
     for url, share in shares.items():
         if share.index in by_index:
@@ -215,6 +459,17 @@ async def recover_key_from(
     )
 
 
+def _rebuilds(shares: dict[str, Share], threshold: int, fingerprint: str) -> bool:
+    by_index = {share.index: share for share in shares.values()}
+    if len(by_index) < threshold:
+        return False
+    try:
+        recover_key(list(by_index.values()), threshold=threshold, fingerprint=fingerprint)
+    except MalformedError:
+        return False
+    return True
+
+
 async def rotate_after_recovery(
     old: AgentKey,
     registry: RegistryClient,
@@ -228,10 +483,26 @@ async def rotate_after_recovery(
 ) -> Rotated:
     """Replace a recovered key (§8.3.5 step 5); ``registry`` must sign as ``old``.
 
-    The old custodians are matched to ``old_deposits`` by URL; those that
-    cannot be reached are reported in :attr:`Rotated.revoke_failures` (their
-    shares are of a revoked key and expire).
+    Nothing changes until the new custodians have been reached and are at
+    least ``threshold``; from the DID update on, the rotation goes to the
+    end and reports what failed instead of raising. The old custodians are
+    matched to ``old_deposits`` by URL; those that cannot be reached are
+    reported in :attr:`Rotated.revoke_failures` (their shares are of a
+    revoked key and expire), deposits that fail in
+    :attr:`Rotated.deposit_failures`.
     """
+    if threshold < 2 or len(new_custodians) < max(threshold, 3):
+        raise MalformedError(
+            f"a split needs a threshold of at least 2 and at least 3 custodians, and no fewer "
+            f"custodians than the threshold: {threshold} of {len(new_custodians)} is not possible",
+            details={"reason": "too_few_custodians", "threshold": threshold},
+        )
+    identities = [await custodian.custodian() for custodian in new_custodians]
+    if len({i.agent_id for i in identities}) != len(identities):
+        raise MalformedError(
+            "each custodian may hold only one share of a key",
+            details={"reason": "custodian_repeated"},
+        )
     new_key = new_key or SigningKey.generate()
     now = old.now()
     current = await registry.resolve_did(old.agent_id)
@@ -263,12 +534,17 @@ async def rotate_after_recovery(
     async with trio.open_nursery() as nursery:
         for custodian in old_custodians:
             nursery.start_soon(revoke, custodian)
-    deposits = await distribute_shares(
-        agent, new_custodians, threshold=threshold, recovery_public_key=recovery_public_key
-    )
+    try:
+        deposits = await distribute_shares(
+            agent, new_custodians, threshold=threshold, recovery_public_key=recovery_public_key
+        )
+        deposit_failures: dict[str, str] = {}
+    except DistributionIncomplete as exc:
+        deposits, deposit_failures = exc.deposits, exc.failures
     return Rotated(
         agent=agent,
         revoked=tuple(sorted(revoked)),
         revoke_failures=revoke_failures,
         deposits=deposits,
+        deposit_failures=deposit_failures,
     )
