@@ -12,7 +12,6 @@ The node takes the new key and refuses the old one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import ssl
 import subprocess
@@ -24,71 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_process import Daemon, TlsFiles, free_port, run_cli
+from custodian_world import World, running_world
+from daemon_process import run_cli
 from ocpd.client.recovery import Manifest, ManifestError
 from ocpd.identity import read_key_file
 from ocpd.proto.ids import key_fingerprint
 
 
-class World:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.tls = TlsFiles(tmp)
-        self.daemons: list[Daemon] = []
-        self.env: dict[str, str] = {}
-
-    def start(self) -> None:
-        first = Daemon(self.tmp / "c1", component="all", tls=self.tls)
-        self.daemons.append(first.start())
-        first.wait_ready()
-        for n in (2, 3):
-            daemon = Daemon(
-                self.tmp / f"c{n}",
-                component="custodian",
-                tls=self.tls,
-                env={
-                    "OCP_CUSTODIAN_PORT": str(free_port()),
-                    "OCP_REGISTRY_URL": first.listeners["registry"],
-                    "OCP_REGISTRY_CA_FILE": str(self.tls.ca_file),
-                },
-            )
-            self.daemons.append(daemon.start())
-        for daemon in self.daemons[1:]:
-            daemon.wait_ready()
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("OCP_")},
-            "OCP_REGISTRY_URL": first.listeners["registry"],
-            "OCP_NODE_HTTP_URL": first.listeners["http"],
-            "OCP_CA_FILE": str(self.tls.ca_file),
-            "OCP_NETWORK": "testnet",
-        }
-
-    @property
-    def urls(self) -> list[str]:
-        return [d.listeners["custodian"] for d in self.daemons]
-
-    def agent(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli(["agent", *args], env=self.env)
-
-    def ok(self, *args: str) -> dict[str, Any]:
-        done = self.agent(*args)
-        assert done.returncode == 0, done.stderr
-        answer: dict[str, Any] = json.loads(done.stdout)
-        return answer
-
-    def path(self, name: str) -> str:
-        return str(self.tmp / name)
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    made = World(tmp_path)
-    try:
-        made.start()
+    with running_world(tmp_path) as made:
         yield made
-    finally:
-        for daemon in made.daemons:
-            daemon.stop()
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -162,12 +162,10 @@ def _add_custodians(parser: argparse.ArgumentParser, *, required: bool, what: st
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _custodian_clients(
-    args: argparse.Namespace, specs: Sequence[str] = (), deposits: Sequence[Deposit] = ()
-) -> list[CustodianClient]:
-    """Clients for ``URL[=AGENT_ID]`` specs, or for the custodians of ``deposits`` (pinned)."""
+def _custodian_clients(args: argparse.Namespace, specs: Sequence[str]) -> list[CustodianClient]:
+    """Clients for ``URL[=AGENT_ID]`` specs, pinned to the agent ids given."""
     verify = _verify(args)
-    pinned: list[tuple[str, str | None]] = [(d.url, d.custodian_id) for d in deposits]
+    pinned: list[tuple[str, str | None]] = []
     for spec in specs:
         url, _, agent_id = spec.partition("=")
         if not url.startswith(("https://", "http://")):
@@ -300,7 +298,7 @@ async def _recover(args: argparse.Namespace) -> int:
             f"the manifest lists {len(manifest.deposits)} custodians and {manifest.threshold} "
             "shares are needed"
         )
-    clients = _custodian_clients(args, deposits=manifest.deposits)
+    clients = manifest.clients(verify=_verify(args))
     try:
         recovered = await recover_key_from(
             clients,
@@ -354,11 +352,11 @@ async def _rotate(args: argparse.Namespace) -> int:
         if args.recovery_key
         else manifest.recovery_public_key
     )
-    old_clients = _custodian_clients(args, deposits=manifest.deposits)
+    old_clients = manifest.clients(verify=_verify(args))
     new_clients = (
         _custodian_clients(args, args.custodian)
         if args.custodian
-        else _custodian_clients(args, deposits=manifest.deposits)
+        else manifest.clients(verify=_verify(args))
     )
     new_key = SigningKey.generate()
     new_agent = AgentKey(new_key, old.network, agent_id=old.agent_id)

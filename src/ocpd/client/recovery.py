@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from ocpd.client.custodian import ApprovalPending
+from ocpd.client.custodian import ApprovalPending, CustodianClient
 from ocpd.client.errors import NodeError
 from ocpd.client.keys import AgentKey
 from ocpd.proto.crypto import SigningKey, X25519KeyPair
@@ -44,9 +44,9 @@ from ocpd.proto.ids import key_fingerprint, parse_agent_id
 from ocpd.proto.recovery import RecoveryFailed, make_share_records, recover_key
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Sequence
 
-    from ocpd.client.custodian import CustodianClient
     from ocpd.client.registry import RegistryClient
     from ocpd.proto.shamir import Share
 
@@ -106,9 +106,39 @@ class Manifest:
     created_at: str
     deposits: tuple[Deposit, ...]
 
+    @classmethod
+    def of(
+        cls,
+        deposits: Sequence[Deposit],
+        *,
+        recovery_public_key: bytes,
+        created_at: str,
+        recovery_key_id: str | None = None,
+    ) -> Manifest:
+        """The manifest of what :func:`distribute_shares` returned (at least one deposit)."""
+        if not deposits:
+            raise ValueError("a manifest lists at least one deposit")
+        first = deposits[0]
+        return cls(
+            agent_id=first.agent_id,
+            fingerprint=first.fingerprint,
+            threshold=first.threshold,
+            total_shares=first.total_shares,
+            recovery_public_key=recovery_public_key,
+            recovery_key_id=recovery_key_id or f"{first.agent_id}#recovery-key-1",
+            created_at=created_at,
+            deposits=tuple(deposits),
+        )
+
     @property
     def urls(self) -> list[str]:
         return [d.url for d in self.deposits]
+
+    def clients(self, *, verify: ssl.SSLContext | str | bool = True) -> list[CustodianClient]:
+        """A client for each custodian, pinned to the agent id it had at the deposit."""
+        return [
+            CustodianClient(d.url, agent_id=d.custodian_id, verify=verify) for d in self.deposits
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
