@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, peer, shamir
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, peer, recovery, shamir
 from ocpd.proto.crypto import (
+    DecryptionFailed,
     SigningKey,
     X25519KeyPair,
+    aes256gcm_decrypt,
     aes256gcm_encrypt,
     ed25519_verify,
     hkdf_sha256,
@@ -42,7 +44,7 @@ from ocpd.proto.crypto import (
 )
 from ocpd.proto.dcbor import encode_deterministic, signing_input
 from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp
-from ocpd.proto.errors import MalformedError
+from ocpd.proto.errors import AuthError, MalformedError
 from ocpd.proto.ids import (
     X25519_MULTICODEC,
     base58btc_encode,
@@ -1483,6 +1485,458 @@ def shamir_vectors() -> Json:
     )
 
 
+# --- recovery.json ------------------------------------------------------------------
+
+# Five custodians, each the did:ocp service agent of its own fixed key (D9).
+CUSTODIANS: Final = tuple(Party(label_bytes(f"custodian/{n}")) for n in range(1, 6))
+RECOVERY_THRESHOLD: Final = 3
+# The recovery key of alice's DID document (did-document.json, #recovery-key-1).
+RECOVERY_KEY_ID: Final = f"{ALICE.agent_id}#recovery-key-1"
+WRONG_RECOVERY_KEY: Final = Party(label_bytes("recovery/wrong-recovery-key"))
+
+
+class _Draws:
+    """A randomness source that must be asked for exactly ``chunks``, in that order."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+        self._next = 0
+
+    def __call__(self, size: int) -> bytes:
+        assert self._next < len(self._chunks), "more randomness asked for than documented"
+        chunk = self._chunks[self._next]
+        assert size == len(chunk), "randomness of the documented length, in the documented order"
+        self._next += 1
+        return chunk
+
+    def exhausted(self) -> bool:
+        return self._next == len(self._chunks)
+
+
+def _custodian(party: Party) -> recovery.Custodian:
+    return recovery.Custodian(party.agent_id, party.key.x25519_public_key())
+
+
+def _x25519_party(party: Party) -> Json:
+    return {
+        **party.describe(),
+        "x25519_public": party.key.x25519_public_key().hex(),
+        "x25519_private": party.key.x25519_private_key().hex(),
+    }
+
+
+def _share_key(shared: bytes, ephemeral_public: bytes, static_public: bytes) -> tuple[bytes, bytes]:
+    """``(salt, key)`` of both recovery seals, from the primitives."""
+    salt = ephemeral_public + static_public
+    return salt, hkdf_sha256(shared, salt=salt, info=recovery.SHARE_INFO, length=32)
+
+
+def _recovery_deposit() -> tuple[Json, list[Json], list[shamir.Share]]:
+    """The deposit case, the signed records and the plaintext shares."""
+    agent, total = ALICE, len(CUSTODIANS)
+    fingerprint = key_fingerprint(agent.public_key)
+    created_at = ts(NOW)
+    # The randomness of shamir.json's seed-3-of-5: the plaintext shares are that case's.
+    randomness = label_bytes("shamir/seed-3-of-5", (RECOVERY_THRESHOLD - 1) * 32)
+    indices = range(1, total + 1)
+    ephemerals = [X25519KeyPair(label_bytes(f"recovery/deposit-{i}/ephemeral")) for i in indices]
+    nonces = [label_bytes(f"recovery/deposit-{i}/nonce", 12) for i in indices]
+    draws = [randomness]
+    for ephemeral, nonce in zip(ephemerals, nonces, strict=True):
+        draws += [ephemeral.private_key, nonce]
+    source = _Draws(draws)
+    records = recovery.make_share_records(
+        agent.key,
+        agent_id=agent.agent_id,
+        custodians=[_custodian(c) for c in CUSTODIANS],
+        threshold=RECOVERY_THRESHOLD,
+        created_at=created_at,
+        random=source,
+    )
+    assert source.exhausted(), "make_share_records used all the documented randomness"
+    shares = shamir.split(agent.seed, RECOVERY_THRESHOLD, total, random=_fixed_random(randomness))
+    recovery_public = b64url_encode(ALICE_RECOVERY.public_key)
+    entries: list[Json] = []
+    for record, share, custodian, ephemeral, nonce in zip(
+        records, shares, CUSTODIANS, ephemerals, nonces, strict=True
+    ):
+        x_public = custodian.key.x25519_public_key()
+        shared = x25519(ephemeral.private_key, x_public)
+        assert shared == x25519(custodian.key.x25519_private_key(), ephemeral.public_key)
+        salt, aes_key = _share_key(shared, ephemeral.public_key, x_public)
+        share_id = f"share-{agent.agent_id.rsplit('-', 1)[1]}-{share.index}"
+        aad = f"{share_id}\n{agent.agent_id}\n{custodian.agent_id}".encode()
+        assert aad == recovery.deposit_aad(share_id, agent.agent_id, custodian.agent_id)
+        sealed = aes256gcm_encrypt(aes_key, nonce, share.data, aad)
+        assert record["share_id"] == share_id
+        assert record["share_data"] == b64url_encode(sealed)
+        assert record["encryption"]["nonce"] == b64url_encode(nonce)
+        assert record["encryption"]["ephemeral_public_key"] == b64url_encode(ephemeral.public_key)
+        recovery.verify_share_record(record, agent.public_key, now=NOW)
+        assert recovery.open_share_record(record, custodian.key, custodian.agent_id) == share
+        unsigned = {k: v for k, v in record.items() if k != "signature"}
+        deposit = {"share": record, "recovery_public_key": recovery_public}
+        entries.append(
+            {
+                "share_index": share.index,
+                "share_id": share_id,
+                "custodian": _x25519_party(custodian),
+                "plaintext": share.data.hex(),
+                "ephemeral_private": ephemeral.private_key.hex(),
+                "ephemeral_public": ephemeral.public_key.hex(),
+                "shared_secret": shared.hex(),
+                "hkdf_salt": salt.hex(),
+                "hkdf_info": recovery.SHARE_INFO.decode("ascii"),
+                "aes_key": aes_key.hex(),
+                "nonce": nonce.hex(),
+                "aad": aad.decode("utf-8"),
+                "ciphertext": b64url_encode(sealed),
+                "record": record,
+                "canonical_jcs": jcs_text(unsigned),
+                "digest_sha3_256": artifact_digest(record).hex(),
+                "signature": record["signature"],
+                "deposit_payload": deposit,
+            }
+        )
+    case: Json = {
+        "name": "deposit-3-of-5",
+        "kind": "deposit",
+        "description": "alice splits her seed 3 of 5 and seals one signed Recovery Share "
+        "Record to each custodian's keyAgreement key; the recovery key is pinned with it",
+        **agent.describe(),
+        "key_fingerprint": fingerprint,
+        "recovery_seed": ALICE_RECOVERY.seed.hex(),
+        "recovery_public_key": ALICE_RECOVERY.public_key.hex(),
+        "threshold": RECOVERY_THRESHOLD,
+        "total_shares": total,
+        "created_at": created_at,
+        "randomness": randomness.hex(),
+        "coefficients": [
+            randomness[k * 32 : (k + 1) * 32].hex() for k in range(RECOVERY_THRESHOLD - 1)
+        ],
+        "random_draws": [d.hex() for d in draws],
+        "shares": entries,
+    }
+    return case, records, shares
+
+
+def _proof(signer: Party, ephemeral: X25519KeyPair) -> tuple[bytes, Json]:
+    """The proof bytes and a ``recovery_request`` payload signed by ``signer``."""
+    fingerprint = key_fingerprint(ALICE.public_key)
+    signed = (ALICE.agent_id + fingerprint + b64url_encode(ephemeral.public_key)).encode()
+    payload = recovery.recovery_request_payload(
+        agent_id=ALICE.agent_id,
+        fingerprint=fingerprint,
+        ephemeral=ephemeral,
+        recovery_key=signer.key,
+        recovery_key_id=RECOVERY_KEY_ID,
+    )
+    assert (
+        recovery.proof_bytes(
+            payload["agent_id"], payload["key_fingerprint"], payload["ephemeral_public_key"]
+        )
+        == signed
+    )
+    assert b64url_decode(payload["proof"]["signature"]) == signer.key.sign(signed)
+    return signed, payload
+
+
+def _recovery_request(ephemeral: X25519KeyPair) -> tuple[Json, Json]:
+    signed, payload = _proof(ALICE_RECOVERY, ephemeral)
+    recovery.verify_proof(payload, ALICE_RECOVERY.public_key)
+    case: Json = {
+        "name": "recovery-request",
+        "kind": "request",
+        "description": "alice, without her signing key, asks for her shares back: a fresh "
+        "ephemeral X25519 key, proved by her recovery key",
+        "agent_id": ALICE.agent_id,
+        "key_fingerprint": key_fingerprint(ALICE.public_key),
+        "ephemeral_private": ephemeral.private_key.hex(),
+        "ephemeral_public": ephemeral.public_key.hex(),
+        "recovery_seed": ALICE_RECOVERY.seed.hex(),
+        "recovery_public_key": ALICE_RECOVERY.public_key.hex(),
+        "recovery_key_id": RECOVERY_KEY_ID,
+        "proof_bytes": signed.decode("utf-8"),
+        "signature": payload["proof"]["signature"],
+        "payload": payload,
+    }
+    return case, payload
+
+
+def _response_values(
+    share: shamir.Share, custodian: Party, ephemeral: X25519KeyPair, agent_id: str, nonce: bytes
+) -> tuple[Json, Json]:
+    """A custodian's response sealed to ``ephemeral``, its AAD naming ``agent_id``."""
+    fingerprint = key_fingerprint(ALICE.public_key)
+    x_public = custodian.key.x25519_public_key()
+    shared = x25519(custodian.key.x25519_private_key(), ephemeral.public_key)
+    assert shared == x25519(ephemeral.private_key, x_public)
+    salt, aes_key = _share_key(shared, ephemeral.public_key, x_public)
+    aad = f"{agent_id}\n{fingerprint}\n{share.index}\n{custodian.agent_id}".encode()
+    assert aad == recovery.response_aad(agent_id, fingerprint, share.index, custodian.agent_id)
+    sealed = aes256gcm_encrypt(aes_key, nonce, share.data, aad)
+    payload = recovery.seal_share_response(
+        share,
+        agent_id=agent_id,
+        fingerprint=fingerprint,
+        custodian_key=custodian.key,
+        custodian_id=custodian.agent_id,
+        ephemeral_public_key=ephemeral.public_key,
+        nonce=nonce,
+    )
+    assert payload["encrypted_share"] == b64url_encode(sealed)
+    values: Json = {
+        "share_index": share.index,
+        "custodian": _x25519_party(custodian),
+        "plaintext": share.data.hex(),
+        "nonce": nonce.hex(),
+        "shared_secret": shared.hex(),
+        "hkdf_salt": salt.hex(),
+        "hkdf_info": recovery.SHARE_INFO.decode("ascii"),
+        "aes_key": aes_key.hex(),
+        "aad": aad.decode("utf-8"),
+        "encrypted_share": b64url_encode(sealed),
+    }
+    return values, payload
+
+
+def _recovery_responses(
+    records: list[Json], ephemeral: X25519KeyPair
+) -> tuple[Json, list[shamir.Share]]:
+    fingerprint = key_fingerprint(ALICE.public_key)
+    entries: list[Json] = []
+    opened: list[shamir.Share] = []
+    for record, custodian in zip(records, CUSTODIANS, strict=True):
+        share = recovery.open_share_record(record, custodian.key, custodian.agent_id)
+        nonce = label_bytes(f"recovery/response-{share.index}/nonce", 12)
+        values, payload = _response_values(share, custodian, ephemeral, ALICE.agent_id, nonce)
+        back = recovery.open_share_response(
+            payload, ephemeral=ephemeral, fingerprint=fingerprint, custodian=_custodian(custodian)
+        )
+        assert back == share
+        opened.append(back)
+        entries.append(values | {"payload": payload, "opened_share": _wire_share(back)})
+    case: Json = {
+        "name": "share-responses",
+        "kind": "responses",
+        "description": "each custodian opens its record and seals the share again to the "
+        "request's ephemeral key (ECDH of its keyAgreement key with it); alice opens them",
+        "agent_id": ALICE.agent_id,
+        "key_fingerprint": fingerprint,
+        "ephemeral_public": ephemeral.public_key.hex(),
+        "responses": entries,
+    }
+    return case, opened
+
+
+def _tampered(share: shamir.Share) -> shamir.Share:
+    """``share`` with its first byte flipped in the lowest bit."""
+    return shamir.Share(share.index, bytes([share.data[0] ^ 0x01]) + share.data[1:])
+
+
+def _rebuild_subsets(shares: list[shamir.Share], fingerprint: str) -> list[Json]:
+    subsets = []
+    for subset in itertools.combinations(shares, RECOVERY_THRESHOLD):
+        combined = shamir.combine(list(subset))
+        derived = key_fingerprint(SigningKey(combined).public_key)
+        subsets.append(
+            {
+                "share_indices": [s.index for s in subset],
+                "combined": combined.hex(),
+                "key_fingerprint": derived,
+                "matches": derived == fingerprint,
+            }
+        )
+    return subsets
+
+
+def _rebuild_case(
+    name: str, description: str, shares: list[shamir.Share], tampered: shamir.Share | None
+) -> Json:
+    fingerprint = key_fingerprint(ALICE.public_key)
+    given = [tampered if tampered and s.index == tampered.index else s for s in shares]
+    case: Json = {
+        "name": name,
+        "description": description,
+        "threshold": RECOVERY_THRESHOLD,
+        "key_fingerprint": fingerprint,
+        "shares": [_wire_share(s) for s in given],
+    }
+    if tampered is not None:
+        [original] = [s for s in shares if s.index == tampered.index]
+        case["tampered"] = {
+            "share_index": tampered.index,
+            "original_share_data": shamir.encode_share_data(original),
+            "share_data": shamir.encode_share_data(tampered),
+        }
+    case["subsets"] = _rebuild_subsets(given, fingerprint)
+    try:
+        rebuilt = recovery.recover_key(given, threshold=RECOVERY_THRESHOLD, fingerprint=fingerprint)
+    except recovery.RecoveryFailed as exc:
+        assert all(not s["matches"] for s in case["subsets"])
+        return case | {"kind": "invalid-rebuild", "reason": exc.details["reason"]}
+    assert rebuilt.key.seed() == ALICE.seed
+    return case | {
+        "kind": "rebuild",
+        "seed": rebuilt.key.seed().hex(),
+        "public_key": rebuilt.key.public_key.hex(),
+        "agent_id": ALICE.agent_id,
+        "agreeing": list(rebuilt.agreeing),
+        "disagreeing": list(rebuilt.disagreeing),
+    }
+
+
+def _wrong_custodian_case(
+    name: str, description: str, record: Json, opener: Party, aad_custodian: Party
+) -> Json:
+    """``record`` opened with ``opener``'s key and ``aad_custodian``'s id: it must not open."""
+    encryption = record["encryption"]
+    ephemeral_public = b64url_decode(encryption["ephemeral_public_key"])
+    x_public = opener.key.x25519_public_key()
+    shared = x25519(opener.key.x25519_private_key(), ephemeral_public)
+    salt, aes_key = _share_key(shared, ephemeral_public, x_public)
+    aad = recovery.deposit_aad(record["share_id"], record["agent_id"], aad_custodian.agent_id)
+    try:
+        aes256gcm_decrypt(
+            aes_key, b64url_decode(encryption["nonce"]), b64url_decode(record["share_data"]), aad
+        )
+    except DecryptionFailed:
+        pass
+    else:  # pragma: no cover - the generator only publishes real refusals
+        raise AssertionError(f"{name} opened")
+    try:
+        recovery.open_share_record(record, opener.key, aad_custodian.agent_id)
+    except AuthError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError(f"{name} opened")
+    return {
+        "name": name,
+        "kind": "invalid-open-deposit",
+        "description": description,
+        "share_index": record["share_index"],
+        "record": record,
+        "opener": _x25519_party(opener),
+        "aad_custodian_id": aad_custodian.agent_id,
+        "shared_secret": shared.hex(),
+        "hkdf_salt": salt.hex(),
+        "hkdf_info": recovery.SHARE_INFO.decode("ascii"),
+        "aes_key": aes_key.hex(),
+        "aad": aad.decode("utf-8"),
+    }
+
+
+def _wrong_proof_case(ephemeral: X25519KeyPair) -> Json:
+    signed, payload = _proof(WRONG_RECOVERY_KEY, ephemeral)
+    try:
+        recovery.verify_proof(payload, ALICE_RECOVERY.public_key)
+    except AuthError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("a proof by the wrong recovery key was accepted")
+    recovery.verify_proof(payload, WRONG_RECOVERY_KEY.public_key)
+    return {
+        "name": "invalid-proof-wrong-recovery-key",
+        "kind": "invalid-proof",
+        "description": "the same request signed by another key than the recovery key pinned "
+        "at deposit: a valid signature, by the wrong key",
+        "pinned_recovery_public_key": ALICE_RECOVERY.public_key.hex(),
+        "signer_seed": WRONG_RECOVERY_KEY.seed.hex(),
+        "signer_public_key": WRONG_RECOVERY_KEY.public_key.hex(),
+        "proof_bytes": signed.decode("utf-8"),
+        "signature": payload["proof"]["signature"],
+        "payload": payload,
+    }
+
+
+def _response_other_agent_case(share: shamir.Share, ephemeral: X25519KeyPair) -> Json:
+    custodian = CUSTODIANS[share.index - 1]
+    nonce = label_bytes("recovery/response-other-agent/nonce", 12)
+    values, sealed = _response_values(share, custodian, ephemeral, BOB.agent_id, nonce)
+    payload = sealed | {"agent_id": ALICE.agent_id}
+    fingerprint = key_fingerprint(ALICE.public_key)
+    expected = recovery.response_aad(ALICE.agent_id, fingerprint, share.index, custodian.agent_id)
+    try:
+        recovery.open_share_response(
+            payload, ephemeral=ephemeral, fingerprint=fingerprint, custodian=_custodian(custodian)
+        )
+    except AuthError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("a response sealed for another agent opened")
+    values["sealed_aad"] = values.pop("aad")
+    return {
+        "name": "invalid-response-aad-other-agent",
+        "kind": "invalid-open-response",
+        "description": "a response sealed with additional data naming bob, presented as "
+        "alice's (payload agent_id alice): the right key, the wrong AAD",
+        **values,
+        "ephemeral_private": ephemeral.private_key.hex(),
+        "ephemeral_public": ephemeral.public_key.hex(),
+        "expected_aad": expected.decode("utf-8"),
+        "payload": payload,
+    }
+
+
+def recovery_vectors() -> Json:
+    deposit, records, shares = _recovery_deposit()
+    ephemeral = X25519KeyPair(label_bytes("recovery/request-ephemeral"))
+    request, _ = _recovery_request(ephemeral)
+    responses, opened = _recovery_responses(records, ephemeral)
+    assert opened == shares
+    by_index = {s.index: s for s in opened}
+    cases = [
+        deposit,
+        request,
+        responses,
+        _rebuild_case(
+            "rebuild-from-3-shares",
+            "three returned shares (2, 4, 5) rebuild the seed, and its key has the fingerprint",
+            [by_index[i] for i in (2, 4, 5)],
+            None,
+        ),
+        _rebuild_case(
+            "rebuild-from-4-shares-one-tampered",
+            "four returned shares, share 3 altered in one bit: the subset without it rebuilds "
+            "the key, and share 3 is named as disagreeing",
+            [by_index[i] for i in (1, 2, 3, 4)],
+            _tampered(by_index[3]),
+        ),
+        _rebuild_case(
+            "invalid-rebuild-3-shares-one-tampered",
+            "exactly three shares, share 3 altered: the result's fingerprint differs, so "
+            "recovery fails (with t shares a wrong one can only be noticed)",
+            [by_index[i] for i in (1, 2, 3)],
+            _tampered(by_index[3]),
+        ),
+        _wrong_custodian_case(
+            "invalid-deposit-opened-by-other-custodian",
+            "custodian 1's record opened with custodian 2's key and id",
+            records[0],
+            CUSTODIANS[1],
+            CUSTODIANS[1],
+        ),
+        _wrong_custodian_case(
+            "invalid-deposit-other-custodian-id",
+            "custodian 1's record opened with custodian 1's key but custodian 2's id in the "
+            "additional data",
+            records[0],
+            CUSTODIANS[0],
+            CUSTODIANS[1],
+        ),
+        _wrong_proof_case(ephemeral),
+        _response_other_agent_case(by_index[1], ephemeral),
+    ]
+    return _file(
+        "Key recovery (OCP §8.3, D5, D9): Recovery Share Records sealed to custodians "
+        "(X25519 ECDH, HKDF-SHA256 info 'OCP-1.0 recovery-share AES-256-GCM', AES-256-GCM "
+        "with AAD share_id\\nagent_id\\ncustodian_id), the recovery-key proof, custodian "
+        "responses sealed to the request's ephemeral key, rebuilding with the fingerprint "
+        "check and a disagreeing share, and refusals.",
+        cases,
+    )
+
+
 # --- assembly -----------------------------------------------------------------------
 
 BUILDERS: Final[dict[str, Callable[[], Json]]] = {
@@ -1496,6 +1950,7 @@ BUILDERS: Final[dict[str, Callable[[], Json]]] = {
     "artifacts.json": artifact_vectors,
     "networking.json": networking_vectors,
     "shamir.json": shamir_vectors,
+    "recovery.json": recovery_vectors,
 }
 
 

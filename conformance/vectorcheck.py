@@ -9,7 +9,9 @@ its verdict on the target.
 Each case is verified from the JSON alone, (``tests/test_conformance_vectors.py`` runs
 these same checks, one test per case): signatures, digests from the
 canonical text, ids from keys, rejection of invalid identifiers, decryption,
-CBOR signing inputs and the session keys. The generator is never used.
+CBOR signing inputs, the session keys, Shamir shares and the key recovery
+seals (each ECDH, HKDF key, AAD and ciphertext recomputed from the
+primitives, GF(2^8) interpolation done bit by bit). The generator is never used.
 Failures are collected per case (``<file stem>/<case name>: what differed``),
 so one bad case does not hide the others.
 """
@@ -17,14 +19,18 @@ so one bad case does not hide the others.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, schema, shamir
+from ocpd.proto import artifacts, auth, diddoc, envelope, netartifacts, recovery, schema, shamir
 from ocpd.proto.crypto import (
+    DecryptionFailed,
     SigningKey,
+    X25519KeyPair,
     aes256gcm_decrypt,
+    aes256gcm_encrypt,
     chacha20poly1305_encrypt,
     ed25519_pk_to_x25519,
     ed25519_verify,
@@ -765,6 +771,41 @@ def _clmul_mod(a: int, b: int, polynomial: int) -> int:
     return product
 
 
+def _poly_at(secret: bytes, coefficients: list[bytes], x: int) -> bytes:
+    """f(x) = secret + sum of coefficient_k * x^k, byte by byte, with the schoolbook field."""
+    y, power = bytearray(secret), 1
+    for row in coefficients:
+        power = _clmul_mod(power, x, shamir.POLYNOMIAL)
+        for i, coefficient in enumerate(row):
+            y[i] ^= _clmul_mod(coefficient, power, shamir.POLYNOMIAL)
+    return bytes(y)
+
+
+def _gf_inverse(a: int) -> int:
+    """a^254, the inverse of a non-zero a in GF(2^8), by schoolbook products."""
+    result, base, exponent = 1, a, 254
+    while exponent:
+        if exponent & 1:
+            result = _clmul_mod(result, base, shamir.POLYNOMIAL)
+        base = _clmul_mod(base, base, shamir.POLYNOMIAL)
+        exponent >>= 1
+    return result
+
+
+def _interpolate(points: list[tuple[int, bytes]], x: int) -> bytes:
+    """The Lagrange polynomial through ``points`` (``(x_j, y_j)``) evaluated at ``x``."""
+    out = bytearray(len(points[0][1]))
+    for j, (x_j, y_j) in enumerate(points):
+        weight = 1
+        for m, (x_m, _) in enumerate(points):
+            if m != j:  # (x - x_m) / (x_j - x_m); subtraction is XOR
+                term = _clmul_mod(x ^ x_m, _gf_inverse(x_j ^ x_m), shamir.POLYNOMIAL)
+                weight = _clmul_mod(weight, term, shamir.POLYNOMIAL)
+        for i, byte in enumerate(y_j):
+            out[i] ^= _clmul_mod(byte, weight, shamir.POLYNOMIAL)
+    return bytes(out)
+
+
 def _shamir_field(case: Case) -> None:
     polynomial = int(case["polynomial"], 16)
     expect(polynomial == shamir.POLYNOMIAL == 0x11B, "polynomial is not x^8+x^4+x^3+x+1")
@@ -794,13 +835,11 @@ def _shamir_split(case: Case) -> None:
 
     shares = [shamir.decode_share(s["share_index"], s["share_data"]) for s in case["shares"]]
     expect([s.index for s in shares] == list(range(1, total + 1)), "share_index is 1..n")
-    for share in shares:  # f(x) = secret + sum of coefficient_k * x^k, byte by byte
-        y, power = bytearray(secret), 1
-        for row in coefficients:
-            power = _clmul_mod(power, share.index, shamir.POLYNOMIAL)
-            for i, coefficient in enumerate(row):
-                y[i] ^= _clmul_mod(coefficient, power, shamir.POLYNOMIAL)
-        expect(bytes(y) == share.data, f"share {share.index} is not f({share.index})")
+    for share in shares:
+        expect(
+            _poly_at(secret, coefficients, share.index) == share.data,
+            f"share {share.index} is not f({share.index})",
+        )
     wire = [
         {"share_index": s.index, "share_data": shamir.encode_share_data(s)}
         for s in shamir.split(secret, threshold, total, random=lambda _: randomness)
@@ -841,6 +880,421 @@ def _shamir_case(case: Case, _: Json) -> None:
         raise VectorMismatch(f"unknown kind {kind!r}")
 
 
+# --- recovery.json -----------------------------------------------------------------------------
+
+RECOVERY_INFO: Final = "OCP-1.0 recovery-share AES-256-GCM"
+SHARE_RECORD_ENCRYPTION: Final = {"algorithm": "AES-256-GCM", "key_exchange": "ECDH-X25519"}
+
+
+def _of_kind(data: Json, kind: str) -> Case:
+    """The one case of ``kind`` in the file (the cases the others build on)."""
+    found: list[Case] = [c for c in data["cases"] if c.get("kind") == kind]
+    expect(len(found) == 1, f"the file needs exactly one {kind!r} case")
+    return found[0]
+
+
+def _x25519_keys(party: Json) -> tuple[SigningKey, bytes, bytes]:
+    """A custodian's signing key and X25519 pair, each checked against the published values."""
+    public = _key(party["seed"], party["public_key"])
+    _derives(party["agent_id"], public)
+    key = SigningKey(bytes.fromhex(party["seed"]))
+    x_private = bytes.fromhex(party["x25519_private"])
+    x_public = bytes.fromhex(party["x25519_public"])
+    expect(x_public == ed25519_pk_to_x25519(public), "X25519 key not derived from the Ed25519 key")
+    expect(x_private == key.x25519_private_key(), "X25519 private key differs")
+    expect(x25519_public_key(x_private) == x_public, "X25519 pair differs")
+    return key, x_private, x_public
+
+
+def _ephemeral(private_hex: str, public_hex: str) -> tuple[bytes, bytes]:
+    private, public = bytes.fromhex(private_hex), bytes.fromhex(public_hex)
+    expect(x25519_public_key(private) == public, "ephemeral X25519 pair differs")
+    return private, public
+
+
+def _ecdh(
+    case: Case, private: bytes, peer_public: bytes, peer_private: bytes, public: bytes
+) -> bytes:
+    """``shared_secret``, recomputed from both sides."""
+    shared = bytes.fromhex(case["shared_secret"])
+    expect(x25519(private, peer_public) == shared, "ECDH differs (one side)")
+    expect(x25519(peer_private, public) == shared, "ECDH differs (the other side)")
+    return shared
+
+
+def _seal_key(case: Case, shared: bytes, ephemeral_public: bytes, static_public: bytes) -> bytes:
+    """HKDF-SHA256(shared, salt = ephemeral || static, info) -> ``aes_key``."""
+    salt = ephemeral_public + static_public
+    expect(case["hkdf_salt"] == salt.hex(), "HKDF salt is not ephemeral || custodian public key")
+    expect(case["hkdf_info"] == RECOVERY_INFO, "HKDF info differs")
+    key = hkdf_sha256(shared, salt=salt, info=RECOVERY_INFO.encode("ascii"), length=32)
+    expect(key.hex() == case["aes_key"], "AES key differs")
+    return key
+
+
+def _share_custodians(entries: list[Json]) -> list[recovery.Custodian]:
+    return [
+        recovery.Custodian(
+            e["custodian"]["agent_id"], bytes.fromhex(e["custodian"]["x25519_public"])
+        )
+        for e in entries
+    ]
+
+
+def _deposited(data: Json, share_index: int) -> Json:
+    shares: list[Json] = _of_kind(data, "deposit")["shares"]
+    entries = [e for e in shares if e["share_index"] == share_index]
+    expect(len(entries) == 1, f"no deposited share {share_index}")
+    return entries[0]
+
+
+def _recovery_deposit(case: Case, _: Json) -> None:
+    agent = _key(case["seed"], case["public_key"])
+    seed = bytes.fromhex(case["seed"])
+    agent_id, fingerprint = case["agent_id"], case["key_fingerprint"]
+    _derives(agent_id, agent)
+    expect(fingerprint == sha3_256(agent).hex()[:16] == key_fingerprint(agent), "fingerprint")
+    recovery_public = _key(case["recovery_seed"], case["recovery_public_key"])
+    threshold, total, created_at = case["threshold"], case["total_shares"], case["created_at"]
+    randomness = bytes.fromhex(case["randomness"])
+    coefficients = [bytes.fromhex(c) for c in case["coefficients"]]
+    expect(len(coefficients) == threshold - 1, "one coefficient row per power x^1..x^(t-1)")
+    expect(b"".join(coefficients) == randomness, "coefficients are not the randomness in order")
+    entries = case["shares"]
+    expect([e["share_index"] for e in entries] == list(range(1, total + 1)), "share_index 1..n")
+    draws = [randomness]
+    for entry in entries:
+        index, custodian_id = entry["share_index"], entry["custodian"]["agent_id"]
+        plaintext = bytes.fromhex(entry["plaintext"])
+        expect(_poly_at(seed, coefficients, index) == plaintext, f"share {index} is not f({index})")
+        custodian, x_private, x_public = _x25519_keys(entry["custodian"])
+        eph_private, eph_public = _ephemeral(entry["ephemeral_private"], entry["ephemeral_public"])
+        shared = _ecdh(entry, eph_private, x_public, x_private, eph_public)
+        aes_key = _seal_key(entry, shared, eph_public, x_public)
+        share_id = f"share-{agent_id.rsplit('-', 1)[1]}-{index}"
+        expect(entry["share_id"] == share_id, "share_id is not share-<agent id hex>-<index>")
+        aad = f"{share_id}\n{agent_id}\n{custodian_id}"
+        expect(entry["aad"] == aad, "AAD is not share_id \\n agent_id \\n custodian id")
+        expect(recovery.deposit_aad(share_id, agent_id, custodian_id) == aad.encode(), "aad")
+        nonce = bytes.fromhex(entry["nonce"])
+        expect(len(nonce) == 12, "the nonce is 12 bytes")
+        sealed = aes256gcm_encrypt(aes_key, nonce, plaintext, aad.encode("utf-8"))
+        expect(entry["ciphertext"] == b64url_encode(sealed), "ciphertext differs")
+        opened = aes256gcm_decrypt(aes_key, nonce, b64url_decode(entry["ciphertext"]), aad.encode())
+        expect(opened == plaintext, "ciphertext does not open to the plaintext share")
+
+        record = entry["record"]
+        unsigned = {
+            "share_id": share_id,
+            "agent_id": agent_id,
+            "scheme": shamir.SCHEME,
+            "threshold": threshold,
+            "total_shares": total,
+            "share_index": index,
+            "share_data": entry["ciphertext"],
+            "key_fingerprint": fingerprint,
+            "created_at": created_at,
+            "encryption": SHARE_RECORD_ENCRYPTION
+            | {"nonce": b64url_encode(nonce), "ephemeral_public_key": b64url_encode(eph_public)},
+        }
+        expect(_without(record, "signature") == unsigned, "record fields differ")
+        digest = _check_canonical(unsigned, entry["canonical_jcs"], entry["digest_sha3_256"])
+        expect(record["signature"] == entry["signature"], "signature differs")
+        _verifies(agent, digest, entry["signature"], "share record")
+        recovery.verify_share_record(record, agent, now=parse_timestamp(created_at))
+        share = recovery.open_share_record(record, custodian, custodian_id)
+        expect(share == shamir.Share(index, plaintext), "open_share_record differs")
+        deposit = entry["deposit_payload"]
+        schema.validate("payload.share_deposit", deposit)
+        pinned = b64url_encode(recovery_public)
+        expect(deposit == {"share": record, "recovery_public_key": pinned}, "deposit payload")
+        draws += [eph_private, nonce]
+    points = [(e["share_index"], bytes.fromhex(e["plaintext"])) for e in entries[:threshold]]
+    expect(_interpolate(points, 0) == seed, "the first t shares do not interpolate to the seed")
+
+    expect(case["random_draws"] == [d.hex() for d in draws], "random_draws out of order")
+    pending = list(draws)
+
+    def replay(size: int) -> bytes:
+        expect(bool(pending) and len(pending[0]) == size, "make_share_records draws otherwise")
+        return pending.pop(0)
+
+    made = recovery.make_share_records(
+        SigningKey(seed),
+        agent_id=agent_id,
+        custodians=_share_custodians(entries),
+        threshold=threshold,
+        created_at=created_at,
+        random=replay,
+    )
+    expect(not pending, "make_share_records left randomness unused")
+    expect(made == [e["record"] for e in entries], "make_share_records gives other records")
+
+
+def _recovery_request(case: Case, data: Json) -> None:
+    deposit = _of_kind(data, "deposit")
+    agent_id, fingerprint = case["agent_id"], case["key_fingerprint"]
+    expect((agent_id, fingerprint) == (deposit["agent_id"], deposit["key_fingerprint"]), "agent")
+    recovery_public = _key(case["recovery_seed"], case["recovery_public_key"])
+    expect(case["recovery_public_key"] == deposit["recovery_public_key"], "not the pinned key")
+    expect(case["recovery_key_id"].startswith(agent_id + "#recovery-key-"), "recovery_key_id")
+    _, eph_public = _ephemeral(case["ephemeral_private"], case["ephemeral_public"])
+    payload = case["payload"]
+    schema.validate("payload.recovery_request", payload)
+    expected_payload = {
+        "agent_id": agent_id,
+        "key_fingerprint": fingerprint,
+        "ephemeral_public_key": b64url_encode(eph_public),
+        "proof": {
+            "type": "secondary_key_signature",
+            "secondary_key_id": case["recovery_key_id"],
+            "signature": case["signature"],
+        },
+    }
+    expect(payload == expected_payload, "payload differs")
+    signed = agent_id + fingerprint + payload["ephemeral_public_key"]
+    expect(case["proof_bytes"] == signed, "proof_bytes is not agent_id + fingerprint + ephemeral")
+    recovery_key = SigningKey(bytes.fromhex(case["recovery_seed"]))
+    expect(recovery_key.sign(signed.encode()) == _sig(case["signature"]), "signature differs")
+    _verifies(recovery_public, signed.encode("utf-8"), case["signature"], "proof (not pre-hashed)")
+    recovery.verify_proof(payload, recovery_public)
+
+
+def _recovery_responses(case: Case, data: Json) -> None:
+    request = _of_kind(data, "request")
+    agent_id, fingerprint = case["agent_id"], case["key_fingerprint"]
+    expect((agent_id, fingerprint) == (request["agent_id"], request["key_fingerprint"]), "agent")
+    expect(case["ephemeral_public"] == request["ephemeral_public"], "not the request's key")
+    ephemeral = X25519KeyPair(bytes.fromhex(request["ephemeral_private"]))
+    expect(ephemeral.public_key.hex() == case["ephemeral_public"], "ephemeral pair differs")
+    deposit = _of_kind(data, "deposit")
+    indices = [r["share_index"] for r in case["responses"]]
+    expect(indices == [e["share_index"] for e in deposit["shares"]], "one response per share")
+    for entry in case["responses"]:
+        index, custodian_id = entry["share_index"], entry["custodian"]["agent_id"]
+        source = _deposited(data, index)
+        expect(entry["custodian"] == source["custodian"], "not the custodian holding the share")
+        custodian, x_private, x_public = _x25519_keys(entry["custodian"])
+        plaintext = bytes.fromhex(entry["plaintext"])
+        held = recovery.open_share_record(source["record"], custodian, custodian_id)
+        expect(held == shamir.Share(index, plaintext), "not the share the custodian holds")
+        shared = _ecdh(entry, x_private, ephemeral.public_key, ephemeral.private_key, x_public)
+        aes_key = _seal_key(entry, shared, ephemeral.public_key, x_public)
+        aad = f"{agent_id}\n{fingerprint}\n{index}\n{custodian_id}"
+        expect(entry["aad"] == aad, "AAD is not agent_id \\n fingerprint \\n index \\n custodian")
+        nonce = bytes.fromhex(entry["nonce"])
+        sealed = aes256gcm_encrypt(aes_key, nonce, plaintext, aad.encode("utf-8"))
+        expect(entry["encrypted_share"] == b64url_encode(sealed), "encrypted_share differs")
+        payload = entry["payload"]
+        schema.validate("payload.recovery_share_response", payload)
+        expected_payload = {
+            "agent_id": agent_id,
+            "share_index": index,
+            "encrypted_share": entry["encrypted_share"],
+            "nonce": b64url_encode(nonce),
+        }
+        expect(payload == expected_payload, "response payload differs")
+        opened = aes256gcm_decrypt(
+            aes_key, nonce, b64url_decode(payload["encrypted_share"]), aad.encode()
+        )
+        expect(opened == plaintext, "the response does not open to the share")
+        wire = {"share_index": index, "share_data": b64url_encode(opened)}
+        expect(entry["opened_share"] == wire, "opened_share differs")
+        resealed = recovery.seal_share_response(
+            held,
+            agent_id=agent_id,
+            fingerprint=fingerprint,
+            custodian_key=custodian,
+            custodian_id=custodian_id,
+            ephemeral_public_key=ephemeral.public_key,
+            nonce=nonce,
+        )
+        expect(resealed == payload, "seal_share_response differs")
+        back = recovery.open_share_response(
+            payload,
+            ephemeral=ephemeral,
+            fingerprint=fingerprint,
+            custodian=recovery.Custodian(custodian_id, x_public),
+        )
+        expect(back == held, "open_share_response differs")
+
+
+def _recovery_rebuild(case: Case, data: Json) -> None:
+    responses = _of_kind(data, "responses")
+    fingerprint, threshold = case["key_fingerprint"], case["threshold"]
+    expect(fingerprint == responses["key_fingerprint"], "another fingerprint than requested")
+    expect(threshold == _of_kind(data, "deposit")["threshold"], "another threshold than dealt")
+    returned = {r["share_index"]: r["opened_share"]["share_data"] for r in responses["responses"]}
+    tampered = case.get("tampered")
+    if tampered is not None:
+        altered = tampered["share_index"]
+        expect(tampered["original_share_data"] == returned[altered], "original is not returned")
+        expect(tampered["share_data"] != tampered["original_share_data"], "share not altered")
+    for share in case["shares"]:
+        index = share["share_index"]
+        if tampered is not None and index == tampered["share_index"]:
+            expect(share["share_data"] == tampered["share_data"], "not the tampered share")
+        else:
+            expect(share["share_data"] == returned[index], f"share {index} was not returned")
+    shares = [shamir.decode_share(s["share_index"], s["share_data"]) for s in case["shares"]]
+    points = [(s.index, s.data) for s in shares]
+    chosen = list(itertools.combinations(points, threshold))
+    listed = [subset["share_indices"] for subset in case["subsets"]]
+    expect(listed == [[x for x, _ in c] for c in chosen], "subsets are not every t-subset")
+    matching = []
+    for subset, points_of in zip(case["subsets"], chosen, strict=True):
+        combined = _interpolate(list(points_of), 0)
+        expect(subset["combined"] == combined.hex(), f"combined {subset['share_indices']}")
+        derived = sha3_256(SigningKey(combined).public_key).hex()[:16]
+        expect(subset["key_fingerprint"] == derived, "fingerprint of the combined seed differs")
+        expect(subset["matches"] == (derived == fingerprint), "matches differs")
+        if derived == fingerprint:
+            matching.append(list(points_of))
+
+    if case["kind"] == "invalid-rebuild":
+        expect(not matching, "a subset rebuilds the key")
+        try:
+            recovery.recover_key(shares, threshold=threshold, fingerprint=fingerprint)
+        except recovery.RecoveryFailed as exc:
+            expect(exc.details["reason"] == case["reason"], "recover_key fails otherwise")
+            return
+        raise VectorMismatch("recover_key accepted the shares")
+
+    expect(bool(matching), "no subset rebuilds the key with the fingerprint")
+    seed = _interpolate(matching[0], 0)
+    expect(case["seed"] == seed.hex(), "seed differs")
+    public = _key(case["seed"], case["public_key"])
+    _derives(case["agent_id"], public)
+    expect(key_fingerprint(public) == fingerprint, "the rebuilt key has another fingerprint")
+    # A share agrees when it lies on the polynomial through a matching subset.
+    agreeing = [x for x, y in points if _interpolate(matching[0], x) == y]
+    disagreeing = [x for x, _ in points if x not in agreeing]
+    expect(case["agreeing"] == sorted(agreeing), "agreeing differs")
+    expect(case["disagreeing"] == sorted(disagreeing), "disagreeing differs")
+    if tampered is not None:
+        expect(disagreeing == [tampered["share_index"]], "the tampered share is not named")
+    rebuilt = recovery.recover_key(shares, threshold=threshold, fingerprint=fingerprint)
+    expect(rebuilt.key.seed() == seed, "recover_key rebuilds another seed")
+    expect(list(rebuilt.agreeing) == case["agreeing"], "recover_key: agreeing differs")
+    expect(list(rebuilt.disagreeing) == case["disagreeing"], "recover_key: disagreeing differs")
+
+
+def _recovery_wrong_custodian(case: Case, data: Json) -> None:
+    source = _deposited(data, case["share_index"])
+    record = case["record"]
+    expect(record == source["record"], "not the deposited record")
+    custodian_ids = {e["custodian"]["agent_id"] for e in _of_kind(data, "deposit")["shares"]}
+    expect(case["aad_custodian_id"] in custodian_ids, "the AAD names no custodian")
+    opener, x_private, x_public = _x25519_keys(case["opener"])
+    encryption = record["encryption"]
+    eph_public = b64url_decode(encryption["ephemeral_public_key"], length=32)
+    shared = bytes.fromhex(case["shared_secret"])
+    expect(x25519(x_private, eph_public) == shared, "the opener's ECDH differs")
+    aes_key = _seal_key(case, shared, eph_public, x_public)
+    aad = f"{record['share_id']}\n{record['agent_id']}\n{case['aad_custodian_id']}"
+    expect(case["aad"] == aad, "AAD is not share_id \\n agent_id \\n custodian id")
+    expect((aes_key.hex(), aad) != (source["aes_key"], source["aad"]), "the record's own custodian")
+    nonce = b64url_decode(encryption["nonce"], length=12)
+    sealed = b64url_decode(record["share_data"], length=48)
+    expect_rejected(
+        DecryptionFailed,
+        lambda: aes256gcm_decrypt(aes_key, nonce, sealed, aad.encode("utf-8")),
+        "the record under another custodian's key or id",
+    )
+    expect_rejected(
+        AuthError,
+        lambda: recovery.open_share_record(record, opener, case["aad_custodian_id"]),
+        "open_share_record for another custodian",
+    )
+
+
+def _recovery_wrong_proof(case: Case, data: Json) -> None:
+    request = _of_kind(data, "request")
+    expect(case["pinned_recovery_public_key"] == request["recovery_public_key"], "pinned key")
+    pinned = bytes.fromhex(case["pinned_recovery_public_key"])
+    signer = _key(case["signer_seed"], case["signer_public_key"])
+    expect(signer != pinned, "the signer is the pinned recovery key")
+    payload = case["payload"]
+    schema.validate("payload.recovery_request", payload)
+    expect(_without(payload, "proof") == _without(request["payload"], "proof"), "another request")
+    expect(payload["proof"]["signature"] == case["signature"], "signature differs")
+    signed = payload["agent_id"] + payload["key_fingerprint"] + payload["ephemeral_public_key"]
+    expect(case["proof_bytes"] == signed, "proof_bytes is not agent_id + fingerprint + ephemeral")
+    _verifies(signer, signed.encode("utf-8"), case["signature"], "proof by its signer")
+    wrong = ed25519_verify(pinned, signed.encode("utf-8"), _sig(case["signature"]))
+    expect(not wrong, "the proof verifies under the pinned recovery key")
+    expect_rejected(
+        AuthError, lambda: recovery.verify_proof(payload, pinned), "a proof by another key"
+    )
+
+
+def _recovery_response_other_agent(case: Case, data: Json) -> None:
+    request = _of_kind(data, "request")
+    index = case["share_index"]
+    source = _deposited(data, index)
+    custodian_id = case["custodian"]["agent_id"]
+    expect(case["custodian"] == source["custodian"], "not the custodian holding the share")
+    expect(case["plaintext"] == source["plaintext"], "not the deposited share")
+    _, x_private, x_public = _x25519_keys(case["custodian"])
+    eph_private, eph_public = _ephemeral(case["ephemeral_private"], case["ephemeral_public"])
+    expect(case["ephemeral_public"] == request["ephemeral_public"], "not the request's key")
+    shared = _ecdh(case, x_private, eph_public, eph_private, x_public)
+    aes_key = _seal_key(case, shared, eph_public, x_public)
+    nonce = bytes.fromhex(case["nonce"])
+    plaintext = bytes.fromhex(case["plaintext"])
+    sealed = aes256gcm_encrypt(aes_key, nonce, plaintext, case["sealed_aad"].encode("utf-8"))
+    expect(case["encrypted_share"] == b64url_encode(sealed), "encrypted_share differs")
+    payload = case["payload"]
+    schema.validate("payload.recovery_share_response", payload)
+    expected_payload = {
+        "agent_id": request["agent_id"],
+        "share_index": index,
+        "encrypted_share": case["encrypted_share"],
+        "nonce": b64url_encode(nonce),
+    }
+    expect(payload == expected_payload, "response payload differs")
+    fields = [payload["agent_id"], request["key_fingerprint"], str(index), custodian_id]
+    expect(case["expected_aad"] == "\n".join(fields), "expected_aad differs")
+    other, *rest = case["sealed_aad"].split("\n")
+    expect(rest == fields[1:], "the sealed AAD differs in more than the agent")
+    expect(other != payload["agent_id"], "the sealed AAD names the requesting agent")
+    parse_agent_id(other)
+    expect_rejected(
+        DecryptionFailed,
+        lambda: aes256gcm_decrypt(aes_key, nonce, sealed, case["expected_aad"].encode("utf-8")),
+        "the response under the requester's AAD",
+    )
+    expect_rejected(
+        AuthError,
+        lambda: recovery.open_share_response(
+            payload,
+            ephemeral=X25519KeyPair(eph_private),
+            fingerprint=request["key_fingerprint"],
+            custodian=recovery.Custodian(custodian_id, x_public),
+        ),
+        "open_share_response of a response sealed for another agent",
+    )
+
+
+_RECOVERY_CHECKS: Final[dict[str, Callable[[Case, Json], None]]] = {
+    "deposit": _recovery_deposit,
+    "request": _recovery_request,
+    "responses": _recovery_responses,
+    "rebuild": _recovery_rebuild,
+    "invalid-rebuild": _recovery_rebuild,
+    "invalid-open-deposit": _recovery_wrong_custodian,
+    "invalid-proof": _recovery_wrong_proof,
+    "invalid-open-response": _recovery_response_other_agent,
+}
+
+
+def _recovery_case(case: Case, data: Json) -> None:
+    check = _RECOVERY_CHECKS.get(case["kind"])
+    if check is None:
+        raise VectorMismatch(f"unknown kind {case['kind']!r}")
+    check(case, data)
+
+
 #: Each vector file's case checks, with the cases each one covers.
 CASE_CHECKS: Final[
     dict[str, tuple[tuple[Callable[[Case, Json], None], Callable[[Case], bool]], ...]]
@@ -855,6 +1309,7 @@ CASE_CHECKS: Final[
     "did-key.json": ((_did_key_case, _any),),
     "networking.json": ((_net_case, _not_session), (_session_case, _is_session)),
     "shamir.json": ((_shamir_case, _any),),
+    "recovery.json": ((_recovery_case, _any),),
 }
 
 
@@ -879,6 +1334,20 @@ def _runner(
     return run
 
 
+def _together(*runs: Callable[[Path], VectorOutcome]) -> Callable[[Path], VectorOutcome]:
+    """One requirement's check over several files: the cases and failures of each."""
+
+    def run(directory: Path) -> VectorOutcome:
+        outcome = VectorOutcome()
+        for one in runs:
+            part = one(directory)
+            outcome.cases += part.cases
+            outcome.failures += part.failures
+        return outcome
+
+    return run
+
+
 #: Requirement id -> the function that verifies its vectors in a directory.
 VECTOR_CHECKS: Final[dict[str, Callable[[Path], VectorOutcome]]] = {
     "OCP-CORE-VEC-MANIFEST-001": check_manifest,
@@ -892,5 +1361,8 @@ VECTOR_CHECKS: Final[dict[str, Callable[[Path], VectorOutcome]]] = {
     "NET-VEC-001": _runner("did-key.json", _did_key_case),
     "NET-VEC-002": _runner("networking.json", _net_case, _not_session),
     "NET-VEC-003": _runner("networking.json", _session_case, _is_session),
-    "OCP-CORE-VEC-SHAMIR-001": _runner("shamir.json", _shamir_case),
+    # Shamir sharing and the key recovery built on it (OCP §8.3, D9).
+    "OCP-CORE-VEC-SHAMIR-001": _together(
+        _runner("shamir.json", _shamir_case), _runner("recovery.json", _recovery_case)
+    ),
 }
