@@ -141,7 +141,7 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
     _r("OCP-CORE-VEC-WSAUTH-001", C, MUST, "OCP §3.1.1, D2", "ws-auth.json: auth_handshake frames verify", "vector"),
     _r("OCP-CORE-VEC-ENC-001", C, MUST, "OCP §7.3, D5", "payload-encryption.json: ECDH, HKDF, AES-256-GCM and sign-after-encrypt", "vector"),
     _r("OCP-CORE-VEC-ART-001", C, MUST, "D2", "artifacts.json: every signed OCP artifact verifies and passes its own rules", "vector"),
-    _r("OCP-CORE-VEC-SHAMIR-001", C, MUST, "OCP §8.3.2-8.3.5, D9", "shamir.json: GF(2^8) arithmetic (0x11B), shares from fixed randomness, recovery from every listed subset, refused parameters and share sets", "vector"),
+    _r("OCP-CORE-VEC-SHAMIR-001", C, MUST, "OCP §8.3.2-8.3.5, D9", "shamir.json: GF(2^8) arithmetic (0x11B), shares from fixed randomness, recovery from every listed subset, refused parameters and share sets; recovery.json: shares sealed to custodians, recovery proofs, sealed responses, a tampered share found", "vector"),
     # --- node networking (NET, D8) ---------------------------------------------------------------
     _r("NET-ID-001", C, MUST, "NET FR-002, FR-002a", "The node id is node:did:key of the node key, strict form, stable across restarts"),
     _r("NET-ADV-001", C, MUST, "NET FR-004, FR-004a-b", "The node serves a signed node-advertisement.v1 with advertised-at, sequence/no and expiry"),

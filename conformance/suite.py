@@ -5,8 +5,9 @@ are taken in the order of :data:`conformance.requirements.REQUIREMENTS`. A
 requirement with a check against the target (:data:`TARGET_CHECKS`: the
 operations, TLS and registry checks of :mod:`conformance.checks`, the node
 transport checks of :mod:`conformance.transport`, the peer session checks of
-:mod:`conformance.peer`, where the suite plays a remote node, and the knowledge
-and collaboration checks of :mod:`conformance.collab`) runs it under its own
+:mod:`conformance.peer`, where the suite plays a remote node, the knowledge
+and collaboration checks of :mod:`conformance.collab` and the recovery
+custodian checks of :mod:`conformance.custodian`) runs it under its own
 deadline: ``--timeout``, or longer for a check that waits out one of the
 target's own timers (:data:`MIN_DEADLINES`); a ``vector`` requirement
 re-verifies the published vectors (:data:`conformance.vectorcheck.VECTOR_CHECKS`);
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import trio
 
-from conformance import checks, collab, peer, transport
+from conformance import checks, collab, custodian, peer, transport
 from conformance.checks import Check, Component, Outcome, Probe, RouteListener
 from conformance.client import suite_ssl_context
 from conformance.requirements import Level, Requirement, for_level
@@ -63,7 +64,7 @@ VECTOR_NOTE: Final = (
     "not the target node."
 )
 
-_MODULES: Final = (checks.CHECKS, transport.CHECKS, peer.CHECKS, collab.CHECKS)
+_MODULES: Final = (checks.CHECKS, transport.CHECKS, peer.CHECKS, collab.CHECKS, custodian.CHECKS)
 #: Requirement id -> the check against the target that covers it.
 TARGET_CHECKS: Final[dict[str, Check]] = {k: v for m in _MODULES for k, v in m.items()}
 assert len(TARGET_CHECKS) == sum(len(m) for m in _MODULES), "one check per id"
@@ -129,9 +130,12 @@ class SuiteConfig:
 #: Checks that wait out one of the target's own timers, with the deadline they need at
 #: least; a longer ``check_timeout`` still wins. ``OCP-FULL-TASK-002`` waits for the task
 #: accept window (30 s) and then up to :data:`conformance.collab.TIMEOUT_GRACE` for the
-#: node's notice, after setting up its agents.
+#: node's notice, after setting up its agents. ``OCP-FULL-CUST-004`` waits until a share
+#: it deposited has expired (:data:`conformance.custodian.SHARE_LIFETIME` and
+#: :data:`~conformance.custodian.EXPIRY_GRACE`), around a dozen requests.
 MIN_DEADLINES: Final[dict[str, Callable[[SuiteConfig], float]]] = {
     "OCP-FULL-TASK-002": lambda config: config.task_accept_window + 30.0,
+    "OCP-FULL-CUST-004": lambda config: custodian.SHARE_LIFETIME + custodian.EXPIRY_GRACE + 20.0,
 }
 
 

@@ -6,10 +6,11 @@ a throwaway trustme CA, every port 0 and a temporary data directory (through
 runs in-process against the URLs of its ``ready`` line. The implemented
 checks must pass (health, metrics, TLS 1.3 and TLS 1.2 refused, the registry,
 trust and seed directory checks, the node's transport and envelope checks,
-the peer session checks with the suite as a remote node, vectors), and every
-other requirement must be reported ``not_tested`` and count against
-conformance; so must the signal-marker check, which cannot see a signal
-accepted over the wire and says so. A plaintext daemon must fail the TLS
+the peer session checks with the suite as a remote node, vectors; at the
+``full`` level also the recovery custodian checks), and every other
+requirement must be reported ``not_tested`` and count against conformance;
+so must the signal-marker check, which cannot see a signal accepted over the
+wire and says so. A plaintext daemon must fail the TLS
 requirements and the WSS of its peer endpoint only, a daemon without rate
 limits must fail the two rate limit checks, and against a daemon without
 peering the peer checks are skipped (``not_tested``, saying why). The
@@ -55,6 +56,7 @@ from conformance.checks import (  # noqa: E402
 )
 from conformance.client import suite_ssl_context  # noqa: E402
 from conformance.collab import CHECKS as COLLAB_CHECKS  # noqa: E402
+from conformance.custodian import CHECKS as CUSTODIAN_CHECKS  # noqa: E402
 from conformance.local import (  # noqa: E402
     TlsFiles,
     ocpd_process,
@@ -194,7 +196,9 @@ async def test_implemented_checks_pass_against_local_ocpd(tls_ocpd: LocalOcpd) -
     assert results["OCP-CORE-TLS-001"].detail == "TLSv1.3 on 4 listener(s)"
     assert results["OCP-CORE-TLS-002"].detail.startswith("refused by 4 listener(s)")
     # Every check that talks to the target is one of these: nothing unchecked slips in.
-    assert set(TARGET_CHECKS) == TARGET_CHECKED | PEER_UNOBSERVABLE | set(COLLAB_CHECKS)
+    assert set(TARGET_CHECKS) == (
+        TARGET_CHECKED | PEER_UNOBSERVABLE | set(COLLAB_CHECKS) | set(CUSTODIAN_CHECKS)
+    )
     assert set(CHECKS) == TARGET_CHECKED - TRANSPORT_CHECKED - PEER_CHECKED
     assert set(PEER_CHECKS) == PEER_CHECKED | PEER_UNOBSERVABLE
     assert results["OCP-CORE-REG-001"].detail.startswith("mode centralized, network mainnet")
@@ -251,6 +255,9 @@ async def test_unimplemented_requirements_are_not_tested_and_fail_the_level(
         else:
             assert r.detail == "no check implemented yet", r.requirement.id
     assert {r.requirement.level for r in not_tested} == {"core", "knowledge", "full"}
+    # The custodian checks need no anchor keys: against ocpd they pass.
+    for rid in CUSTODIAN_CHECKS:
+        assert _results(report)[rid].status == "pass", (rid, _results(report)[rid].detail)
     summary = report.summary()
     assert summary["passed"] == len(IMPLEMENTED - PEER_UNOBSERVABLE - collab)
     assert summary["failed"] == 0
