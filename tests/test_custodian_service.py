@@ -526,3 +526,36 @@ async def test_sweeper_deletes_expired_shares_and_closes_stale_requests(
         400,
         "expired",
     )
+
+
+async def test_an_expired_share_is_replaced_before_the_sweep(world: World) -> None:
+    reply = await world.deposit(BOB, expires_at=format_timestamp(NOW + DAY))
+    assert reply.status == 200
+    world.clock.value = NOW + DAY + 1
+    # The sweeper has not run: the expired share no longer counts, a new one is taken.
+    reply = await world.deposit(BOB)
+    assert reply.status == 200, reply.message
+    assert world.metrics.get_sample_value("ocp_recovery_shares_stored") == 1
+    assert [(event, outcome) for event, outcome, _ in world.audit()] == [
+        ("share_deposit", "stored"),
+        ("share_expired", "deleted"),
+        ("share_deposit", "stored"),
+    ]
+    # A share that has not expired still blocks a second one.
+    refused(await world.deposit(BOB, world.records(BOB)[0]), 403, "share_exists")
+
+
+async def test_a_refused_malformed_message_is_answered_to_its_sender(world: World) -> None:
+    record = world.records(ALICE)[0] | {"threshold": 1}
+    payload = {"share": record, "recovery_public_key": b64url_encode(ALICE.recovery.public_key)}
+    raw = world.message(ALICE.agent_id, "share_deposit", payload, ALICE.key)
+    reply = await world.post(raw)
+    answer = refused(reply, 400)
+    assert reply.message["receiver"]["agent_id"] == ALICE.agent_id
+    assert answer["reference_message_id"] == json.loads(raw)["message_id"]
+    # Unreadable bytes still get an error, addressed to nobody in particular.
+    reply = await world.post(b'{"sender": {"agent_id": 7}}')
+    refused(reply, 400)
+    assert reply.message["receiver"]["agent_id"] != ALICE.agent_id
+    # Neither is audited: nothing about them was authenticated.
+    assert world.audit() == []

@@ -30,6 +30,7 @@ row or error ever carries share bytes.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -66,7 +67,7 @@ from ocpd.proto.errors import (
     RateLimited,
     Unavailable,
 )
-from ocpd.proto.ids import broadcast_did, derive_agent_id, key_fingerprint
+from ocpd.proto.ids import broadcast_did, derive_agent_id, key_fingerprint, parse_agent_id
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.recovery import (
     open_share_record,
@@ -74,6 +75,7 @@ from ocpd.proto.recovery import (
     verify_proof,
     verify_share_record,
 )
+from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
 
 if TYPE_CHECKING:
@@ -225,9 +227,13 @@ class CustodianService:
 
     async def _process(self, raw: bytes, seen: _Seen) -> tuple[str, Reply]:
         now = self._clock.now()
-        message, sent_at, _ = parse_message(
-            raw, now=now, clock_skew=self.clock_skew, max_size=self.max_body
-        )
+        try:
+            message, sent_at, _ = parse_message(
+                raw, now=now, clock_skew=self.clock_skew, max_size=self.max_body
+            )
+        except OcpError:
+            _claimed_origin(raw, self.max_body, seen)
+            raise
         seen.sender = message["sender"]["agent_id"]
         seen.message_id = message["message_id"]
         kind = message["message_type"]
@@ -335,11 +341,20 @@ class CustodianService:
                 )
             expires_at = min(expires_at, asked)
 
-        def txn(conn: sqlite3.Connection) -> None:
+        def txn(conn: sqlite3.Connection) -> bool:
             self._take(conn, message["message_id"], now)
-            store.put_share(
+            replaced = store.put_share(
                 conn, self._database_key, record, recovery_key, now=now, expires_at=expires_at
             )
+            if replaced:
+                store.audit(
+                    conn,
+                    at=now,
+                    event="share_expired",
+                    outcome="deleted",
+                    agent_id=record["agent_id"],
+                    fingerprint=record["key_fingerprint"],
+                )
             store.audit(
                 conn,
                 at=now,
@@ -353,9 +368,10 @@ class CustodianService:
                 remote=seen.remote,
                 expires_at=format_timestamp(expires_at),
             )
+            return replaced
 
-        await self._write(txn)
-        self._stored.inc()
+        if not await self._write(txn):
+            self._stored.inc()
         note = (
             f"share {record['share_index']} of key {record['key_fingerprint']} stored "
             f"until {format_timestamp(expires_at)}"
@@ -756,6 +772,35 @@ class CustodianService:
             "custodian.approve": partial(decide, approve=True),
             "custodian.reject": partial(decide, approve=False),
         }
+
+
+_MESSAGE_ID: Final = re.compile(r"msg-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}")
+
+
+def _claimed_origin(raw: bytes, max_size: int, seen: _Seen) -> None:
+    """Who a refused message says it is from, and its id, when it says so well-formed.
+
+    The refusal of a message whose envelope or payload breaks the schema is
+    then addressed to its sender and names the message, so the sender can
+    tell which request failed. Nothing here is trusted for anything else:
+    the request stays unauthenticated, and is not audited.
+    """
+    try:
+        value = loads_strict(raw, max_size=max_size)
+    except OcpError:
+        return
+    if not isinstance(value, dict):
+        return
+    sender = value.get("sender")
+    agent_id = sender.get("agent_id") if isinstance(sender, dict) else None
+    try:
+        parse_agent_id(agent_id)
+    except OcpError:
+        return
+    seen.sender = agent_id
+    message_id = value.get("message_id")
+    if isinstance(message_id, str) and _MESSAGE_ID.fullmatch(message_id):
+        seen.message_id = message_id
 
 
 def _request_id() -> str:

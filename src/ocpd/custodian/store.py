@@ -179,9 +179,17 @@ def put_share(
     *,
     now: float,
     expires_at: float,
-) -> None:
-    """Store a verified record; OCP-403 when one is held for that agent key already."""
+) -> bool:
+    """Store a verified record; OCP-403 when one is held for that agent key already.
+
+    A share of that key that has expired counts as gone (the sweeper would
+    delete it later): it is deleted first, and the result says so.
+    """
     agent_id, fingerprint = record["agent_id"], record["key_fingerprint"]
+    replaced = conn.execute(
+        "DELETE FROM shares WHERE agent_id = ? AND key_fingerprint = ? AND expires_at <= ?",
+        (agent_id, fingerprint, now),
+    ).rowcount
     held = conn.execute(
         "SELECT share_index FROM shares WHERE agent_id = ? AND key_fingerprint = ?",
         (agent_id, fingerprint),
@@ -205,6 +213,7 @@ def put_share(
             expires_at,
         ),
     )
+    return replaced > 0
 
 
 def get_share(
