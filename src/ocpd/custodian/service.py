@@ -30,7 +30,6 @@ row or error ever carries share bytes.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -53,6 +52,7 @@ from ocpd.proto.envelope import (
     MAX_TTL,
     build_error_message,
     build_message,
+    claimed_origin,
     decrypt_payload,
     parse_message,
     sign_message,
@@ -67,7 +67,7 @@ from ocpd.proto.errors import (
     RateLimited,
     Unavailable,
 )
-from ocpd.proto.ids import broadcast_did, derive_agent_id, key_fingerprint, parse_agent_id
+from ocpd.proto.ids import broadcast_did, derive_agent_id, key_fingerprint
 from ocpd.proto.ratelimit import RateLimiter
 from ocpd.proto.recovery import (
     open_share_record,
@@ -75,7 +75,6 @@ from ocpd.proto.recovery import (
     verify_proof,
     verify_share_record,
 )
-from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
 
 if TYPE_CHECKING:
@@ -232,7 +231,9 @@ class CustodianService:
                 raw, now=now, clock_skew=self.clock_skew, max_size=self.max_body
             )
         except OcpError:
-            _claimed_origin(raw, self.max_body, seen)
+            # Addressed to the sender it names, and naming the message; not audited.
+            claimed = claimed_origin(raw, max_size=self.max_body)
+            seen.sender, seen.message_id = claimed.sender, claimed.message_id
             raise
         seen.sender = message["sender"]["agent_id"]
         seen.message_id = message["message_id"]
@@ -772,35 +773,6 @@ class CustodianService:
             "custodian.approve": partial(decide, approve=True),
             "custodian.reject": partial(decide, approve=False),
         }
-
-
-_MESSAGE_ID: Final = re.compile(r"msg-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}")
-
-
-def _claimed_origin(raw: bytes, max_size: int, seen: _Seen) -> None:
-    """Who a refused message says it is from, and its id, when it says so well-formed.
-
-    The refusal of a message whose envelope or payload breaks the schema is
-    then addressed to its sender and names the message, so the sender can
-    tell which request failed. Nothing here is trusted for anything else:
-    the request stays unauthenticated, and is not audited.
-    """
-    try:
-        value = loads_strict(raw, max_size=max_size)
-    except OcpError:
-        return
-    if not isinstance(value, dict):
-        return
-    sender = value.get("sender")
-    agent_id = sender.get("agent_id") if isinstance(sender, dict) else None
-    try:
-        parse_agent_id(agent_id)
-    except OcpError:
-        return
-    seen.sender = agent_id
-    message_id = value.get("message_id")
-    if isinstance(message_id, str) and _MESSAGE_ID.fullmatch(message_id):
-        seen.message_id = message_id
 
 
 def _request_id() -> str:

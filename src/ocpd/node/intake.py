@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -57,6 +56,7 @@ from ocpd.proto.envelope import (
     BAD_MESSAGE_SIGNATURE,
     VerifiedMessage,
     build_error_message,
+    claimed_origin,
     parse_message_within,
     sign_message,
     signed_digest,
@@ -73,9 +73,8 @@ from ocpd.proto.errors import (
     PvlRejection,
     RateLimited,
 )
-from ocpd.proto.ids import broadcast_did, is_broadcast_did, parse_agent_id
+from ocpd.proto.ids import broadcast_did, is_broadcast_did
 from ocpd.proto.ratelimit import RateLimiter
-from ocpd.proto.strictjson import loads_strict
 from ocpd.storage import StorageError
 from ocpd.verifier import Answer, MessageCheck, MessageVerdict, SignatureCheck, Verifier
 
@@ -103,7 +102,6 @@ __all__ = [
 ]
 
 #: What an ``error`` may refer to when the refused message could not be parsed whole.
-MESSAGE_ID: Final = re.compile(r"msg-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}")
 MESSAGE_TYPES: Final = frozenset(
     schema.load_schema("envelope")["properties"]["message_type"]["enum"]  # type: ignore[index]
 )
@@ -247,32 +245,14 @@ def _envelope_verified(unreadable: OcpError | None, signature_ok: bool) -> None:
 
 
 def _identify(raw: bytes, attempt: Attempt, max_size: int) -> None:
-    """Name the message a refusal is about, when it can be read at all (decision 79).
-
-    A message refused for being expired, early, too large in its payload or
-    off-schema still usually carries a readable id, type and sender; the
-    error then refers to it and goes to its sender.
-    """
-    try:
-        message = loads_strict(raw, max_size=max_size)
-    except OcpError:
-        return
-    if not isinstance(message, dict):
-        return
-    message_id = message.get("message_id")
-    if isinstance(message_id, str) and MESSAGE_ID.fullmatch(message_id):
-        attempt.message_id = message_id
-    message_type = message.get("message_type")
-    if isinstance(message_type, str) and message_type in MESSAGE_TYPES:
-        attempt.message_type = message_type
-    sender = message.get("sender")
-    agent_id = sender.get("agent_id") if isinstance(sender, dict) else None
-    if isinstance(agent_id, str):
-        try:
-            parse_agent_id(agent_id)
-        except OcpError:
-            return
-        attempt.sender = agent_id
+    """Name the message a refusal is about, when it can be read at all (decision 79)."""
+    claimed = claimed_origin(raw, max_size=max_size)
+    if claimed.message_id is not None:
+        attempt.message_id = claimed.message_id
+    if claimed.message_type in MESSAGE_TYPES:
+        attempt.message_type = claimed.message_type
+    if claimed.sender is not None:
+        attempt.sender = claimed.sender
 
 
 def _plain(raw: bytes) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ their digests are equal.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -37,7 +38,7 @@ from ocpd.proto.crypto import (
 )
 from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp, parse_timestamp
 from ocpd.proto.errors import AuthError, MalformedError, OcpError, PayloadTooLarge
-from ocpd.proto.ids import is_broadcast_did, new_message_id
+from ocpd.proto.ids import is_broadcast_did, new_message_id, parse_agent_id
 from ocpd.proto.jcs import canonicalize
 from ocpd.proto.strictjson import loads_strict
 
@@ -47,12 +48,15 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_PAYLOAD_SIZE",
     "MAX_TTL",
+    "MESSAGE_ID",
     "OCP_VERSION",
     "PAYLOAD_INFO",
+    "ClaimedOrigin",
     "VerifiedMessage",
     "build_error_message",
     "build_message",
     "check_freshness",
+    "claimed_origin",
     "decrypt_payload",
     "encrypt_payload",
     "message_aad",
@@ -72,6 +76,8 @@ MAX_TTL: Final = 86_400
 MAX_MESSAGE_SIZE: Final = 16_777_216
 MAX_PAYLOAD_SIZE: Final = 10_485_760
 DEFAULT_CLOCK_SKEW: Final = 60.0
+#: ``msg-`` and the first four groups of a UUID (OCP §7.1).
+MESSAGE_ID: Final = re.compile(r"msg-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}")
 BAD_MESSAGE_SIGNATURE: Final = "message signature does not verify"
 PAYLOAD_INFO: Final = b"OCP-1.0 payload AES-256-GCM"
 
@@ -213,6 +219,50 @@ def parse_message(
     schema.validate_envelope(value)
     sent_at, expires_at = check_freshness(value, now=now, clock_skew=clock_skew)
     return value, sent_at, expires_at
+
+
+@attrs.frozen
+class ClaimedOrigin:
+    """What a refused message says about itself, where it says it well-formed.
+
+    Only for addressing and naming the refusal: nothing here is authenticated.
+    """
+
+    message_id: str | None = None
+    message_type: str | None = None
+    sender: str | None = None
+
+
+def claimed_origin(raw: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> ClaimedOrigin:
+    """The id, type and sender a message that failed its checks claims, if readable.
+
+    A message refused for being expired, early, too large in its payload or
+    off-schema usually still carries a readable id, type and sender; its
+    refusal then names it and goes to its sender. Each field is ``None``
+    unless well-formed (an id of the ``msg-`` pattern, a string type, a
+    valid ``did:ocp`` sender).
+    """
+    try:
+        message = loads_strict(raw, max_size=max_size)
+    except OcpError:
+        return ClaimedOrigin()
+    if not isinstance(message, dict):
+        return ClaimedOrigin()
+    message_id = message.get("message_id")
+    message_type = message.get("message_type")
+    sender = message.get("sender")
+    agent_id = sender.get("agent_id") if isinstance(sender, dict) else None
+    try:
+        parse_agent_id(agent_id)
+    except OcpError:
+        agent_id = None
+    return ClaimedOrigin(
+        message_id=message_id
+        if isinstance(message_id, str) and MESSAGE_ID.fullmatch(message_id)
+        else None,
+        message_type=message_type if isinstance(message_type, str) else None,
+        sender=agent_id,
+    )
 
 
 def payload_size(message: Mapping[str, Any]) -> int:
