@@ -528,3 +528,27 @@ async def serve_tls(app: Callable[..., Awaitable[None]], cert: str, key: str) ->
             yield port
         finally:
             stop.set()
+
+
+@asynccontextmanager
+async def serve_plain(app: Callable[..., Awaitable[None]]) -> AsyncIterator[str]:
+    """``app`` served by hypercorn on 127.0.0.1 without TLS, under trio; yields its base URL."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{os.dup(listener.fileno())}"]
+    listener.close()
+    config.accesslog = None
+    config.graceful_timeout = 0.5
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop.set()

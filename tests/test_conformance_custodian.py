@@ -19,21 +19,17 @@ Unit tests cover the validators with hand-made answers.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +54,7 @@ from conformance.local import ocpd_process, targets_from_ready, write_tls_files 
 from conformance.requirements import for_level  # noqa: E402
 from conformance.suite import SuiteConfig, Targets, check_deadline, run_suite  # noqa: E402
 
+from fake_node import serve_plain  # noqa: E402
 from ocpd.config import CustodianSection  # noqa: E402
 from ocpd.custodian import service as service_module  # noqa: E402
 from ocpd.custodian import store  # noqa: E402
@@ -268,27 +265,6 @@ PATCHES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
 
 
 @asynccontextmanager
-async def served(app: Callable[..., Awaitable[None]]) -> AsyncIterator[str]:
-    """``app`` served by hypercorn on 127.0.0.1 (plaintext); yields its base URL."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(listener.fileno())}"]
-    listener.close()
-    config.accesslog = None
-    config.graceful_timeout = 0.5
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop.set()
-
-
-@asynccontextmanager
 async def custodian_under_test(tmp_path: Path, faults: set[str]) -> AsyncIterator[Probe]:
     database = await open_database(tmp_path / "custodian.db", "custodian")
     key, directory = SigningKey.generate(), Directory()
@@ -306,7 +282,7 @@ async def custodian_under_test(tmp_path: Path, faults: set[str]) -> AsyncIterato
     app = CustodianUnderTest(service, key, directory, faults)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(database.run)
-        async with served(app) as url:
+        async with serve_plain(app) as url:
             targets = Targets(node=url, registry=url, custodian=url)
             yield Probe(targets.components(), suite_ssl_context(insecure=True), 5.0)
         database.close()

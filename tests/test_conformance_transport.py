@@ -12,15 +12,11 @@ why. That the checks pass against the real daemon is shown end to end in
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +24,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -49,6 +43,7 @@ from conformance.transport import (  # noqa: E402
 )
 from conformance.ws import WsClosed, WsRefused, receive_within, ws_connect  # noqa: E402
 
+from fake_node import serve_plain  # noqa: E402
 from ocpd.proto import schema  # noqa: E402
 from ocpd.proto.auth import (  # noqa: E402
     ReplayWindow,
@@ -436,27 +431,6 @@ async def _pump(inbox: trio.MemoryReceiveChannel[str], send: Send) -> None:
         await send({"type": "websocket.send", "text": text})
 
 
-@asynccontextmanager
-async def served(app: Callable[..., Awaitable[None]]) -> AsyncIterator[str]:
-    """``app`` served by hypercorn on 127.0.0.1 (plaintext); yields its base URL."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(listener.fileno())}"]
-    listener.close()
-    config.accesslog = None
-    config.graceful_timeout = 0.5
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop.set()
-
-
 def _probe(url: str, route_listener: RouteListener = "auto") -> Probe:
     targets = Targets(node=url, node_ws=url, registry=url, custodian=url)
     return Probe(targets.components(), suite_ssl_context(insecure=True), WAIT, route_listener)
@@ -473,7 +447,7 @@ def short_auth_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _run(rid: str, *faults: str, route_listener: RouteListener = "auto") -> tuple[str, str]:
-    async with served(FakeOcp(*faults)) as url:
+    async with serve_plain(FakeOcp(*faults)) as url:
         with trio.fail_after(30):
             outcome = await CHECKS[rid](_probe(url, route_listener))
     return outcome.status, outcome.detail
@@ -570,7 +544,7 @@ async def test_ws_checks_report_a_node_without_websocket() -> None:
             return
         await fake(scope, receive, send)
 
-    async with served(no_websocket) as url:
+    async with serve_plain(no_websocket) as url:
         outcome = await CHECKS["OCP-CORE-WS-004"](_probe(url))
     assert outcome.status == "fail"
     assert outcome.detail == "WebSocket upgrade with ['ocp.v1']: upgrade refused with HTTP 403"
@@ -579,7 +553,7 @@ async def test_ws_checks_report_a_node_without_websocket() -> None:
 async def test_routing_check_details_against_the_fake() -> None:
     """Auto mode on a loopback node: the suite's own endpoints, tried in priority order."""
     fake = FakeOcp()
-    async with served(fake) as url:
+    async with serve_plain(fake) as url:
         outcome = await CHECKS["OCP-CORE-ROUTE-001"](_probe(url))
     assert outcome.status == "pass", outcome.detail
     assert (
@@ -615,7 +589,7 @@ async def test_routing_check_needs_a_registry_that_refuses() -> None:
             return
         await fake(scope, receive, send)
 
-    async with served(lenient) as url:
+    async with serve_plain(lenient) as url:
         outcome = await CHECKS["OCP-CORE-ROUTE-001"](_probe(url, "off"))
     assert outcome.status == "fail"
     assert re.fullmatch(
@@ -738,7 +712,7 @@ def test_flip_signature_changes_one_bit() -> None:
 
 
 async def test_ws_client_reports_refusal_subprotocol_and_close_code() -> None:
-    async with served(FakeOcp()) as url:
+    async with serve_plain(FakeOcp()) as url:
         context = suite_ssl_context(insecure=True)
         with pytest.raises(WsRefused) as refused:
             async with ws_connect(f"{url}/ocp/v1/ws", context=context, subprotocols=[]):
@@ -755,7 +729,7 @@ async def test_ws_client_reports_refusal_subprotocol_and_close_code() -> None:
 
 
 async def test_head_only_request_gets_the_early_answer() -> None:
-    async with served(FakeOcp()) as url:
+    async with serve_plain(FakeOcp()) as url:
         headers = {"Content-Length": str(MAX_BODY + 1), "Content-Type": "application/json"}
         with trio.fail_after(5):
             response = await http_head_only(
