@@ -47,7 +47,6 @@ from ocpd.client.recovery import (
 from ocpd.identity import read_key_file
 from ocpd.proto.crypto import SigningKey
 from ocpd.proto.diddoc import parse_did_document
-from ocpd.proto.encoding import format_timestamp
 from ocpd.proto.errors import OcpError
 from ocpd.proto.ids import key_fingerprint, parse_agent_id
 from ocpd.proto.recovery import RecoveryFailed
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-    from ocpd.client.recovery import Deposit
 
 __all__ = ["add_parser", "run"]
 
@@ -199,27 +197,6 @@ def _new_file(path: str, what: str) -> Path:
     return target
 
 
-def _manifest(
-    agent: AgentKey,
-    deposits: Sequence[Deposit],
-    *,
-    threshold: int,
-    total_shares: int,
-    recovery_public_key: bytes,
-    recovery_key_id: str,
-) -> Manifest:
-    return Manifest(
-        agent_id=agent.agent_id,
-        fingerprint=key_fingerprint(agent.key.public_key),
-        threshold=threshold,
-        total_shares=total_shares,
-        recovery_public_key=recovery_public_key,
-        recovery_key_id=recovery_key_id,
-        created_at=format_timestamp(agent.now()),
-        deposits=tuple(deposits),
-    )
-
-
 def _listed(failures: dict[str, str]) -> str:
     return "; ".join(f"{url}: {why}" for url, why in sorted(failures.items()))
 
@@ -261,13 +238,12 @@ async def _split(args: argparse.Namespace) -> int:
         deposits, failures = exc.deposits, exc.failures
     finally:
         await _close(clients)
-    manifest = _manifest(
+    manifest = Manifest.of(
         agent,
         deposits,
         threshold=args.threshold,
         total_shares=len(clients),
         recovery_public_key=recovery_public_key,
-        recovery_key_id=f"{agent.agent_id}#recovery-key-1",
     )
     manifest.save(manifest_path)
     _print({"manifest": str(manifest_path), **manifest.to_json()})
@@ -379,7 +355,7 @@ async def _rotate(args: argparse.Namespace) -> int:
         raise
     finally:
         await _close([*old_clients, *new_clients])
-    new_manifest = _manifest(
+    new_manifest = Manifest.of(
         rotated.agent,
         rotated.deposits,
         threshold=threshold,

@@ -51,6 +51,7 @@ __all__ = [
     "read_key_file",
     "rotate_identity",
     "write_key_file",
+    "write_new_file",
 ]
 
 RECORD_NAME: Final = "node-identity.json"
@@ -86,7 +87,7 @@ def _key_text(key: SigningKey, extra: dict[str, Any] | None = None) -> str:
     return json.dumps(body, indent=2) + "\n"
 
 
-def _write_new(path: Path, data: bytes, *, mode: int, sync: bool = False) -> None:
+def write_new_file(path: Path, data: bytes, *, mode: int, sync: bool = False) -> None:
     """Create ``path`` with ``mode`` (never through an existing file) and write ``data``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as handle:
@@ -99,7 +100,7 @@ def _write_new(path: Path, data: bytes, *, mode: int, sync: bool = False) -> Non
 def write_key_file(path: Path, key: SigningKey, *, extra: dict[str, Any] | None = None) -> None:
     """Write a secret key file with mode 0600, refusing to overwrite one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_new(path, _key_text(key, extra).encode(), mode=0o600)
+    write_new_file(path, _key_text(key, extra).encode(), mode=0o600)
 
 
 def read_key_file(path: Path) -> SigningKey:
@@ -221,7 +222,7 @@ def _replace(path: Path, data: bytes, *, mode: int) -> None:
     """Atomically put ``data`` at ``path``: a synced temporary file, then a rename."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # left by an interrupted rotation; never a live file
-    _write_new(tmp, data, mode=mode, sync=True)
+    write_new_file(tmp, data, mode=mode, sync=True)
     os.replace(tmp, path)
 
 
@@ -264,10 +265,10 @@ def rotate_identity(data_dir: Path, *, now: float, key: SigningKey | None = None
     try:
         retired.parent.mkdir(mode=0o700, exist_ok=True)
         retired.mkdir(mode=0o700)
-        _write_new(retired / KEY_NAME, key_bytes, mode=0o600, sync=True)
-        _write_new(retired / RECORD_NAME, record_bytes, mode=0o644, sync=True)
+        write_new_file(retired / KEY_NAME, key_bytes, mode=0o600, sync=True)
+        write_new_file(retired / RECORD_NAME, record_bytes, mode=0o644, sync=True)
         if stray is not None:
-            _write_new(retired / f"{KEY_NAME}.replaced", stray, mode=0o600, sync=True)
+            write_new_file(retired / f"{KEY_NAME}.replaced", stray, mode=0o600, sync=True)
         _sync_directory(retired)
         _sync_directory(retired.parent)
     except OSError as exc:

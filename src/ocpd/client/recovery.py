@@ -26,7 +26,6 @@ passes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,6 +35,7 @@ import trio
 from ocpd.client.custodian import ApprovalPending, CustodianClient
 from ocpd.client.errors import NodeError
 from ocpd.client.keys import AgentKey
+from ocpd.identity import write_new_file
 from ocpd.proto.crypto import SigningKey, X25519KeyPair
 from ocpd.proto.diddoc import parse_did_document, rotate_did_document, sign_did_update
 from ocpd.proto.encoding import b64url_decode, b64url_encode, format_timestamp
@@ -109,24 +109,23 @@ class Manifest:
     @classmethod
     def of(
         cls,
+        agent: AgentKey,
         deposits: Sequence[Deposit],
         *,
+        threshold: int,
+        total_shares: int,
         recovery_public_key: bytes,
-        created_at: str,
         recovery_key_id: str | None = None,
     ) -> Manifest:
-        """The manifest of what :func:`distribute_shares` returned (at least one deposit)."""
-        if not deposits:
-            raise ValueError("a manifest lists at least one deposit")
-        first = deposits[0]
+        """The manifest of a split of ``agent``'s key: the deposits that went through, if any."""
         return cls(
-            agent_id=first.agent_id,
-            fingerprint=first.fingerprint,
-            threshold=first.threshold,
-            total_shares=first.total_shares,
+            agent_id=agent.agent_id,
+            fingerprint=key_fingerprint(agent.key.public_key),
+            threshold=threshold,
+            total_shares=total_shares,
             recovery_public_key=recovery_public_key,
-            recovery_key_id=recovery_key_id or f"{first.agent_id}#recovery-key-1",
-            created_at=created_at,
+            recovery_key_id=recovery_key_id or f"{agent.agent_id}#recovery-key-1",
+            created_at=format_timestamp(agent.now()),
             deposits=tuple(deposits),
         )
 
@@ -216,9 +215,7 @@ class Manifest:
     def save(self, path: str | Path) -> None:
         """Write the manifest (mode 0600: it says where the shares are); never overwrites."""
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
-        fd = os.open(Path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write_new_file(Path(path), text.encode("utf-8"), mode=0o600)
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:

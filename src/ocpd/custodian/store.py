@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from ocpd.identity import write_new_file
 from ocpd.proto.crypto import (
     GCM_NONCE_SIZE,
     DecryptionFailed,
@@ -123,9 +124,7 @@ class DatabaseKey:
 
     def write(self, path: Path) -> None:
         """Write the key as base64url text to a new file of mode 0600."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(b64url_encode(self.key) + "\n")
+        write_new_file(path, (b64url_encode(self.key) + "\n").encode("ascii"), mode=0o600)
 
     def wrap(self, record: dict[str, Any], agent_id: str, fingerprint: str) -> bytes:
         nonce = random_bytes(GCM_NONCE_SIZE)
