@@ -7,6 +7,8 @@ import copy
 import gzip
 import json
 import struct
+import sys
+import threading
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -21,6 +23,7 @@ from ocpd.proto import pvl, schema
 from ocpd.proto.errors import MalformedError, OcpError, PvlRejection
 from ocpd.proto.jcs import canonicalize
 from ocpd.proto.pii import scan, scan_text
+from ocpd.proto.pii_prefilter import possible_kinds
 from ocpd.proto.pvl import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     RECORD_BYTES,
@@ -508,6 +511,15 @@ def test_the_tolerance_depends_on_the_encoding() -> None:
     refused(embedding(unit_vectors(2, 64) * 1.02, encoding="bfloat16"), "OCP-400")
 
 
+def test_norms_near_the_tolerance_take_the_exact_check() -> None:
+    # Within the tolerance, but not by the margin of the faster first sum.
+    vectors = unit_vectors(4, 1536)
+    check(embedding(vectors * (1 + 0.99e-3)))
+    check(embedding(vectors * (1 - 0.99e-3)))
+    error = refused(embedding(vectors * (1 + 1.01e-3)), "OCP-400")
+    assert error.details == {"field": "$.vectors[0].vector", "tolerance": 1e-3}
+
+
 def test_bfloat16_rounding_stays_within_its_tolerance() -> None:
     # The worst case: every value rounded the same way.
     vectors = unit_vectors(50, 768, seed=3)
@@ -542,8 +554,14 @@ def test_a_length_of_one_more_than_a_group_is_ocp_400() -> None:
     assert check_error.details == {"field": "$.vectors[0].vector"}
 
 
-def test_the_first_failing_vector_is_named_across_blocks() -> None:
-    # 1536 float32 are 8192 characters: many vectors share a decoding block.
+@pytest.mark.parametrize("block_vectors", [None, 16])
+def test_the_first_failing_vector_is_named_across_blocks(
+    block_vectors: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1536 float32 are 8192 characters: many vectors share a decoding block
+    # (all of these with the default blocks; ten blocks of 16 vectors here).
+    if block_vectors is not None:
+        monkeypatch.setattr(pvl, "_BLOCK_CHARS", 8192 * block_vectors)
     vectors: list[Any] = list(unit_vectors(150, 1536))
     vectors[140] = vectors[140] * 2
     vectors[149] = "A" * 8188
@@ -553,6 +571,17 @@ def test_the_first_failing_vector_is_named_across_blocks() -> None:
     error = refused(embedding(vectors), "OCP-400")
     assert error.details["field"] == "$.vectors[149].vector"
     assert error.details["actual_bytes"] == 6141
+
+
+def test_decoded_vectors_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    for encoding in ("float32", "float16", "bfloat16"):
+        payload = embedding(unit_vectors(50, 96, seed=5), encoding=encoding)
+        whole = decode_vectors(payload)
+        check(payload)
+        monkeypatch.setattr(pvl, "_BLOCK_CHARS", 700)  # one or two vectors a block
+        assert np.array_equal(decode_vectors(payload), whole)
+        check(payload)
+        monkeypatch.undo()
 
 
 def test_a_nan_before_a_bad_string_in_one_block_is_reported_first() -> None:
@@ -880,6 +909,58 @@ def test_the_prefilter_agrees_with_scan_text(texts: list[str]) -> None:
         (kind, f"$.items[{index}]") for index, text in enumerate(texts) for kind in scan_text(text)
     ]
     assert found == expected
+
+
+def test_the_prefilter_reads_records_whatever_their_keys() -> None:
+    # Records (dicts of one size) are read a key position at a time: keys in
+    # another order, other keys or other sizes must not hide a value.
+    records: list[Any] = [
+        {"id": f"r{n}", "score": n / 7, "tags": ["a", "b"], "note": f"Segment {n}: fine."}
+        for n in range(300)
+    ]
+    records[17] = {"note": "call +44 20 7946 0958", "tags": [], "score": 1.5, "id": "r17"}
+    records[42] = {"id": "r42", "extra": EMAIL}
+    records[99] = {"id": "r99", "score": 2, "tags": ["GB82 WEST 1234 5698 7654 32"], "n": None}
+    found = [(f.kind, f.path) for f in scan({"records": records})]
+    assert found == [
+        ("phone", "$.records[17].note"),
+        ("email", "$.records[42].extra"),
+        ("iban", "$.records[99].tags[0]"),
+    ]
+
+
+def test_shared_containers_are_scanned_like_a_walk() -> None:
+    shared = {"owner": EMAIL, "notes": FILLER["notes"]}
+    value = {"a": shared, "b": [shared, shared], "c": FILLER}
+    assert [(f.kind, f.path) for f in scan(value)] == [("email", "$.a.owner")]
+
+
+def test_the_prefilter_gives_each_thread_its_own_work_arrays() -> None:
+    # The node validates on worker threads, and numpy lets them run at once.
+    values = [
+        {**FILLER, "n": [f"+44 20 7946 0958 / 4111 1111 1111 1111 #{n}" for n in range(3000)]},
+        {**FILLER, "n": [f"Segment {n}: 192.168.{n % 250}.7" for n in range(3000)]},
+        {**FILLER, "n": [f"Rolling window {n} rose 4.5% over {n} days." for n in range(3000)]},
+    ]
+    expected = [possible_kinds(value) for value in values]
+    assert len(set(expected)) == 3
+    results: list[list[frozenset[str] | None]] = [[] for _ in values]
+
+    def work(index: int) -> None:
+        for _ in range(50):
+            results[index].append(possible_kinds(values[index]))
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(len(values))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert results == [[kinds] * 50 for kinds in expected]
 
 
 def test_values_the_prefilter_cannot_flatten_are_walked() -> None:

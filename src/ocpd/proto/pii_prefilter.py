@@ -25,11 +25,11 @@ This module does no I/O.
 
 from __future__ import annotations
 
-import functools
 import gc
 import re
 import sys
-from typing import TYPE_CHECKING, Final, TypeAlias
+import threading
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import numpy as np
 
@@ -49,12 +49,6 @@ _PREFILTER_MIN_BYTES: Final = 8192
 _PAD: Final = 64
 # Joined after the last string, it ends the text with _PAD zero bytes.
 _TRAILER: Final = "\x00" * (_PAD - 1)
-#: How far past the data anchors are collected: the longest chain (six IPv6
-#: groups, 30 bytes) started before the end is seen whole, and every check
-#: (at most 16 bytes after an anchor) stays inside the zeros.
-_REACH: Final = 40
-#: Bytes per step of the dense pass.
-_CHUNK: Final = 262144
 # A domain needs "x.y" after the "@".
 _EMAIL_HINT: Final = re.compile(rb"@[A-Za-z0-9.-]*[A-Za-z0-9]\.[A-Za-z0-9]")
 _ALNUM: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -106,11 +100,6 @@ def _byte(value: int) -> Callable[[_Bytes], _Bools]:
     return lambda data: data == value
 
 
-def _separator(data: _Bytes) -> _Bools:
-    found: _Bools = (data == 45) | (data == 46)
-    return found
-
-
 def _local_char(data: _Bytes) -> _Bools:
     found: _Bools = _IS_LOCAL[data]
     return found
@@ -133,39 +122,130 @@ def _digits(first: int, last: int) -> list[_Check]:
     return [(offset, _digit) for offset in range(first, last + 1)]
 
 
+#: Bytes of text per step of the dense pass. Its eight work arrays take about
+#: 1 MiB a thread, about a core's L2 cache on the benchmark machine, where
+#: 128 KiB steps beat 32 and 64 KiB ones (fewer numpy calls) and matched
+#: 256 KiB ones.
+_CHUNK: Final = 131072
+#: How far past its start each run of the dense pass looks (two capitals, a
+#: space and two digits).
+_LOOKAHEAD: Final = 4
+
+
+class _Scratch(threading.local):
+    """The dense pass's work arrays, made once per thread and reused.
+
+    Fresh arrays of this size in every call would come from the C allocator
+    as new memory each time (and cost page faults); the node validates on
+    several worker threads at once, so each thread has its own.
+    """
+
+    def __init__(self) -> None:
+        size = _CHUNK + _LOOKAHEAD
+        self.shifted = np.empty(size, dtype=np.uint8)
+        self.digit, self.pair, self.triple, self.upper, self.capitals, self.other, self.run = (
+            np.empty(size, dtype=np.bool_) for _ in range(7)
+        )
+
+
+_SCRATCH: Final = _Scratch()
+#: Occurrences of an anchor byte found by byte searches before a numpy pass
+#: takes over.
+_RARE: Final = 8
+_NONE: Final[_Positions] = np.zeros(0, dtype=np.intp)
+_U8_DIGIT: Final = np.uint8(48)
+_U8_UPPER: Final = np.uint8(65)
+_U8_TEN: Final = np.uint8(10)
+_U8_LETTERS: Final = np.uint8(26)
+_U8_DOT: Final = np.uint8(46)
+_U8_DASH: Final = np.uint8(45)
+_U8_SPACE: Final = np.uint8(32)
+
+
+def _runs(b: _Bytes, n: int) -> tuple[_Positions, ...]:
+    """Starts of the runs the core tests begin with, over ``b[:n]``.
+
+    In order: four digits; three digits and a dash or a dot; a digit, a dot
+    and a digit; two capitals and two digits; two capitals, a space and two
+    digits. The runs are ANDs of byte flags shifted against each other,
+    made a chunk at a time in the thread's work arrays; only the starts of
+    three digits and of the last three runs become positions, and the first
+    two runs are picked from the three digits by the byte after them.
+    """
+    w = _SCRATCH
+    found: list[list[_Positions]] = [[], [], [], [], []]
+    quads, separated, dotted, capitals, spaced = found
+    for start in range(0, n, _CHUNK):
+        m = min(_CHUNK, n - start)
+        size = m + _LOOKAHEAD
+        x = b[start : start + size]
+        shifted, digit, pair, triple = w.shifted[:size], w.digit[:size], w.pair, w.triple
+        upper, caps, other, run = w.upper[:size], w.capitals, w.other[:m], w.run[:m]
+        np.less(np.subtract(x, _U8_DIGIT, out=shifted), _U8_TEN, out=digit)
+        np.logical_and(digit[:-1], digit[1:], out=pair[: size - 1])
+        np.logical_and(pair[:m], digit[2 : m + 2], out=triple[:m])
+        three = np.flatnonzero(triple[:m])
+        if three.size:
+            after = x[three + 3]
+            quads.append(three[np.less(after - _U8_DIGIT, _U8_TEN)] + start)
+            separated.append(three[(after == _U8_DASH) | (after == _U8_DOT)] + start)
+        # a digit, "." and a digit
+        np.logical_and(digit[:m], np.equal(x[1 : m + 1], _U8_DOT, out=run), out=run)
+        np.logical_and(run, digit[2 : m + 2], out=run)
+        if run.any():
+            dotted.append(np.flatnonzero(run) + start)
+        # two capitals, then two digits, or a space and two digits
+        np.less(np.subtract(x, _U8_UPPER, out=shifted), _U8_LETTERS, out=upper)
+        np.logical_and(upper[: m + 2], upper[1 : m + 3], out=caps[: m + 2])
+        np.logical_and(caps[:m], pair[2 : m + 2], out=run)
+        if run.any():
+            capitals.append(np.flatnonzero(run) + start)
+        np.logical_and(caps[:m], np.equal(x[2 : m + 2], _U8_SPACE, out=other), out=run)
+        np.logical_and(run, pair[3 : m + 3], out=run)
+        if run.any():
+            spaced.append(np.flatnonzero(run) + start)
+    return tuple(np.concatenate(starts) if starts else _NONE for starts in found)
+
+
 class _Cores:
     """The joined text of a value and the core test of each kind.
 
-    One dense pass finds the bytes the cores are anchored on: digits and
-    ``( + . : @`` (bytes 40 to 64, one range, so ``) * , - / ; < = > ?``
-    come along). Each test then starts from its anchors and checks the core
-    one byte offset at a time, keeping only the positions that still match;
-    on ordinary text the candidates run out after a check or two.
+    Each test starts from the positions where its core's leading run stands
+    (:func:`_runs`: four digits, two capitals before two digits, a digit, a
+    dot and a digit, ...); ordinary text has few of them. The test then
+    checks the rest of the core one byte offset at a time, keeping only the
+    positions that still match; on ordinary text the candidates run out
+    after a check or two. The rarer anchors (``@ + ( :``) are searched for
+    as bytes first and located only when present.
+
+    Every core is tested from its first byte and is shorter than the
+    :data:`_PAD` zero bytes after the text, and a start is a non-zero byte,
+    so every check stays in range.
     """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.n = len(data) - _PAD
-        b: _Bytes = np.frombuffer(data, dtype=np.uint8)
-        self.b = b
-        # Anchors are collected up to n + _REACH: far enough for a core that
-        # starts before n to be checked whole, near enough for every check to
-        # stay in range. The dense pass runs chunk by chunk so that its masks
-        # stay small, in memory the allocator already holds.
-        reach = self.n + _REACH
-        found = [
-            np.flatnonzero((b[start : min(start + _CHUNK, reach)] - np.uint8(40)) < 25) + start
-            for start in range(0, reach, _CHUNK)
-        ]
-        anchors = np.concatenate(found)
-        values = b[anchors]
-        digits = anchors[_digit(values)]
-        self.pairs: _Positions = digits[_digit(b[digits + 1])]
-        self.dots: _Positions = anchors[values == 46]
-        self.colons: _Positions = anchors[values == 58]
-        self.pluses: _Positions = anchors[values == 43]
-        self.parens: _Positions = anchors[values == 40]
-        self.ats: _Positions = anchors[values == 64]
+        self.b: _Bytes = np.frombuffer(data, dtype=np.uint8)
+        (
+            self.quads,
+            self.separated_triples,
+            self.dotted,
+            self.capitals,
+            self.spaced_capitals,
+        ) = _runs(self.b, len(data) - _PAD)
+
+    def located(self, value: int) -> _Positions:
+        """Where the byte ``value`` occurs: byte searches while it is rare (it
+        usually is), a pass over the whole text once it is not."""
+        data = self.data
+        found: list[int] = []
+        at = data.find(value)
+        while at >= 0:
+            if len(found) == _RARE:
+                return np.flatnonzero(self.b == value)
+            found.append(at)
+            at = data.find(value, at + 1)
+        return np.array(found, dtype=np.intp)
 
     def narrow(self, starts: _Positions, checks: Sequence[_Check]) -> _Positions:
         """The ``starts`` whose byte at each offset passes that offset's check."""
@@ -176,13 +256,14 @@ class _Cores:
             starts = starts[check(b[starts + offset])]
         return starts
 
-    def before(self, starts: _Positions) -> _Positions:
-        return starts[starts < self.n]
+    # --- the tests
 
     def email(self) -> bool:
         # "@" after a local-part character, then domain characters holding
         # "x.y". A domain run longer than the window is left to a regex.
-        ats = self.narrow(self.before(self.ats), [(-1, _local_char), (1, _domain_char)])
+        ats = self.narrow(self.located(64), [(-1, _local_char), (1, _domain_char)])
+        if ats.size == 0:
+            return False
         after = self.b[ats[:, None] + np.arange(1, _PAD)]
         domain = np.logical_and.accumulate(_IS_DOMAIN[after], axis=1)
         alnum = _IS_ALNUM[after]
@@ -198,16 +279,17 @@ class _Cores:
     def _international_phone(self) -> bool:
         # "+", a digit, then five characters of the candidate class.
         checks = [(1, _digit), *[(offset, _phone_char) for offset in range(2, 7)]]
-        return self.narrow(self.before(self.pluses), checks).size > 0
+        return self.narrow(self.located(43), checks).size > 0
 
     def _north_american_phone(self) -> bool:
-        # ddd-ddd-dddd or ddd.ddd.dddd: the same separator twice.
-        found = self.narrow(self.separated_triples, _digits(4, 6))
+        # ddd-ddd-dddd or ddd.ddd.dddd: the same separator twice. (Checks
+        # from the far end first: a date fails at once.)
+        found = self.narrow(self.separated_triples, _digits(4, 6)[::-1])
         found = found[self.b[found + 7] == self.b[found + 3]]
         if self.narrow(found, _digits(8, 11)).size:
             return True
         # (ddd) ddd-dddd, the space optional
-        area = self.narrow(self.before(self.parens), [*_digits(1, 3), (4, _byte(41))])
+        area = self.narrow(self.located(40), [*_digits(1, 3), (4, _byte(41))])
         tight = self.narrow(area, [*_digits(5, 7), (8, _byte(45)), *_digits(9, 12)])
         spaced = self.narrow(
             area, [(5, _byte(32)), *_digits(6, 8), (9, _byte(45)), *_digits(10, 13)]
@@ -218,37 +300,18 @@ class _Cores:
         # A card starts with four digits (its first group, or a compact
         # number); then 13 characters are digits, or a space or dash between
         # two digits.
-        starts = self.narrow(self.triples, [(3, _digit)])
+        starts = self.quads
         b = self.b
-        for offset in range(12, 3, -1):  # from the end: dates and versions fail at once
+        # The order does not change the result, only how soon the candidates
+        # run out: right after the four digits first (a year, an id or a
+        # count ends there), then where a date or a version ends.
+        for offset in (4, 10, 9, 12, 11, 8, 7, 6, 5):
             if starts.size == 0:
                 break
             here = b[starts + offset]
             between = ((here == 32) | (here == 45)) & _digit(b[starts + offset + 1])
             starts = starts[_digit(here) | (between & _digit(b[starts + offset - 1]))]
         return starts.size > 0
-
-    def _capitals(self, spaced: bool) -> _Positions:
-        """Starts of two capitals right before a digit pair (or one space before it)."""
-        gap = 3 if spaced else 2
-        starts = self.pairs[(self.pairs >= gap) & (self.pairs < self.n + gap)] - gap
-        checks = [(1, _upper), (0, _upper)]
-        return self.narrow(starts, [(2, _byte(32)), *checks] if spaced else checks)
-
-    @functools.cached_property
-    def capitals(self) -> _Positions:
-        """Starts of two capitals right before a digit pair."""
-        return self._capitals(spaced=False)
-
-    @functools.cached_property
-    def triples(self) -> _Positions:
-        """Starts of three digits."""
-        return self.narrow(self.before(self.pairs), [(2, _digit)])
-
-    @functools.cached_property
-    def separated_triples(self) -> _Positions:
-        """Starts of three digits and a dash or a dot."""
-        return self.narrow(self.triples, [(3, _separator)])
 
     def iban(self) -> bool:
         # CCdd, then 11 BBAN characters, each maybe after one space.
@@ -265,7 +328,7 @@ class _Cores:
 
     def uk_nino(self) -> bool:
         # Two capitals, then six digits, each pair maybe after one space.
-        starts = np.concatenate((self.capitals, self._capitals(spaced=True)))
+        starts = np.concatenate((self.capitals, self.spaced_capitals))
         b = self.b
         for offset in range(2, 8):
             if starts.size == 0:
@@ -276,8 +339,9 @@ class _Cores:
 
     def ipv4(self) -> bool:
         # A digit, then three dots each followed by one to three digits.
-        dots = self.dots[(self.dots >= 1) & (self.dots < self.n + 9)]
-        starts = self.narrow(dots - 1, [(0, _digit), (2, _digit)])
+        starts = self.dotted
+        if starts.size == 0:
+            return False
         b = self.b
         third, fourth, fifth = (b[starts + offset] for offset in (3, 4, 5))
         link = (
@@ -286,14 +350,19 @@ class _Cores:
             | (_digit(third) & _digit(fourth) & (fifth == 46))
         )
         linked = starts[link]
-        return bool((_linked(linked, linked, range(2, 5)) < self.n).any())
+        return _linked(linked, linked, range(2, 5)).size > 0
 
     def ipv6(self) -> bool:
         # "::", or six colons, each one to four hex digits after the last.
-        colons = self.colons
-        if self.before(colons[:-1][colons[1:] - colons[:-1] == 1]).size:
+        colons = self.located(58)
+        if colons.size < 2:
+            return False
+        gaps = colons[1:] - colons[:-1]
+        if (gaps == 1).any():
             return True
-        if colons.size < 6:
+        # A chain needs three gaps of 2 to 5 bytes in a row between colons.
+        near = (gaps >= 2) & (gaps <= 5)
+        if colons.size < 6 or not (near[:-2] & near[1:-1] & near[2:]).any():
             return False
         after = self.b[colons[:, None] + np.arange(1, 6)]
         hexes = _hexdigit(after)
@@ -304,10 +373,11 @@ class _Cores:
             link |= run & (after[:, digits] == 58)
         linked = colons[link]
         three = _linked(linked, linked, range(2, 6))
-        return bool((_linked(three, three, range(4, 11)) < self.n).any())
+        return _linked(three, three, range(4, 11)).size > 0
 
     def us_ssn(self) -> bool:
-        checks = [(3, _byte(45)), (6, _byte(45)), *_digits(4, 5), *_digits(7, 10)]
+        # From the far end first: a date fails at once.
+        checks = [*_digits(7, 10)[::-1], (6, _byte(45)), *_digits(4, 5), (3, _byte(45))]
         return self.narrow(self.separated_triples, checks).size > 0
 
 
@@ -325,15 +395,84 @@ _CORE_TESTS: Final[tuple[tuple[str, Callable[[_Cores], bool]], ...]] = (
 
 _CONTAINERS: Final = (dict, list, tuple)
 _ATOMS: Final = (int, float, bool, type(None))
+_PLAIN: Final = frozenset((str, *_CONTAINERS, *_ATOMS))
+_is_str: Final = str.__instancecheck__
 
 
-def _joined_text(value: object) -> bytes | None:
-    """Every string of a plain ``value`` (keys included), NUL-joined, UTF-8, then
-    _PAD zeros; ``None`` when ``value`` holds anything else."""
-    if sys.implementation.name != "cpython":
-        return None  # gc.get_referents is CPython's traversal
+class _NotPlain(Exception):
+    """The value holds something other than plain JSON types."""
+
+
+class _Shared(Exception):
+    """A container is reached twice (shared, or in a cycle)."""
+
+
+class _Gathering:
+    """The strings of a plain value, gathered a level of containers at a time.
+
+    Each level's contents come from one ``gc.get_referents`` call for its
+    dicts (their values, in order) and one for its lists and tuples. The
+    contents are taken in batches: a batch that is all strings is taken
+    whole, any other is sorted by type. The values of dicts of one size are
+    batched by position (``values[k::size]``): the records of a list hold
+    the same keys in the same order, so each batch holds the values of one
+    key (all text, all numbers, all lists, ...), and a batch of another
+    mix is only slower. Numbers are left out; anything but plain types
+    raises :class:`_NotPlain`, a container reached twice (shared, or in a
+    cycle) :class:`_Shared`.
+    """
+
+    def __init__(self, value: object) -> None:
+        self.texts: list[Any] = []
+        self.keys: set[Any] = set()  # the same few keys recur in every record
+        self.seen = {id(value)}
+        level = [value]
+        while level:
+            below: list[object] = []
+            kinds = set(map(type, level))
+            dicts: list[Any] = level if kinds == {dict} else []
+            if dict not in kinds:
+                self.batch(gc.get_referents(*level), below)
+            elif not dicts:
+                dicts = [item for item in level if type(item) is dict]
+                sequences = [item for item in level if type(item) is not dict]
+                self.batch(gc.get_referents(*sequences), below)
+            if dicts:
+                self.keys.update(*dicts)
+                values = gc.get_referents(*dicts)
+                size = len(dicts[0])
+                if size > 1 and len(values) == size * len(dicts):
+                    for key in range(size):
+                        self.batch(values[key::size], below)
+                else:
+                    self.batch(values, below)
+            level = below
+
+    def batch(self, items: list[Any], below: list[object]) -> None:
+        """Take the strings of ``items`` and put its containers in ``below``."""
+        if all(map(_is_str, items)):
+            self.texts += items
+            return
+        kinds = set(map(type, items))
+        if not kinds <= _PLAIN:
+            raise _NotPlain
+        if str in kinds:
+            self.texts += filter(_is_str, items)
+        if kinds.isdisjoint(_CONTAINERS):
+            return
+        found = [item for item in items if type(item) in _CONTAINERS]
+        count = len(self.seen)
+        self.seen.update(map(id, found))
+        if len(self.seen) - count != len(found):
+            raise _Shared
+        below += found
+
+
+def _gathered_item_by_item(value: object) -> list[str] | None:
+    """The strings of ``value`` (keys included), looked at one by one and each
+    container once: for values whose containers are shared or cyclic."""
     texts: list[str] = []
-    keys: set[str] = set()  # the same few keys recur in every record
+    keys: set[str] = set()
     seen: set[int] = set()
     level: list[object] = [value]
     while level:
@@ -352,11 +491,33 @@ def _joined_text(value: object) -> bytes | None:
             if type(item) is dict:
                 keys.update(item)
         level = below
+    texts.extend(keys)
+    return texts
+
+
+def _joined_text(value: object) -> bytes | None:
+    """Every string of a plain ``value`` (keys included), NUL-joined, UTF-8, then
+    _PAD zeros; ``None`` when ``value`` holds anything else."""
+    if sys.implementation.name != "cpython":
+        return None  # gc.get_referents is CPython's traversal
+    texts: list[Any]
     if type(value) is str:
-        texts.append(value)
+        texts = [value]
     elif type(value) not in _CONTAINERS:
         return None
-    texts.extend(keys)
+    else:
+        try:
+            gathering = _Gathering(value)
+        except _NotPlain:
+            return None
+        except _Shared:
+            found = _gathered_item_by_item(value)
+            if found is None:
+                return None
+            texts = found
+        else:
+            texts = gathering.texts
+            texts.extend(gathering.keys)
     texts.append(_TRAILER)
     try:
         return "\x00".join(texts).encode("utf-8", "surrogatepass")
