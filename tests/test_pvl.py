@@ -776,6 +776,56 @@ def test_pii_in_embedding_metadata_and_delta_fields_is_found() -> None:
     assert error.details["findings"][0]["path"] == "$.architecture.target_layers[2]"
 
 
+def _vector_strings(payload: dict[str, Any]) -> list[object]:
+    return [item.get("vector") for item in payload["vectors"]]
+
+
+def test_the_prefilter_reads_an_embedding_without_its_vectors() -> None:
+    payload = embedding(unit_vectors(400, 8))
+    # A vector string with an IBAN's shape: never read as text.
+    payload["vectors"][7]["vector"] = "GB82WEST12345698765432"
+    texts = _vector_strings(payload)
+    read_whole = possible_kinds(payload)
+    assert read_whole is not None and "iban" in read_whole
+    assert possible_kinds(payload, leave_out=texts) == frozenset()
+    # The other fields are read: the same kinds as the payload without vectors.
+    payload["vectors"][300]["metadata"]["reviewer"] = EMAIL
+    without = {**payload, "vectors": [{**v, "vector": None} for v in payload["vectors"]]}
+    assert possible_kinds(payload, leave_out=texts) == possible_kinds(without) == {"email"}
+    # The same strings in another order are not the vectors: unsure.
+    assert possible_kinds(payload, leave_out=texts[::-1][1:] + texts[:1]) is None
+
+
+def test_vectors_in_records_of_several_shapes_are_not_left_out() -> None:
+    payload = embedding(unit_vectors(400, 8))
+    payload["vectors"][5] = {"vector": payload["vectors"][5]["vector"], "id": "emb-005"}
+    assert possible_kinds(payload, leave_out=_vector_strings(payload)) is None
+    # ... so validation walks the payload without them, and still finds PII.
+    payload["vectors"][300]["metadata"]["reviewer"] = EMAIL
+    error = refused(payload, "PVL-001")
+    assert error.details["findings"][0]["path"] == "$.vectors[300].metadata.reviewer"
+
+
+def test_a_field_holding_the_vector_string_itself_is_still_read() -> None:
+    payload = embedding(unit_vectors(400, 8))
+    for item in payload["vectors"]:
+        item["label"] = item["vector"]  # the same objects, in the same order
+    payload["vectors"][3]["vector"] = payload["vectors"][3]["label"] = "+44 20 7946 0958"
+    kinds = possible_kinds(payload, leave_out=_vector_strings(payload))
+    assert kinds is not None and "phone" in kinds
+
+
+def test_pii_beside_many_vectors_is_found_where_it_is() -> None:
+    payload = embedding(unit_vectors(400, 8))
+    payload["vectors"][123]["metadata"]["reviewer"] = EMAIL
+    payload["vectors"][7]["label"] = "call +44 20 7946 0958"
+    error = refused(payload, "PVL-001")
+    assert [(f["kind"], f["path"]) for f in error.details["findings"]] == [
+        ("phone", "$.vectors[7].label"),
+        ("email", "$.vectors[123].metadata.reviewer"),
+    ]
+
+
 def test_binary_fields_are_not_scanned(monkeypatch: pytest.MonkeyPatch) -> None:
     scanned: list[Any] = []
 
@@ -927,6 +977,109 @@ def test_the_prefilter_reads_records_whatever_their_keys() -> None:
         ("email", "$.records[42].extra"),
         ("iban", "$.records[99].tags[0]"),
     ]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(["+44 20 7946 0958"], id="list"),
+        pytest.param({"owner": "+44 20 7946 0958"}, id="dict"),
+        pytest.param(("+44 20 7946 0958",), id="tuple"),
+        pytest.param(None, id="null"),
+        pytest.param(7, id="number"),
+    ],
+)
+def test_a_record_field_that_is_not_text_in_one_record_is_still_read(odd: object) -> None:
+    # A key's values whose first and last are strings are taken without
+    # looking at the others; one that is not a string must still be read
+    # (its text scanned, its containers walked).
+    records: list[Any] = [{"id": f"r{n}", "note": f"Segment {n}: fine."} for n in range(900)]
+    records[150]["note"] = odd
+    records[151]["note"] = "write to " + EMAIL
+    found = [(f.kind, f.path) for f in scan({"records": records})]
+    expected = [("email", "$.records[151].note")]
+    if isinstance(odd, dict):
+        expected.insert(0, ("phone", "$.records[150].note.owner"))
+    elif isinstance(odd, list | tuple):
+        expected.insert(0, ("phone", "$.records[150].note[0]"))
+    assert found == expected
+    kinds = possible_kinds({"records": records})
+    assert kinds is not None and "email" in kinds
+    assert ("phone" in kinds) is isinstance(odd, dict | list | tuple)
+
+
+def test_a_list_with_containers_between_strings_is_read() -> None:
+    # The contents of lists are taken like a key's values.
+    items: list[Any] = [f"Segment {n}: fine." for n in range(500)]
+    items[250] = {"deep": [{"owner": EMAIL}]}
+    items[251] = ["GB82 WEST 1234 5698 7654 32"]
+    # found when those are read: strings around a number
+    items[252] = ["Segment 1", 7, "call 415-555-2671", "Segment 2"]
+    found = [(f.kind, f.path) for f in scan({"items": items})]
+    assert found == [
+        ("email", "$.items[250].deep[0].owner"),
+        ("iban", "$.items[251][0]"),
+        ("phone", "$.items[252][2]"),
+    ]
+    # Read without falling back to the walk of every string.
+    kinds = possible_kinds({"items": items})
+    assert kinds is not None and kinds >= {"email", "iban", "phone"}
+
+
+_pii_leaf = st.one_of(
+    st.text(alphabet=_PII_ALPHABET, max_size=30),
+    st.sampled_from([EMAIL, "+44 20 7946 0958", "GB82 WEST 1234 5698 7654 32", "078-05-1120"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False),
+)
+_pii_tree = st.recursive(
+    _pii_leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.lists(children, max_size=5).map(tuple),
+        st.dictionaries(st.text(alphabet=_PII_ALPHABET, max_size=12), children, max_size=4),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_pii_tree, min_size=1, max_size=6), st.integers(0, 5))
+def test_the_prefilter_names_every_kind_a_walk_finds(trees: list[Any], spread: int) -> None:
+    # Records of one shape with the drawn values scattered among them, so
+    # that values of every type land inside batches of strings.
+    records: list[Any] = [{"id": f"r{n}", "note": f"Segment {n}: fine."} for n in range(700)]
+    for index, tree in enumerate(trees):
+        records[(index * 97 + spread * 31) % len(records)]["note"] = tree
+    value = {"records": records, "tail": trees}
+    kinds = possible_kinds(value)
+    assert kinds is not None
+    assert _kinds_string_by_string(value) <= kinds
+
+
+def _kinds_string_by_string(value: object) -> set[str]:
+    """The kinds scan_text finds in every string and key of ``value``."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            found.update(scan_text(node))
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                found.update(scan_text(key))
+                stack.append(child)
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return found
+
+
+def test_keys_that_are_not_strings_send_the_value_to_the_walk() -> None:
+    value: dict[Any, Any] = {**FILLER, 7: "write to " + EMAIL, "n": {1.5: "x"}}
+    assert possible_kinds(value) is None
+    assert [(f.kind, f.path) for f in scan(value)] == [("email", "$[7]")]
 
 
 def test_shared_containers_are_scanned_like_a_walk() -> None:

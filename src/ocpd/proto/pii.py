@@ -512,7 +512,9 @@ def _join(path: str, step: str) -> str:
     return step[1:] if not path and step.startswith(".") else path + step
 
 
-def scan(value: object, *, limit: int = 16, root: str = "$") -> list[Finding]:
+def scan(
+    value: object, *, limit: int = 16, root: str = "$", kinds: frozenset[str] | None = None
+) -> list[Finding]:
     """Where PII appears in ``value``: every string value and every dict key.
 
     The walk is iterative (any depth), in document order, and stops after
@@ -521,11 +523,17 @@ def scan(value: object, *, limit: int = 16, root: str = "$") -> list[Finding]:
     that itself contains PII appears in paths as ``[<redacted>]``. Numbers,
     booleans and null are not scanned, and a container reached twice (shared
     or cyclic) is scanned once.
+
+    ``kinds`` limits the walk to those kinds, for a caller that has learnt
+    from :func:`ocpd.proto.pii_prefilter.possible_kinds` (over this value,
+    or over one holding all of its text) that no other can occur; by
+    default :func:`scan` asks it itself.
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    possible = possible_kinds(value)
-    kinds = _ALL_KINDS if possible is None else possible
+    if kinds is None:
+        possible = possible_kinds(value)
+        kinds = _ALL_KINDS if possible is None else possible
     if not kinds:
         return []
     findings: list[Finding] = []

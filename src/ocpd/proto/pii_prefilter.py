@@ -29,6 +29,7 @@ import gc
 import re
 import sys
 import threading
+from operator import is_
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import numpy as np
@@ -399,6 +400,10 @@ _PLAIN: Final = frozenset((str, *_CONTAINERS, *_ATOMS))
 _is_str: Final = str.__instancecheck__
 
 
+#: The containers found at one level, for the next: dicts, lists and tuples.
+_Below: TypeAlias = "tuple[list[Any], list[object]]"
+
+
 class _NotPlain(Exception):
     """The value holds something other than plain JSON types."""
 
@@ -412,30 +417,42 @@ class _Gathering:
 
     Each level's contents come from one ``gc.get_referents`` call for its
     dicts (their values, in order) and one for its lists and tuples. The
-    contents are taken in batches: a batch that is all strings is taken
-    whole, any other is sorted by type. The values of dicts of one size are
+    contents are taken in batches. The values of dicts of one size are
     batched by position (``values[k::size]``): the records of a list hold
     the same keys in the same order, so each batch holds the values of one
-    key (all text, all numbers, all lists, ...), and a batch of another
-    mix is only slower. Numbers are left out; anything but plain types
-    raises :class:`_NotPlain`, a container reached twice (shared, or in a
-    cycle) :class:`_Shared`.
+    key (all text, all numbers, all lists, ...), and a batch of another mix
+    is only slower. Numbers are left out; anything but plain types raises
+    :class:`_NotPlain`, a container reached twice (shared, or in a cycle)
+    :class:`_Shared`.
+
+    A batch of list contents or of one key's values whose first and last
+    items are strings is taken on trust, without looking at the others
+    (the values of dicts of several sizes, a mix, are always looked at):
+    joining the texts raises ``TypeError``
+    if anything else was among them, and :meth:`recheck` then looks at each
+    batch taken on trust and takes the ones that hold other things item by
+    item (descending into their containers).
     """
 
-    def __init__(self, value: object) -> None:
+    def __init__(self, value: object, leave_out: Sequence[object] | None = None) -> None:
+        self.leave_out = leave_out
+        self.left_out = False
         self.texts: list[Any] = []
+        self.trusted: list[list[Any]] = []
+        self.trusting = True
         self.keys: set[Any] = set()  # the same few keys recur in every record
         self.seen = {id(value)}
-        level = [value]
-        while level:
-            below: list[object] = []
-            kinds = set(map(type, level))
-            dicts: list[Any] = level if kinds == {dict} else []
-            if dict not in kinds:
-                self.batch(gc.get_referents(*level), below)
-            elif not dicts:
-                dicts = [item for item in level if type(item) is dict]
-                sequences = [item for item in level if type(item) is not dict]
+        if type(value) is dict:
+            self.descend([value], [])
+        else:
+            self.descend([], [value])
+
+    def descend(self, dicts: list[Any], sequences: list[object]) -> None:
+        """Gather from ``dicts`` and ``sequences`` (lists and tuples) and
+        everything below them, a level at a time."""
+        while dicts or sequences:
+            below: _Below = ([], [])
+            if sequences:
                 self.batch(gc.get_referents(*sequences), below)
             if dicts:
                 self.keys.update(*dicts)
@@ -445,27 +462,76 @@ class _Gathering:
                     for key in range(size):
                         self.batch(values[key::size], below)
                 else:
-                    self.batch(values, below)
-            level = below
+                    self.sort(values, below)  # dicts of several sizes: a mix
+            dicts, sequences = below
 
-    def batch(self, items: list[Any], below: list[object]) -> None:
+    def batch(self, items: list[Any], below: _Below) -> None:
         """Take the strings of ``items`` and put its containers in ``below``."""
-        if all(map(_is_str, items)):
+        if self.leave_out is not None and not self.left_out and self.is_left_out(items):
+            self.left_out = True
+            return
+        if self.trusting and items and type(items[0]) is str and type(items[-1]) is str:
+            self.trusted.append(items)
+        else:
+            self.sort(items, below)
+
+    def is_left_out(self, items: list[Any]) -> bool:
+        """Whether ``items`` are the objects of ``leave_out``, in its order or
+        the reverse (CPython lists a list's contents last to first)."""
+        wanted = self.leave_out
+        if wanted is None or len(items) != len(wanted) or not items:
+            return False
+        if items[0] is wanted[0] and all(map(is_, items, wanted)):
+            return True
+        return items[0] is wanted[-1] and all(map(is_, items, reversed(wanted)))
+
+    def sort(self, items: list[Any], below: _Below) -> None:
+        """Take the strings of ``items``, looking at each, and put its
+        containers in ``below``."""
+        kinds = set(map(type, items))
+        if kinds == {str}:
             self.texts += items
             return
-        kinds = set(map(type, items))
         if not kinds <= _PLAIN:
             raise _NotPlain
         if str in kinds:
             self.texts += filter(_is_str, items)
-        if kinds.isdisjoint(_CONTAINERS):
+        containers = kinds.intersection(_CONTAINERS)
+        if not containers:
             return
-        found = [item for item in items if type(item) in _CONTAINERS]
+        found = items if len(kinds) == 1 else [item for item in items if type(item) in containers]
         count = len(self.seen)
         self.seen.update(map(id, found))
         if len(self.seen) - count != len(found):
             raise _Shared
-        below += found
+        dicts, sequences = below
+        if dict not in containers:
+            sequences += found
+        elif len(containers) == 1:
+            dicts += found
+        else:
+            for item in found:
+                (dicts if type(item) is dict else sequences).append(item)
+
+    def joined(self) -> list[Any]:
+        """Every string gathered (keys included), batches taken on trust last."""
+        texts = self.texts + list(self.keys)
+        for items in self.trusted:
+            texts += items
+        return texts
+
+    def recheck(self) -> None:
+        """Look at every item of the batches taken on trust, and from now on
+        at every item of every batch."""
+        self.trusting = False
+        trusted, self.trusted = self.trusted, []
+        below: _Below = ([], [])
+        for items in trusted:
+            if all(map(_is_str, items)):
+                self.texts += items
+            else:
+                self.sort(items, below)
+        self.descend(*below)
 
 
 def _gathered_item_by_item(value: object) -> list[str] | None:
@@ -495,40 +561,59 @@ def _gathered_item_by_item(value: object) -> list[str] | None:
     return texts
 
 
-def _joined_text(value: object) -> bytes | None:
+def _joined_text(value: object, leave_out: Sequence[object] | None = None) -> bytes | None:
     """Every string of a plain ``value`` (keys included), NUL-joined, UTF-8, then
-    _PAD zeros; ``None`` when ``value`` holds anything else."""
+    _PAD zeros; ``None`` when ``value`` holds anything else, or when
+    ``leave_out`` is given and its strings were not found together."""
     if sys.implementation.name != "cpython":
         return None  # gc.get_referents is CPython's traversal
-    texts: list[Any]
-    if type(value) is str:
-        texts = [value]
-    elif type(value) not in _CONTAINERS:
+    if type(value) is str and leave_out is None:
+        return _encoded([value])
+    if type(value) not in _CONTAINERS:
         return None
-    else:
-        try:
-            gathering = _Gathering(value)
-        except _NotPlain:
-            return None
-        except _Shared:
-            found = _gathered_item_by_item(value)
-            if found is None:
-                return None
-            texts = found
-        else:
-            texts = gathering.texts
-            texts.extend(gathering.keys)
-    texts.append(_TRAILER)
     try:
-        return "\x00".join(texts).encode("utf-8", "surrogatepass")
-    except TypeError:
-        return None  # a key that is not a string
+        gathering = _Gathering(value, leave_out)
+        if leave_out is not None and not gathering.left_out:
+            return None
+        try:
+            return _encoded(gathering.joined())
+        except TypeError:
+            # A batch taken on trust held something else, or a key is not
+            # a string.
+            gathering.recheck()
+        try:
+            return _encoded(gathering.joined())
+        except TypeError:
+            return None  # a key that is not a string
+    except _NotPlain:
+        return None
+    except _Shared:
+        found = None if leave_out is not None else _gathered_item_by_item(value)
+        return None if found is None else _encoded(found)
 
 
-def possible_kinds(value: object) -> frozenset[str] | None:
+def _encoded(texts: list[Any]) -> bytes:
+    """``texts`` NUL-joined in UTF-8, then _PAD zeros; ``TypeError`` if one is
+    not a string."""
+    texts.append(_TRAILER)
+    return "\x00".join(texts).encode("utf-8", "surrogatepass")
+
+
+def possible_kinds(
+    value: object, *, leave_out: Sequence[object] | None = None
+) -> frozenset[str] | None:
     """The kinds of PII that may occur somewhere in ``value``; ``None`` when
-    unsure (a small value, or one that holds more than plain JSON types)."""
-    data = _joined_text(value)
+    unsure (a small value, or one that holds more than plain JSON types).
+
+    ``leave_out`` names strings that are not to be read: the contents of one
+    list, or one key's values in a list of records (an embedding's vector
+    strings), given in their order. They are left out only if the gathering
+    meets them as one batch; otherwise the answer is ``None``. A batch is
+    left out only if each of its items is the very object ``leave_out`` has
+    at its place, and only one batch is: any other place that holds one of
+    those objects is still read.
+    """
+    data = _joined_text(value, leave_out)
     if data is None or len(data) < _PREFILTER_MIN_BYTES:
         return None
     cores = _Cores(data)

@@ -55,7 +55,8 @@ from ocpd.proto import schema
 from ocpd.proto.encoding import b64url_decode, b64url_encode
 from ocpd.proto.errors import MalformedError, PvlRejection
 from ocpd.proto.jcs import canonicalize
-from ocpd.proto.pii import scan
+from ocpd.proto.pii import Finding, scan
+from ocpd.proto.pii_prefilter import possible_kinds
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -251,7 +252,7 @@ def validate_knowledge(
         _check_vectors(payload, policy)
     elif kind == "model_delta":
         check_extractable(decode_delta(payload, max_bytes=policy.max_decompressed_bytes))
-    findings = scan(_without_binary(kind, payload))
+    findings = _scan_for_pii(kind, payload)
     if findings:
         raise PvlRejection(
             "personal data found in the payload",
@@ -348,6 +349,23 @@ def _without_vector(item: object) -> object:
     if isinstance(item, Mapping):
         return {k: v for k, v in item.items() if k != "vector"}
     return item
+
+
+def _scan_for_pii(kind: str, payload: Mapping[str, Any]) -> list[Finding]:
+    """Stage 7: the PII scan of the payload without its base64 fields.
+
+    For an embedding, the prefilter reads the payload itself and leaves the
+    vector strings out, and the payload is copied without them (for the
+    walk) only when the prefilter finds a kind that may be present.
+    """
+    if kind == "embedding":
+        vectors = payload.get("vectors")
+        if type(vectors) is list and vectors and set(map(type, vectors)) == {dict}:
+            texts: list[object] = list(map(dict.get, vectors, repeat("vector")))
+            possible = possible_kinds(payload, leave_out=texts)
+            if possible is not None:
+                return scan(_without_binary(kind, payload), kinds=possible) if possible else []
+    return scan(_without_binary(kind, payload))
 
 
 def _without_binary(kind: str, payload: Mapping[str, Any]) -> object:
