@@ -23,8 +23,11 @@ Method: each payload is built once and checked to pass (so a broken
 pipeline cannot produce a fast number); then ``WARMUP`` untimed calls, then
 ``--runs`` calls timed one by one with :func:`time.perf_counter_ns` while
 the garbage collector is disabled. Reported per case, in milliseconds: p50,
-p99, max, min and mean. The exit status is 0 even when a case is above its
-target: a benchmark is not a test.
+p99, max, min and mean. A fixed piece of pure Python work is timed the same
+way before and after the cases; its p99 over its minimum says how steady
+the machine was (on a shared virtual machine a neighbour can slow every
+call for a while, which lands in the p99). The exit status is 0 even when
+a case is above its target: a benchmark is not a test.
 """
 
 from __future__ import annotations
@@ -277,6 +280,27 @@ def time_calls(func: Thunk, runs: int) -> list[float]:
     return samples
 
 
+def _reference_work() -> int:
+    """A fixed piece of pure Python work (about 1 ms here) that touches no
+    memory to speak of: its spread shows how steady the machine was."""
+    total = 0
+    for value in range(40_000):
+        total += value
+    return total
+
+
+def steadiness(runs: int) -> dict[str, float]:
+    """Timings of :func:`_reference_work`: min, p50 and p99 in ms, and p99/min."""
+    samples = time_calls(_reference_work, runs)
+    p99 = statistics.quantiles(samples, n=100, method="inclusive")[98]
+    return {
+        "min_ms": round(min(samples), 3),
+        "p50_ms": round(statistics.median(samples), 3),
+        "p99_ms": round(p99, 3),
+        "p99_over_min": round(p99 / min(samples), 2),
+    }
+
+
 def case_record(case: Case, samples: Sequence[float]) -> dict[str, Any]:
     percentiles = statistics.quantiles(samples, n=100, method="inclusive")
     p99 = percentiles[98]
@@ -314,12 +338,15 @@ def run(out: Path, *, runs: int = RUNS) -> dict[str, Any]:
     thunks, sizes = build_cases()
     for key, size in sizes.items():
         print(f"{key}: {size:,} bytes (JCS)")
+    steady_before = steadiness(runs)
     records = {case.key: case_record(case, time_calls(thunks[case.key], runs)) for case in CASES}
+    steady_after = steadiness(runs)
     report: dict[str, Any] = {
         "suite": "pvl",
         "timestamp": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "machine": machine_facts(("numpy", "phonenumbers", "fastjsonschema", "rfc8785")),
         "load_average": {"before": load_before, "after": load_average()},
+        "reference_work": {"before": steady_before, "after": steady_after},
         "method": {
             "timer": "time.perf_counter_ns",
             "gc": "disabled while timing",
@@ -336,6 +363,11 @@ def run(out: Path, *, runs: int = RUNS) -> dict[str, Any]:
     print(format_table(records))
     print()
     print(f"load average before/after: {load_before} / {report['load_average']['after']}")
+    print(
+        "reference work (a fixed pure-Python loop), p99/min before/after: "
+        f"{steady_before['p99_over_min']} / {steady_after['p99_over_min']}"
+        " (1.0 is a steady machine)"
+    )
     print(f"results written to {out}")
     return report
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from ocpd.proto import pvl, schema
+from ocpd.proto import pii_prefilter, pvl, schema
 from ocpd.proto.errors import MalformedError, OcpError, PvlRejection
 from ocpd.proto.jcs import canonicalize
 from ocpd.proto.pii import scan, scan_text
@@ -1074,6 +1074,29 @@ def _kinds_string_by_string(value: object) -> set[str]:
         elif isinstance(node, list | tuple):
             stack.extend(node)
     return found
+
+
+@pytest.mark.parametrize("chunk", [61, 64, 97, 4096])
+def test_cores_across_the_dense_pass_steps_are_seen(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dense pass works a step of _CHUNK bytes at a time; a core that
+    # starts near the end of a step is still seen.
+    cores = {
+        "iban": "GB82 WEST 1234 5698 7654 32",
+        "uk_nino": "QQ 12 34 56 C",
+        "us_ssn": "078-05-1120",
+        "payment_card": "4111 1111 1111 1111",
+        "ipv4": "192.168.14.7",
+        "phone": "415-555-2671",
+    }
+    for kind, core in cores.items():
+        for shift in range(0, 40, 3):
+            value = {**FILLER, "x": ["y" * shift + " " + core]}
+            monkeypatch.setattr(pii_prefilter, "_CHUNK", chunk)
+            kinds = possible_kinds(value)
+            monkeypatch.undo()
+            assert kinds is not None and kind in kinds, (kind, shift)
 
 
 def test_keys_that_are_not_strings_send_the_value_to_the_walk() -> None:

@@ -198,6 +198,8 @@ def _runs(b: _Bytes, n: int) -> tuple[_Positions, ...]:
         # two capitals, then two digits, or a space and two digits
         np.less(np.subtract(x, _U8_UPPER, out=shifted), _U8_LETTERS, out=upper)
         np.logical_and(upper[: m + 2], upper[1 : m + 3], out=caps[: m + 2])
+        if not caps[:m].any():
+            continue  # two capitals in a row are rare in prose
         np.logical_and(caps[:m], pair[2 : m + 2], out=run)
         if run.any():
             capitals.append(np.flatnonzero(run) + start)
