@@ -1111,7 +1111,20 @@ def test_shared_containers_are_scanned_like_a_walk() -> None:
     assert [(f.kind, f.path) for f in scan(value)] == [("email", "$.a.owner")]
 
 
-def test_the_prefilter_gives_each_thread_its_own_work_arrays() -> None:
+def test_work_arrays_made_for_smaller_steps_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    value = {**FILLER, "x": ["y" * 200_000 + " 078-05-1120"]}
+    expected = possible_kinds(value)
+    assert expected is not None and "us_ssn" in expected
+    monkeypatch.setattr(pii_prefilter, "_SPARE", [])
+    monkeypatch.setattr(pii_prefilter, "_CHUNK", 64)
+    assert possible_kinds(value) == expected
+    monkeypatch.setattr(pii_prefilter, "_CHUNK", 131072)
+    assert [w.chunk for w in pii_prefilter._SPARE] == [64]
+    assert possible_kinds(value) == expected
+    assert [w.chunk for w in pii_prefilter._SPARE] == [131072]
+
+
+def test_the_prefilter_gives_each_call_its_own_work_arrays() -> None:
     # The node validates on worker threads, and numpy lets them run at once.
     values = [
         {**FILLER, "n": [f"+44 20 7946 0958 / 4111 1111 1111 1111 #{n}" for n in range(3000)]},

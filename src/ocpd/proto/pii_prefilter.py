@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import re
 import sys
-import threading
 from operator import is_
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -124,32 +123,33 @@ def _digits(first: int, last: int) -> list[_Check]:
 
 
 #: Bytes of text per step of the dense pass. Its eight work arrays take about
-#: 1 MiB a thread, about a core's L2 cache on the benchmark machine, where
-#: 128 KiB steps beat 32 and 64 KiB ones (fewer numpy calls) and matched
-#: 256 KiB ones.
+#: 1 MiB, about a core's L2 cache on the benchmark machine, where 128 KiB
+#: steps beat 32 and 64 KiB ones (fewer numpy calls) and matched 256 KiB ones.
 _CHUNK: Final = 131072
 #: How far past its start each run of the dense pass looks (two capitals, a
 #: space and two digits).
 _LOOKAHEAD: Final = 4
 
 
-class _Scratch(threading.local):
-    """The dense pass's work arrays, made once per thread and reused.
+class _Scratch:
+    """The dense pass's work arrays, for steps of up to ``chunk`` bytes."""
 
-    Fresh arrays of this size in every call would come from the C allocator
-    as new memory each time (and cost page faults); the node validates on
-    several worker threads at once, so each thread has its own.
-    """
-
-    def __init__(self) -> None:
-        size = _CHUNK + _LOOKAHEAD
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        size = chunk + _LOOKAHEAD
         self.shifted = np.empty(size, dtype=np.uint8)
         self.digit, self.pair, self.triple, self.upper, self.capitals, self.other, self.run = (
             np.empty(size, dtype=np.bool_) for _ in range(7)
         )
 
 
-_SCRATCH: Final = _Scratch()
+#: Work arrays not in use. Fresh arrays of this size in every call would
+#: come from the C allocator as new memory each time (and cost page faults),
+#: and the node validates on several worker threads at once: a call takes a
+#: spare set or makes one, and gives it back (``list.pop`` and
+#: ``list.append`` are atomic). At most _MAX_SPARE sets are kept.
+_SPARE: Final[list[_Scratch]] = []
+_MAX_SPARE: Final = 8
 #: Occurrences of an anchor byte found by byte searches before a numpy pass
 #: takes over.
 _RARE: Final = 8
@@ -169,11 +169,25 @@ def _runs(b: _Bytes, n: int) -> tuple[_Positions, ...]:
     In order: four digits; three digits and a dash or a dot; a digit, a dot
     and a digit; two capitals and two digits; two capitals, a space and two
     digits. The runs are ANDs of byte flags shifted against each other,
-    made a chunk at a time in the thread's work arrays; only the starts of
-    three digits and of the last three runs become positions, and the first
-    two runs are picked from the three digits by the byte after them.
+    made a chunk at a time in work arrays of the call's own; only the starts
+    of three digits and of the last three runs become positions, and the
+    first two runs are picked from the three digits by the byte after them.
     """
-    w = _SCRATCH
+    try:
+        w = _SPARE.pop()
+    except IndexError:
+        w = _Scratch(_CHUNK)
+    if w.chunk < _CHUNK:
+        w = _Scratch(_CHUNK)
+    try:
+        return _runs_in(b, n, w)
+    finally:
+        if len(_SPARE) < _MAX_SPARE:
+            _SPARE.append(w)
+
+
+def _runs_in(b: _Bytes, n: int, w: _Scratch) -> tuple[_Positions, ...]:
+    """:func:`_runs` with the work arrays ``w``."""
     found: list[list[_Positions]] = [[], [], [], [], []]
     quads, separated, dotted, capitals, spaced = found
     for start in range(0, n, _CHUNK):
