@@ -248,11 +248,12 @@ def validate_knowledge(
         )
     if kind == "model_delta":
         check_differential_privacy(payload, max_epsilon=policy.max_epsilon)
+    vector_texts = None
     if kind == "embedding":
-        _check_vectors(payload, policy)
+        vector_texts = _check_vectors(payload, policy)
     elif kind == "model_delta":
         check_extractable(decode_delta(payload, max_bytes=policy.max_decompressed_bytes))
-    findings = _scan_for_pii(kind, payload)
+    findings = _scan_for_pii(kind, payload, vector_texts)
     if findings:
         raise PvlRejection(
             "personal data found in the payload",
@@ -351,20 +352,20 @@ def _without_vector(item: object) -> object:
     return item
 
 
-def _scan_for_pii(kind: str, payload: Mapping[str, Any]) -> list[Finding]:
+def _scan_for_pii(
+    kind: str, payload: Mapping[str, Any], vector_texts: list[str] | None
+) -> list[Finding]:
     """Stage 7: the PII scan of the payload without its base64 fields.
 
-    For an embedding, the prefilter reads the payload itself and leaves the
-    vector strings out, and the payload is copied without them (for the
-    walk) only when the prefilter finds a kind that may be present.
+    For an embedding (``vector_texts`` are its vector strings, checked), the
+    prefilter reads the payload itself and leaves those strings out, and
+    the payload is copied without them (for the walk) only when the
+    prefilter finds a kind that may be present.
     """
-    if kind == "embedding":
-        vectors = payload.get("vectors")
-        if type(vectors) is list and vectors and set(map(type, vectors)) == {dict}:
-            texts: list[object] = list(map(dict.get, vectors, repeat("vector")))
-            possible = possible_kinds(payload, leave_out=texts)
-            if possible is not None:
-                return scan(_without_binary(kind, payload), kinds=possible) if possible else []
+    if vector_texts is not None:
+        possible = possible_kinds(payload, leave_out=vector_texts)
+        if possible is not None:
+            return scan(_without_binary(kind, payload), kinds=possible) if possible else []
     return scan(_without_binary(kind, payload))
 
 
@@ -541,39 +542,56 @@ def _decode_b64(text: object, field: str) -> npt.NDArray[np.uint8]:
 _BLOCK_CHARS: Final = 1 << 21
 
 
-def _vector_blocks(
-    payload: Mapping[str, Any],
-) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
-    """Yield ``(first index, values)`` blocks of an embedding's vectors, in order.
+@attrs.frozen
+class _Vectors:
+    """An embedding's vector strings, read from its payload but not decoded."""
 
-    Values are float32 (16-bit encodings widened exactly). A vector whose
-    string is not strict base64url of ``dimensions`` values raises
-    :class:`MalformedError`, after the vectors before it were yielded.
-    """
+    encoding: str
+    dimensions: int
+    #: Bytes of one vector.
+    nbytes: int
+    #: The ``vector`` strings up to the first of the wrong length: all of
+    #: them, usually.
+    texts: list[str]
+    #: The index and value of the first one of the wrong length, if any.
+    wrong: tuple[int, object] | None
+
+
+def _vectors(payload: Mapping[str, Any]) -> _Vectors:
+    """The vector strings of an embedding payload; :class:`MalformedError` for
+    an unknown encoding, a bad ``dimensions`` or no vectors."""
     encoding = payload.get("encoding")
     dimensions = payload.get("dimensions")
     vectors = payload.get("vectors")
     if not isinstance(encoding, str) or encoding not in ENCODING_WIDTHS:
         raise MalformedError("unknown embedding encoding", details={"field": "$.encoding"})
-    width = ENCODING_WIDTHS[encoding]
     if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
         raise MalformedError(
             "dimensions must be a positive integer", details={"field": "$.dimensions"}
         )
     if not isinstance(vectors, list) or not vectors:
         raise MalformedError("vectors must be a non-empty list", details={"field": "$.vectors"})
-    nbytes = dimensions * width
-    chars = _b64_chars(nbytes)
-    step = max(1, _BLOCK_CHARS // chars)
-    # The strings up to the first of the wrong length: all of them, usually.
-    texts, wrong = _vector_texts(vectors, chars)
+    nbytes = dimensions * ENCODING_WIDTHS[encoding]
+    texts, wrong = _vector_texts(vectors, _b64_chars(nbytes))
+    return _Vectors(encoding, dimensions, nbytes, texts, wrong)
+
+
+def _vector_blocks(vectors: _Vectors) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """Yield ``(first index, values)`` blocks of an embedding's vectors, in order.
+
+    Values are float32 (16-bit encodings widened exactly). A vector whose
+    string is not strict base64url of ``dimensions`` values raises
+    :class:`MalformedError`, after the vectors before it were yielded.
+    """
+    texts, nbytes = vectors.texts, vectors.nbytes
+    step = max(1, _BLOCK_CHARS // _b64_chars(nbytes))
     for first in range(0, len(texts), step):
         data, error = _decode_strings(texts[first : first + step], nbytes, _vector_field(first))
-        yield first, _widen(data, encoding)
+        yield first, _widen(data, vectors.encoding)
         if error is not None:
             raise error
-    if wrong is not None:
-        _refuse_length(*wrong, dimensions=dimensions, encoding=encoding)
+    if vectors.wrong is not None:
+        _refuse_length(*vectors.wrong, dimensions=vectors.dimensions, encoding=vectors.encoding)
 
 
 def _vector_texts(vectors: list[Any], chars: int) -> tuple[list[str], tuple[int, object] | None]:
@@ -632,7 +650,7 @@ def decode_vectors(payload: Mapping[str, Any]) -> npt.NDArray[np.float32]:
     ``dimensions`` values; it checks nothing else.
     """
     out = np.empty((0, 0), dtype=np.float32)
-    for first, values in _vector_blocks(payload):
+    for first, values in _vector_blocks(_vectors(payload)):
         if first == 0:
             out = np.empty((len(payload["vectors"]), values.shape[1]), dtype=np.float32)
         out[first : first + values.shape[0]] = values
@@ -660,15 +678,17 @@ def _surely_pass(values: npt.NDArray[np.float32], normalised: bool, tolerance: f
     return bool((np.abs(squares, out=squares) <= tolerance - margin).all())
 
 
-def _check_vectors(payload: Mapping[str, Any], policy: PvlPolicy) -> None:
-    """Every vector finite and, unless ``normalization`` is "none", of norm 1.
+def _check_vectors(payload: Mapping[str, Any], policy: PvlPolicy) -> list[str]:
+    """Every vector finite and, unless ``normalization`` is "none", of norm 1;
+    returns the vector strings, in order.
 
     The error names the first vector that fails, and for it the first
     failing check: length, base64url, finite values, norm.
     """
     normalised = payload.get("normalization", "l2") != "none"
     tolerance = policy.tolerance(str(payload.get("encoding")))
-    for first, values in _vector_blocks(payload):
+    vectors = _vectors(payload)
+    for first, values in _vector_blocks(vectors):
         with np.errstate(over="ignore", invalid="ignore"):
             if _surely_pass(values, normalised, tolerance):
                 continue
@@ -690,6 +710,7 @@ def _check_vectors(payload: Mapping[str, Any], policy: PvlPolicy) -> None:
             raise MalformedError(
                 f"{field} is not L2-normalised", details={"field": field, "tolerance": tolerance}
             )
+    return vectors.texts
 
 
 def encode_vector(values: Sequence[float] | npt.ArrayLike, encoding: str = "float32") -> str:
