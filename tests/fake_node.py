@@ -455,16 +455,39 @@ class _AsgiConn:
                 return None
 
 
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI ``lifespan`` scope: startup and shutdown both complete."""
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI HTTP request."""
+    body = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if not event.get("more_body"):
+            return body
+
+
+async def send_json(send: Any, status: int, answer: Any) -> None:
+    """Answer an ASGI HTTP request with ``answer`` as JSON."""
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+
 def asgi_app(node: FakeNode) -> Callable[..., Awaitable[None]]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                event = await receive()
-                if event["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif event["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
             if scope["path"] != "/ocp/v1/ws" or "ocp.v1" not in scope.get("subprotocols", []):
@@ -473,12 +496,7 @@ def asgi_app(node: FakeNode) -> Callable[..., Awaitable[None]]:
             await send({"type": "websocket.accept", "subprotocol": "ocp.v1"})
             await node.run_session(_AsgiConn(receive, send))
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status, out_headers, out_body = node.http_post(scope["path"], headers, body)
         await send(
@@ -493,14 +511,12 @@ def asgi_app(node: FakeNode) -> Callable[..., Awaitable[None]]:
     return app
 
 
-@asynccontextmanager
-async def serve_tls(app: Callable[..., Awaitable[None]], cert: str, key: str) -> AsyncIterator[int]:
-    """Serve ``app`` with hypercorn on 127.0.0.1 (TLS 1.3) under the running loop.
+def _listening_config(*, graceful_timeout: float) -> tuple[Any, int]:
+    """A hypercorn config bound to a free port on 127.0.0.1, and the port.
 
-    Yields the port. The listening socket is bound here and handed over as
-    ``fd://``, so the port is known under asyncio too.
+    The listening socket is bound here and handed over as ``fd://``, so the
+    port is known before the server starts.
     """
-    import sniffio
     from hypercorn.config import Config
 
     listener = socket.socket()
@@ -510,10 +526,23 @@ async def serve_tls(app: Callable[..., Awaitable[None]], cert: str, key: str) ->
     config = Config()
     config.bind = [f"fd://{os.dup(listener.fileno())}"]
     listener.close()
+    config.accesslog = None
+    config.graceful_timeout = graceful_timeout
+    return config, port
+
+
+@asynccontextmanager
+async def serve_tls(app: Callable[..., Awaitable[None]], cert: str, key: str) -> AsyncIterator[int]:
+    """Serve ``app`` with hypercorn on 127.0.0.1 (TLS 1.3) under the running loop.
+
+    Yields the port. The listening socket is bound here and handed over as
+    ``fd://``, so the port is known under asyncio too.
+    """
+    import sniffio
+
+    config, port = _listening_config(graceful_timeout=1.0)
     config.certfile = cert
     config.keyfile = key
-    config.accesslog = None
-    config.graceful_timeout = 1.0
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         if sniffio.current_async_library() == "trio":
@@ -533,18 +562,9 @@ async def serve_tls(app: Callable[..., Awaitable[None]], cert: str, key: str) ->
 @asynccontextmanager
 async def serve_plain(app: Callable[..., Awaitable[None]]) -> AsyncIterator[str]:
     """``app`` served by hypercorn on 127.0.0.1 without TLS, under trio; yields its base URL."""
-    from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(listener.fileno())}"]
-    listener.close()
-    config.accesslog = None
-    config.graceful_timeout = 0.5
+    config, port = _listening_config(graceful_timeout=0.5)
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         await tasks.start(partial(serve, app, config, shutdown_trigger=stop.wait))

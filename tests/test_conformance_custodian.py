@@ -54,7 +54,7 @@ from conformance.local import ocpd_process, targets_from_ready, write_tls_files 
 from conformance.requirements import for_level  # noqa: E402
 from conformance.suite import SuiteConfig, Targets, check_deadline, run_suite  # noqa: E402
 
-from fake_node import serve_plain  # noqa: E402
+from fake_node import answer_lifespan, read_body, send_json, serve_plain  # noqa: E402
 from ocpd.config import CustodianSection  # noqa: E402
 from ocpd.custodian import service as service_module  # noqa: E402
 from ocpd.custodian import store  # noqa: E402
@@ -165,22 +165,11 @@ class CustodianUnderTest:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                event = await receive()
-                if event["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body, more = b"", True
-        while more:
-            event = await receive()
-            body += event.get("body", b"")
-            more = event.get("more_body", False)
+            await answer_lifespan(receive, send)
+            return
+        body = await read_body(receive)
         status, answer = await self.answer(scope["method"], scope["path"], body)
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+        await send_json(send, status, answer)
 
     async def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         if path == "/ocp/v1/registry/info":

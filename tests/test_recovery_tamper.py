@@ -10,7 +10,6 @@ rebuild a key that does not match the fingerprint.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
@@ -23,7 +22,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from daemon_process import TlsFiles
-from fake_node import serve_tls
+from fake_node import answer_lifespan, read_body, send_json, serve_tls
 from ocpd.client import AgentKey
 from ocpd.client.custodian import CustodianClient
 from ocpd.client.recovery import distribute_shares, recover_key_from
@@ -71,29 +70,14 @@ def custodian_app(service: CustodianService) -> Callable[[Scope, Receive, Send],
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         if scope["method"] == "GET":
             status, answer = 200, service.describe()
         else:
-            body = b""
-            while True:
-                event = await receive()
-                body += event.get("body", b"")
-                if not event.get("more_body"):
-                    break
-            reply = await service.handle(body, scope["client"][0])
+            reply = await service.handle(await read_body(receive), scope["client"][0])
             status, answer = reply.status, reply.message
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+        await send_json(send, status, answer)
 
     return app
 
