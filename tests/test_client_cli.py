@@ -226,6 +226,7 @@ class Listener:
 def test_send_encrypted_with_ack_over_websocket_and_https(env: Env) -> None:
     alice_id, alice_key = env.agent("alice", anchor=True)
     bob_id, bob_key = env.agent("bob", anchor=True)
+    package = insight_package(alice_id)
     listener = Listener(env, bob_key, "--count", "2")
     try:
         results = []
@@ -237,7 +238,7 @@ def test_send_encrypted_with_ack_over_websocket_and_https(env: Env) -> None:
                 "--to",
                 bob_id,
                 "--payload",
-                json.dumps(INSIGHT),
+                json.dumps(package),
                 "--encrypt",
                 "--ack",
                 "--via",
@@ -255,7 +256,8 @@ def test_send_encrypted_with_ack_over_websocket_and_https(env: Env) -> None:
         assert line["message_id"] == result["message_id"]
         assert line["sender"] == alice_id
         assert line["encrypted"] is True
-        assert line["payload"] == INSIGHT
+        assert line["payload"] == package
+        assert line["knowledge"] == {"status": "accepted"}
 
 
 def test_send_over_https_without_a_session(env: Env) -> None:
@@ -454,7 +456,7 @@ def test_share_is_checked_by_the_pvl_then_sent_encrypted(env: Env) -> None:
     assert json.loads(checked.stdout) == {"status": "passed", "knowledge_type": "model_delta"}
     # A message for the sharer, waiting at the node: --ack opens a session, which gets it.
     waiting = ping(env, reader_key, sharer_id)
-    listener = Listener(env, reader_key, "--count", "2")
+    listener = Listener(env, reader_key, "--count", "3")
     try:
         shared = env.run("share", "--key", sharer_key, "--to", reader_id,
                          "--payload", json.dumps(package), "--ack")  # fmt: skip
@@ -463,21 +465,59 @@ def test_share_is_checked_by_the_pvl_then_sent_encrypted(env: Env) -> None:
         plain = env.run("share", "--key", sharer_key, "--to", reader_id,
                         "--payload", json.dumps(delta), "--plain")  # fmt: skip
         assert plain.returncode == 0, plain.stderr
+        # Sent raw and encrypted, PII passes the sender's side and the node
+        # (which cannot read it): the receiver's PVL refuses it.
+        smuggled = env.run("send", "--key", sharer_key, "--to", reader_id,
+                           "--type", "knowledge_share", "--payload", json.dumps(personal),
+                           "--encrypt")  # fmt: skip
+        assert smuggled.returncode == 0, smuggled.stderr
         assert listener.wait() == 0
     finally:
         listener.close()
-    results = [json.loads(shared.stdout), json.loads(plain.stdout)]
-    assert [r["encrypted"] for r in results] == [True, False]
+    results = [json.loads(out.stdout) for out in (shared, plain, smuggled)]
+    assert [r["encrypted"] for r in results[:2]] == [True, False]
     assert results[0]["ack"]["sender"] == reader_id
     assert results[0]["ack"]["metadata"]["correlation_id"] == results[0]["message_id"]
     assert "ack" not in results[1]
-    assert shown(shared.stderr) == [waiting]
     assert plain.stderr == ""
     received = listener.lines
     assert [m["message_id"] for m in received] == [r["message_id"] for r in results]
-    assert [m["encrypted"] for m in received] == [True, False]
-    assert [m["payload"] for m in received] == [package, delta]
+    assert [m["encrypted"] for m in received] == [True, False, True]
     assert {(m["sender"], m["message_type"]) for m in received} == {(sharer_id, "knowledge_share")}
+    # The listener ran the PVL on each share: what passed is printed, what failed is not.
+    assert [m["payload"] for m in received] == [package, delta, None]
+    assert [m["knowledge"]["status"] for m in received] == ["accepted", "accepted", "rejected"]
+    assert received[2]["knowledge"]["error_code"] == "PVL-001"
+    assert received[2]["knowledge"]["details"] == {
+        "findings": [{"kind": "email", "path": "$.payload.contact", "where": "value"}]
+    }
+    # ... and answered each with a knowledge_ack, which reaches the sharer: on the
+    # session of `share --ack` if it was still open, else when it listens.
+    during = [json.loads(line) for line in shared.stderr.splitlines()]
+    assert during[0]["message_id"] == waiting
+    acks = during[1:]
+    later = Listener(env, sharer_key, "--count", str(3 - len(acks)))
+    try:
+        assert later.wait() == 0
+    finally:
+        later.close()
+    acks += later.lines
+    assert {(m["sender"], m["message_type"]) for m in acks} == {(reader_id, "knowledge_ack")}
+    by_share = {m["metadata"]["correlation_id"]: m["payload"] for m in acks}
+    assert by_share == {
+        results[0]["message_id"]: {"knowledge_id": package["insight_id"], "status": "accepted"},
+        results[1]["message_id"]: {"knowledge_id": delta["delta_id"], "status": "accepted"},
+        results[2]["message_id"]: {
+            "knowledge_id": personal["insight_id"],
+            "status": "rejected",
+            "error_code": "PVL-001",
+            "message": received[2]["knowledge"]["message"],
+        },
+    }
+    # the ack of the smuggled share went back encrypted, like the share
+    assert [
+        m["encrypted"] for m in acks if m["metadata"]["correlation_id"] == results[2]["message_id"]
+    ] == [True]
 
 
 def test_task_delegate_wait_and_answer(env: Env) -> None:
@@ -534,6 +574,14 @@ def test_task_delegate_wait_and_answer(env: Env) -> None:
     late = env.run("task", "answer", "--key", worker_key, "--to", requester_id,
                    "--task-id", task_id, "--status", "in_progress")  # fmt: skip
     assert "OCP-403: the task is closed" in one_error_line(late)
+    # a result belongs to a completed answer only: refused before anything is sent
+    misplaced = env.run("task", "answer", "--key", worker_key, "--to", requester_id,
+                        "--task-id", task_id, "--status", "failed", "--data", '{"regions": 3}',
+                        "--confidence", "0.5", OCP_NODE_URL="", OCP_NODE_HTTP_URL="")  # fmt: skip
+    assert one_error_line(misplaced) == (
+        "ocpd agent: --data and --confidence: only a completed task has a result"
+        " (--status completed)"
+    )
 
 
 def test_task_delegate_is_refused_without_a_bond_that_permits_it(env: Env) -> None:
@@ -628,7 +676,8 @@ def test_consensus_run_collects_votes_and_announces_the_result(env: Env) -> None
         "no": pytest.approx(0.2 * scores["voter2"]),
     }
     assert result["total_weighted_score"] == pytest.approx(sum(result["scores"].values()))
-    assert (result["excluded"], result["refused"]) == ([], [])
+    assert result["counted"] == sorted(voters[v][0] for v in ("voter1", "voter2"))
+    assert (result["unscored"], result["excluded"], result["refused"]) == ([], [], [])
     # a voter got the round, then its result
     listener = Listener(env, voters["voter1"][1], "--count", "2")
     try:

@@ -6,6 +6,8 @@
 * ``send``     send one message (optionally encrypted, optionally waiting
   for the receiver's ack) over WebSocket or HTTPS;
 * ``listen``   print incoming messages as JSON lines until interrupted;
+  knowledge shares are checked by the PVL and answered with
+  ``knowledge_ack`` first;
 * ``pvl``      run the Privacy Validation Layer on a knowledge payload;
 * ``share``    share knowledge (checked by the PVL first, encrypted by default);
 * ``task``     ``delegate`` a task (and follow it with ``--wait``) or
@@ -209,7 +211,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     send.add_argument("--ttl", type=int, default=3600)
     send.add_argument("--priority", choices=("low", "normal", "high", "critical"), default="normal")
 
-    listen = actions.add_parser("listen", help="print incoming messages as JSON lines")
+    listen = actions.add_parser(
+        "listen", help="print incoming messages as JSON lines (knowledge checked by the PVL)"
+    )
     _add_key(listen)
     _add_node(listen)
     _add_registry(listen, required=True)
@@ -539,14 +543,42 @@ async def _listen(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            knowledge = KnowledgeExchange(client, registry)
             seen = 0
             async for message in client:
-                _print(message.summary())
+                line = message.summary()
+                if message.message_type == "knowledge_share":
+                    line["knowledge"] = await _take_in(knowledge, message)
+                    if line["knowledge"]["status"] != "accepted":
+                        line["payload"] = None  # not taken in
+                _print(line)
                 seen += 1
                 if args.count is not None and seen >= args.count:
                     break
             nursery.cancel_scope.cancel()
     return 0
+
+
+async def _take_in(knowledge: KnowledgeExchange, received: ReceivedMessage) -> dict[str, Any]:
+    """The receiving side's PVL on a ``knowledge_share``, answered with
+    ``knowledge_ack``: what became of it, for the printed line."""
+    try:
+        error = await knowledge.review(received)
+    except (RegistryError, httpx.HTTPError) as exc:
+        # Without the bond the share cannot be checked: neither taken in nor
+        # answered; the sender may send it again.
+        return {"status": "unchecked", "error": _describe(exc)}
+    if error is None:
+        outcome: dict[str, Any] = {"status": "accepted"}
+    else:
+        outcome = {"status": "rejected", "error_code": error.code, "message": error.message}
+        if error.details:
+            outcome["details"] = error.details  # e.g. where the PII was found
+    try:
+        await knowledge.acknowledge(received, error)
+    except NodeError as exc:
+        outcome["ack_error"] = _describe(exc)
+    return outcome
 
 
 def _json(text: str, what: str) -> Any:
@@ -594,6 +626,11 @@ async def _share(args: argparse.Namespace) -> int:
 
 async def _task(args: argparse.Namespace) -> int:
     agent = _load_agent(args)
+    if args.task_command == "answer" and args.status != "completed":
+        given = [name for name, value in (("--data", args.data), ("--confidence", args.confidence))
+                 if value is not None]  # fmt: skip
+        if given:
+            _fail(f"{' and '.join(given)}: only a completed task has a result (--status completed)")
     wait = args.task_command == "delegate" and args.wait
     if wait and not args.registry_url:
         _fail("--wait needs the registry: give --registry-url or set OCP_REGISTRY_URL")
@@ -697,6 +734,8 @@ async def _consensus(args: argparse.Namespace) -> int:
             "scores": dict(result.scores),
             "total_weighted_score": result.total_weighted_score,
             "participants": result.participants,
+            "counted": list(result.counted),
+            "unscored": list(result.unscored),
             "excluded": list(result.excluded),
             "refused": [{"voter": v, "reason": r} for v, r in runner.refused],
         }

@@ -129,28 +129,40 @@ class KnowledgeExchange:
         Returns the payload when it passes. When it fails, the ack says
         ``rejected`` with the code, and the error is raised.
         """
+        error = await self.review(received)
+        await self.acknowledge(received, error)
+        if error is not None:
+            raise error
+        return received.payload
+
+    async def review(self, received: ReceivedMessage) -> OcpError | None:
+        """Run the PVL on a ``knowledge_share`` that arrived, under the bond
+        with its sender; returns why it fails, or ``None`` when it passes.
+
+        Sends nothing: :meth:`acknowledge` answers it. A registry that cannot
+        be asked raises (the share is then neither taken in nor answered).
+        """
         if received.message_type != "knowledge_share":
             raise ValueError(f"not a knowledge_share but a {received.message_type}")
-        payload = received.payload
-        knowledge_id = _knowledge_id(payload, received.message_id)
+        bond = await self.permissions(received.sender)
         try:
-            check_outgoing(
-                payload, policy=self.policy, bond=await self.permissions(received.sender)
-            )
+            check_outgoing(received.payload, policy=self.policy, bond=bond)
         except OcpError as exc:
-            await self._ack(received, knowledge_id, "rejected", exc)
-            raise
-        await self._ack(received, knowledge_id, "accepted", None)
-        return payload
+            return exc
+        return None
 
-    async def _ack(
-        self, received: ReceivedMessage, knowledge_id: str, status: str, error: OcpError | None
-    ) -> None:
-        ack: dict[str, Any] = {"knowledge_id": knowledge_id[:256], "status": status}
+    async def acknowledge(self, received: ReceivedMessage, error: OcpError | None) -> Delivery:
+        """Answer a ``knowledge_share`` with ``knowledge_ack``: ``accepted``, or
+        ``rejected`` with ``error``'s code and message."""
+        knowledge_id = _knowledge_id(received.payload, received.message_id)
+        ack: dict[str, Any] = {
+            "knowledge_id": knowledge_id[:256],
+            "status": "accepted" if error is None else "rejected",
+        }
         if error is not None:
             ack["error_code"] = error.code
             ack["message"] = error.message[:4096]
-        await self.node.send(
+        return await self.node.send(
             received.sender,
             "knowledge_ack",
             ack,
@@ -267,8 +279,14 @@ class TaskDelegation:
     ) -> Delivery:
         """Send a ``task_response``: ``accepted`` or ``rejected`` first, then the outcome.
 
-        A ``completed`` answer carries ``data`` as its result.
+        A ``completed`` answer carries ``data`` (and ``confidence``) as its
+        result; giving either with another status is a ``ValueError``, since
+        only a completed task has a result to carry them.
         """
+        if status != "completed" and (data is not None or confidence is not None):
+            raise ValueError(
+                f"a {status} answer carries no result: data and confidence are for completed"
+            )
         payload: dict[str, Any] = {"task_id": task_id, "status": status}
         if status == "completed":
             result: dict[str, Any] = {"format": result_format, "data": data}
