@@ -607,6 +607,14 @@ def test_task_delegate_is_refused_without_a_bond_that_permits_it(env: Env) -> No
     sharer_id, _ = env.agent("sharer", anchor=True)
     stranger = delegate(boss_key, sharer_id)
     assert "OCP-403: no bond with the receiver" in one_error_line(stranger)
+    # A message that comes in on the session of an action that then fails is
+    # shown on stderr before the error, not lost.
+    waiting = ping(env, helper_key, boss_id)
+    over_ws = delegate(boss_key, sharer_id, OCP_NODE_HTTP_URL="")
+    assert over_ws.returncode == 1, over_ws
+    *others, error = over_ws.stderr.strip().splitlines()
+    assert error.startswith("ocpd agent: OCP-403: no bond with the receiver")
+    assert [json.loads(line)["message_id"] for line in others] == [waiting]
     # Nothing refused reached the helper: the node delivers in the order it accepted,
     # so the first message the helper gets is the ping sent after the refusals.
     sentinel = ping(env, boss_key, helper_id)

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import urlsplit
@@ -60,7 +61,7 @@ from ocpd.proto.strictjson import loads_strict
 if TYPE_CHECKING:
     import argparse
     import ssl
-    from collections.abc import Callable, Coroutine, Iterable
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 
     from ocpd.client.inbox import ReceivedMessage
 
@@ -354,6 +355,18 @@ def _print(value: object) -> None:
     print(json.dumps(value, ensure_ascii=False, separators=(",", ":")), flush=True)
 
 
+@asynccontextmanager
+async def _session(client: NodeClient) -> AsyncIterator[NodeClient]:
+    """``async with client`` for an action: at its end, failed or not, the
+    messages for the agent that came in on the session and were not read
+    are shown (:func:`_show_others`)."""
+    async with client:
+        try:
+            yield client
+        finally:
+            _show_others(client.drain())
+
+
 def _show_others(messages: Iterable[ReceivedMessage]) -> None:
     """Messages for this agent that came in on an action's session, on stderr.
 
@@ -500,7 +513,7 @@ async def _send(args: argparse.Namespace) -> int:
         args, agent, registry, ws=via == "ws" or args.ack, http=via == "http", auto_ack=False
     )
     try:
-        async with client:
+        async with _session(client):
             delivery = await client.send(
                 args.to,
                 args.type,
@@ -511,7 +524,6 @@ async def _send(args: argparse.Namespace) -> int:
                 ttl=args.ttl,
                 priority=args.priority,
             )
-            _show_others(client.drain())
     finally:
         if registry is not None:
             await registry.aclose()
@@ -612,11 +624,10 @@ async def _share(args: argparse.Namespace) -> int:
         client = _node_client(
             args, agent, registry, ws=via == "ws" or args.ack, http=via == "http", auto_ack=False
         )
-        async with client:
+        async with _session(client):
             delivery = await KnowledgeExchange(client, registry).share(
                 args.to, payload, encrypt=not args.plain, requires_ack=args.ack
             )
-            _show_others(client.drain())
     result: dict[str, Any] = {"message_id": delivery.message_id, "encrypted": not args.plain}
     if delivery.ack is not None:
         result["ack"] = delivery.ack.summary()
@@ -640,46 +651,56 @@ async def _task(args: argparse.Namespace) -> int:
         args, agent, registry, ws=via == "ws" or wait, http=via == "http", auto_ack=True
     )
     try:
-        async with client:
+        async with _session(client):
             tasks = TaskDelegation(client)
-            if args.task_command == "delegate":
-                task_id = await tasks.delegate(
-                    args.to,
-                    args.task_type,
-                    _json(args.data, "--data"),
-                    max_duration=args.max_duration,
-                    description=args.description,
-                    required_capabilities=args.capability,
-                    min_trust_level=args.min_trust_level,
-                )
-                _print({"task_id": task_id})
-                if wait:
-                    # The node's own timeout answer ends the wait at the latest.
-                    limit = args.max_duration + 60.0
-                    try:
-                        updates = await tasks.wait(task_id, limit=limit)
-                    except TimeoutError:
-                        _show_others(tasks.set_aside)
-                        _fail(f"no final answer for {task_id} within {limit:g} s")
-                    for update in updates:
-                        _print(update.payload)
-                    _show_others(tasks.set_aside)
-            else:
-                data = _json(args.data, "--data") if args.data is not None else None
-                delivery = await tasks.answer(
-                    args.to,
-                    args.task_id,
-                    args.status,
-                    data=data,
-                    confidence=args.confidence,
-                    reason=args.reason,
-                )
-                _print({"message_id": delivery.message_id, "status": args.status})
-            _show_others(client.drain())
+            try:
+                if args.task_command == "delegate":
+                    await _delegate(args, tasks, wait=wait)
+                else:
+                    await _answer(args, tasks)
+            finally:
+                # What came in while waiting that was not about the task.
+                _show_others(tasks.set_aside)
     finally:
         if registry is not None:
             await registry.aclose()
     return 0
+
+
+async def _delegate(args: argparse.Namespace, tasks: TaskDelegation, *, wait: bool) -> None:
+    task_id = await tasks.delegate(
+        args.to,
+        args.task_type,
+        _json(args.data, "--data"),
+        max_duration=args.max_duration,
+        description=args.description,
+        required_capabilities=args.capability,
+        min_trust_level=args.min_trust_level,
+    )
+    _print({"task_id": task_id})
+    if not wait:
+        return
+    # The node's own timeout answer ends the wait at the latest.
+    limit = args.max_duration + 60.0
+    try:
+        updates = await tasks.wait(task_id, limit=limit)
+    except TimeoutError:
+        _fail(f"no final answer for {task_id} within {limit:g} s")
+    for update in updates:
+        _print(update.payload)
+
+
+async def _answer(args: argparse.Namespace, tasks: TaskDelegation) -> None:
+    data = _json(args.data, "--data") if args.data is not None else None
+    delivery = await tasks.answer(
+        args.to,
+        args.task_id,
+        args.status,
+        data=data,
+        confidence=args.confidence,
+        reason=args.reason,
+    )
+    _print({"message_id": delivery.message_id, "status": args.status})
 
 
 async def _consensus(args: argparse.Namespace) -> int:
@@ -689,7 +710,7 @@ async def _consensus(args: argparse.Namespace) -> int:
         via = _transport(args)
         client = _node_client(args, agent, registry, ws=via == "ws", http=via == "http")
         try:
-            async with client:
+            async with _session(client):
                 delivery = await send_vote(
                     client,
                     args.to,
@@ -698,7 +719,6 @@ async def _consensus(args: argparse.Namespace) -> int:
                     confidence=args.confidence,
                     rationale=args.rationale,
                 )
-                _show_others(client.drain())
         finally:
             if registry is not None:
                 await registry.aclose()
@@ -706,7 +726,7 @@ async def _consensus(args: argparse.Namespace) -> int:
         return 0
     async with _registry(args, agent) as registry:
         client = _node_client(args, agent, registry, ws=True, http=False, auto_ack=True)
-        async with client:
+        async with _session(client):
             runner = ConsensusRoundRunner(
                 client,
                 registry,
