@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 import trio
 
 from daemon_process import Daemon, TlsFiles, run_cli
+from ocpd import agent_cli
 from ocpd.client import AgentKey, RegistryClient
 from ocpd.client.registry import build_bond
 from ocpd.proto.pvl import compress_delta
@@ -715,3 +717,31 @@ def test_consensus_run_needs_a_level_2_initiator(env: Env) -> None:
                        "--deadline-in", "30", "--min-participants", "1",
                        "--threshold", "0.5")  # fmt: skip
     assert "OCP-400" in one_error_line(reserved)
+
+
+async def test_delegate_wait_without_a_final_answer_fails_naming_the_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # In process: the real wait ends with the node's timeout answer, 60 s
+    # after max_duration at the latest; this stands in for a node that never sends it.
+    task_id = "task-6f1c2a9e-4b7d-4c21-9e0a-3d5b8f217c44"
+
+    class SilentTasks:
+        def __init__(self) -> None:
+            self.set_aside: list[Any] = []
+
+        async def delegate(self, *args: Any, **kwargs: Any) -> str:
+            return task_id
+
+        async def wait(self, waited: str, *, limit: float) -> list[Any]:
+            assert (waited, limit) == (task_id, 90.0)
+            raise TimeoutError
+
+    args = argparse.Namespace(
+        to="did:ocp:testnet:agent-0123456789ab", task_type="segmentation", data="null",
+        max_duration=30, description=None, capability=[], min_trust_level=None,
+    )  # fmt: skip
+    with pytest.raises(agent_cli.AgentCliError) as failed:
+        await agent_cli._delegate(args, SilentTasks(), wait=True)  # type: ignore[arg-type]
+    assert str(failed.value) == f"no final answer for {task_id} within 90 s"
+    assert json.loads(capsys.readouterr().out) == {"task_id": task_id}
