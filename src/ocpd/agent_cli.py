@@ -50,6 +50,7 @@ from ocpd.client.collab import (
     KnowledgeExchange,
     TaskDelegation,
     bond_permissions,
+    misplaced_result,
     send_vote,
 )
 from ocpd.identity import IdentityError, read_key_file
@@ -637,11 +638,12 @@ async def _share(args: argparse.Namespace) -> int:
 
 async def _task(args: argparse.Namespace) -> int:
     agent = _load_agent(args)
-    if args.task_command == "answer" and args.status != "completed":
-        given = [name for name, value in (("--data", args.data), ("--confidence", args.confidence))
-                 if value is not None]  # fmt: skip
-        if given:
-            _fail(f"{' and '.join(given)}: only a completed task has a result (--status completed)")
+    if args.task_command == "answer":
+        # Refused here, before connecting, by the rule TaskDelegation.answer applies.
+        misplaced = misplaced_result(args.status, data=args.data, confidence=args.confidence)
+        if misplaced:
+            flags = " and ".join(f"--{name}" for name in misplaced)
+            _fail(f"{flags}: only a completed task has a result (--status completed)")
     wait = args.task_command == "delegate" and args.wait
     if wait and not args.registry_url:
         _fail("--wait needs the registry: give --registry-url or set OCP_REGISTRY_URL")

@@ -49,6 +49,7 @@ __all__ = [
     "TaskDelegation",
     "bond_permissions",
     "cast_vote",
+    "misplaced_result",
     "new_consensus_id",
     "new_task_id",
     "send_vote",
@@ -210,6 +211,15 @@ def task_request_payload(
     return payload
 
 
+def misplaced_result(status: str, *, data: Any = None, confidence: Any = None) -> list[str]:
+    """Which of ``data`` and ``confidence`` are given with a ``status`` that
+    carries no result (any but ``completed``): the names, in that order."""
+    if status == "completed":
+        return []
+    given = (("data", data), ("confidence", confidence))
+    return [name for name, value in given if value is not None]
+
+
 @attrs.define
 class TaskUpdate:
     """One ``task_response`` about a task: its status, and the whole payload."""
@@ -283,9 +293,11 @@ class TaskDelegation:
         result; giving either with another status is a ``ValueError``, since
         only a completed task has a result to carry them.
         """
-        if status != "completed" and (data is not None or confidence is not None):
+        misplaced = misplaced_result(status, data=data, confidence=confidence)
+        if misplaced:
             raise ValueError(
-                f"a {status} answer carries no result: data and confidence are for completed"
+                f"a {status} answer carries no result ({' and '.join(misplaced)}): "
+                "only a completed one does"
             )
         payload: dict[str, Any] = {"task_id": task_id, "status": status}
         if status == "completed":
